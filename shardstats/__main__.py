@@ -1,0 +1,3 @@
+from shardstats.cli import main
+
+raise SystemExit(main())

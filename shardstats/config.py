@@ -1,0 +1,165 @@
+"""Typed settings: defaults < TOML file < environment (``SHARDSTATS_*``) < command-line flags.
+
+Every key is a field of ``Settings``; an unknown key in the file or the environment is an
+error, never silently kept. ``config/shardstats.toml`` lists every key with its default, and
+a test checks the two agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "SHARDSTATS_"
+ENV_CONFIG = "SHARDSTATS_CONFIG"
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or has a value of the wrong kind."""
+
+
+def _doc(text: str) -> Any:
+    return {"doc": text}
+
+
+@dataclass(frozen=True)
+class Settings:
+    bind: str = field(default="127.0.0.1:8080", metadata=_doc("HOST:PORT to listen on"))
+    data_dir: str = field(
+        default="snapshots", metadata=_doc("journals, user dictionary and snapshots live here")
+    )
+    max_user_bytes: int = field(default=256, metadata=_doc("longest accepted user id, bytes"))
+    accept_past_seconds: int = field(
+        default=30 * 24 * 3600,
+        metadata=_doc("POST rejects timestamps older than now minus this (0: no bound)"),
+    )
+    accept_future_seconds: int = field(
+        default=600, metadata=_doc("POST rejects timestamps beyond now plus this (0: no bound)")
+    )
+    max_open_shards: int = field(
+        default=16, metadata=_doc("hours with an open journal and a running shard task")
+    )
+    max_cached_hours: int = field(
+        default=128, metadata=_doc("closed hours whose aggregate stays in memory")
+    )
+    inbox_size: int = field(
+        default=4096, metadata=_doc("queued requests per hour before POST answers 503")
+    )
+    max_batch: int = field(default=4096, metadata=_doc("most events in one group commit"))
+    snapshot_interval_seconds: float = field(
+        default=30.0, metadata=_doc("how often an open hour with new events is snapshotted")
+    )
+    shard_idle_seconds: float = field(
+        default=120.0, metadata=_doc("a past hour's shard idle this long is closed")
+    )
+    preload_hours: int = field(
+        default=2, metadata=_doc("recent hours recovered eagerly at start; older ones lazily")
+    )
+    user_cache_size: int = field(
+        default=200_000, metadata=_doc("user id lookups kept in memory (LRU)")
+    )
+    graceful_timeout_seconds: float = field(
+        default=10.0, metadata=_doc("on SIGTERM, how long in-flight requests may take")
+    )
+    backlog: int = field(default=1024, metadata=_doc("listen backlog"))
+    log_level: str = field(default="info", metadata=_doc("debug, info, warning or error"))
+    access_log: bool = field(default=False, metadata=_doc("log every request (to stderr)"))
+
+    def __post_init__(self) -> None:
+        for name in ("max_user_bytes", "max_open_shards", "inbox_size", "max_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        for name in ("accept_past_seconds", "accept_future_seconds", "max_cached_hours",
+                     "preload_hours", "user_cache_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative")
+        for name in ("snapshot_interval_seconds", "shard_idle_seconds",
+                     "graceful_timeout_seconds"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.log_level.lower() not in {"debug", "info", "warning", "error"}:
+            raise ConfigError("log_level must be debug, info, warning or error")
+        host, sep, port = self.bind.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"bind must be HOST:PORT, got {self.bind!r}")
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+
+SETTING_NAMES = tuple(f.name for f in fields(Settings))
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    kind = {f.name: f.type for f in fields(Settings)}[name]
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in {"1", "true", "yes", "on"}:
+                return True
+            if isinstance(value, str) and value.lower() in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(value)
+        if kind == "int":
+            if isinstance(value, (bool, float)):
+                raise ValueError(value)
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if not isinstance(value, str):
+            raise ValueError(value)
+        return value
+    except ValueError:
+        raise ConfigError(f"{source}: {name} must be a {kind}, got {value!r}") from None
+
+
+def _apply(values: dict[str, Any], layer: Mapping[str, Any], source: str) -> None:
+    for name, value in layer.items():
+        if name not in SETTING_NAMES:
+            raise ConfigError(f"{source}: unknown setting {name!r}")
+        values[name] = _coerce(name, value, source)
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Layer the sources; ``config_file`` defaults to ``$SHARDSTATS_CONFIG`` if set."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = config_file or environ.get(ENV_CONFIG)
+    if path:
+        try:
+            with open(path, "rb") as handle:
+                table = tomllib.load(handle)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        _apply(values, table, str(path))
+    env_layer = {
+        key[len(ENV_PREFIX):].lower(): value
+        for key, value in environ.items()
+        if key.startswith(ENV_PREFIX) and key != ENV_CONFIG
+    }
+    _apply(values, env_layer, "environment")
+    _apply(values, {k: v for k, v in (overrides or {}).items() if v is not None}, "flags")
+    try:
+        return dataclasses.replace(Settings(), **values)
+    except TypeError as exc:  # pragma: no cover - guarded by _apply
+        raise ConfigError(str(exc)) from None
+
+
+def describe() -> list[tuple[str, Any, str]]:
+    """``(name, default, doc)`` of every setting, for docs and the sample config."""
+    return [(f.name, f.default, f.metadata["doc"]) for f in fields(Settings)]

@@ -1,0 +1,121 @@
+"""Turn a raw query string into a typed ``Event`` or hour, or an ``InvalidInput`` that says why.
+
+Rules (DESIGN.md §1 and issue 2):
+- the query string is form-encoded (``+`` is a space) UTF-8; invalid percent-encoded UTF-8 is
+  rejected rather than replaced, so a user id is never silently altered;
+- a known parameter given twice is invalid; unknown parameters are ignored;
+- ``timestamp``: ASCII digits only, at most 2**63-1;
+- ``user``: 1..max_user_bytes bytes of UTF-8 with no control characters;
+- ``event``: exactly ``click`` or ``impression``;
+- a POST timestamp must lie inside the acceptance window around ``now_ms`` (0 disables a side).
+
+Pure: the current time is an argument.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
+
+from shardstats.core.events import MAX_TIMESTAMP_MS, Event, EventKind
+from shardstats.errors import InvalidInput
+
+KNOWN_PARAMS = frozenset({"timestamp", "user", "event"})
+MAX_QUERY_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_user_bytes: int = 256
+    accept_past_ms: int = 30 * 24 * 3_600_000
+    accept_future_ms: int = 10 * 60_000
+
+
+def parse_query(raw: bytes) -> dict[str, str]:
+    """Decode the known parameters of a query string; reject duplicates and bad UTF-8."""
+    if len(raw) > MAX_QUERY_BYTES:
+        raise InvalidInput(f"query string longer than {MAX_QUERY_BYTES} bytes")
+    found: dict[str, str] = {}
+    for field in raw.split(b"&"):
+        if not field:
+            continue
+        key_raw, _, value_raw = field.partition(b"=")
+        key = _decode(key_raw, "parameter name")
+        if key not in KNOWN_PARAMS:
+            continue
+        if key in found:
+            raise InvalidInput(f"parameter '{key}' given more than once")
+        found[key] = _decode(value_raw, key)
+    return found
+
+
+def _decode(raw: bytes, what: str) -> str:
+    try:
+        return unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{what} is not valid UTF-8 after percent-decoding") from None
+
+
+def parse_timestamp(params: dict[str, str]) -> int:
+    text = params.get("timestamp")
+    if text is None:
+        raise InvalidInput("missing parameter 'timestamp'")
+    if not text:
+        raise InvalidInput("parameter 'timestamp' is empty")
+    if not (text.isascii() and text.isdigit()):
+        raise InvalidInput("timestamp must be milliseconds since the epoch, digits only")
+    significant = text.lstrip("0")
+    if len(significant) > 19 or int(significant or "0") > MAX_TIMESTAMP_MS:
+        raise InvalidInput(f"timestamp exceeds the maximum {MAX_TIMESTAMP_MS}")
+    return int(significant or "0")
+
+
+def parse_user(params: dict[str, str], max_user_bytes: int) -> str:
+    user = params.get("user")
+    if user is None:
+        raise InvalidInput("missing parameter 'user'")
+    if not user:
+        raise InvalidInput("parameter 'user' is empty")
+    size = len(user.encode("utf-8"))
+    if size > max_user_bytes:
+        raise InvalidInput(f"user is {size} bytes long; the maximum is {max_user_bytes}")
+    if any(unicodedata.category(ch) == "Cc" for ch in user):
+        raise InvalidInput("user contains a control character")
+    return user
+
+
+def parse_kind(params: dict[str, str]) -> EventKind:
+    text = params.get("event")
+    if text is None:
+        raise InvalidInput("missing parameter 'event'")
+    kind = EventKind.parse(text)
+    if kind is None:
+        raise InvalidInput("event must be 'click' or 'impression'")
+    return kind
+
+
+def check_window(timestamp_ms: int, now_ms: int, limits: Limits) -> None:
+    if limits.accept_past_ms and timestamp_ms < now_ms - limits.accept_past_ms:
+        raise InvalidInput(
+            f"timestamp is more than {limits.accept_past_ms // 1000} s in the past"
+        )
+    if limits.accept_future_ms and timestamp_ms > now_ms + limits.accept_future_ms:
+        raise InvalidInput(
+            f"timestamp is more than {limits.accept_future_ms // 1000} s in the future"
+        )
+
+
+def event_from_query(raw: bytes, now_ms: int, limits: Limits) -> Event:
+    """Validate a ``POST /analytics`` query string."""
+    params = parse_query(raw)
+    timestamp = parse_timestamp(params)
+    user = parse_user(params, limits.max_user_bytes)
+    kind = parse_kind(params)
+    check_window(timestamp, now_ms, limits)
+    return Event(timestamp, user, kind)
+
+
+def timestamp_from_query(raw: bytes) -> int:
+    """Validate a ``GET /analytics`` query string: any valid timestamp is accepted."""
+    return parse_timestamp(parse_query(raw))

@@ -1,0 +1,117 @@
+"""The Quart-Trio application: parse, validate, hand to the service, map errors to statuses.
+
+Thin by design: validation lives in ``core.validation``, state in the shards. Every
+``ShardstatsError`` knows its HTTP status; this module only renders it:
+- POST answers have an empty body; the reason for a 400 goes in ``X-Shardstats-Error``;
+- GET answers 400 with ``{"error": reason}``;
+- 503 carries ``Retry-After``.
+
+Run it with ``shardstats serve`` or ``hypercorn -k trio 'shardstats.http.app:create_app()'``
+(the factory reads ``$SHARDSTATS_CONFIG`` and ``SHARDSTATS_*``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+from shardstats.config import Settings, load_settings
+from shardstats.core.events import hour_of
+from shardstats.core.validation import event_from_query, timestamp_from_query
+from shardstats.errors import ShardstatsError, Unavailable
+from shardstats.shards.service import Service
+
+log = logging.getLogger("shardstats.http")
+
+ERROR_HEADER = "X-Shardstats-Error"
+ResponseValue = tuple[Any, int, dict[str, str]] | tuple[Any, int]
+
+
+def create_app(settings: Settings | None = None, service: Service | None = None) -> QuartTrio:
+    """Build the app; with no ``service`` it starts and stops its own with the lifespan."""
+    service = service or Service(settings or load_settings())
+    app = QuartTrio(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
+    app.extensions["shardstats"] = service
+
+    @app.before_serving
+    async def start_service() -> None:
+        # Returns once the lock is held; recovery goes on while /healthz says 503.
+        await app.nursery.start(service.run)
+
+    @app.after_serving
+    async def stop_service() -> None:
+        await service.shutdown()
+
+    @app.post("/analytics", provide_automatic_options=False)
+    async def post_event() -> ResponseValue:
+        try:
+            event = event_from_query(request.query_string, service.clock.now_ms(), service.limits)
+            await service.submit(event)
+        except ShardstatsError as exc:
+            return _post_error(exc)
+        return "", 204
+
+    @app.get("/analytics", provide_automatic_options=False)
+    async def get_counts() -> ResponseValue:
+        try:
+            hour = hour_of(timestamp_from_query(request.query_string))
+            counts = await service.query(hour)
+        except ShardstatsError as exc:
+            return _json_error(exc)
+        return counts.as_json(), 200
+
+    @app.get("/healthz")
+    async def healthz() -> ResponseValue:
+        if service.ready:
+            return {"status": "ready"}, 200
+        return {"status": "recovering"}, 503, {"Retry-After": "1"}
+
+    @app.after_request
+    async def strip_empty_body_headers(response: Response) -> Response:
+        if response.status_code == 204:
+            # Quart adds these to every response; a 204 carries no body to describe.
+            response.headers.pop("Content-Type", None)
+            response.headers.pop("Content-Length", None)
+        return response
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> ResponseValue:
+        headers = {}
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            headers["Allow"] = ", ".join(exc.valid_methods)
+        return {"error": exc.description or exc.name}, exc.code or 500, headers
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> ResponseValue:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return {"error": "internal error"}, 500
+
+    return app
+
+
+def _post_error(exc: ShardstatsError) -> ResponseValue:
+    headers = _headers(exc)
+    if exc.status == 400:
+        log.info("POST rejected: %s", exc)
+        headers[ERROR_HEADER] = str(exc)
+    elif exc.status == 500:
+        log.error("POST failed: %s", exc)
+    return "", exc.status, headers
+
+
+def _json_error(exc: ShardstatsError) -> ResponseValue:
+    if exc.status == 500:
+        log.error("GET failed: %s", exc)
+    message = str(exc) if exc.status < 500 else "internal error"
+    return {"error": message}, exc.status, _headers(exc)
+
+
+def _headers(exc: ShardstatsError) -> dict[str, str]:
+    if isinstance(exc, Unavailable):
+        return {"Retry-After": str(exc.retry_after)}
+    return {}

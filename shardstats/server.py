@@ -1,0 +1,110 @@
+"""Run the app under hypercorn's trio worker in this process, with graceful shutdown.
+
+SIGTERM or SIGINT: hypercorn stops accepting, lets in-flight requests finish within
+``graceful_timeout_seconds``, then the lifespan shutdown drains every shard, snapshots and
+releases the data-dir lock; the process exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from quart_trio import QuartTrio
+
+from shardstats.config import Settings
+from shardstats.errors import DataDirLocked
+from shardstats.http.app import create_app
+from shardstats.shards.service import Service
+
+log = logging.getLogger("shardstats")
+
+EXIT_LOCKED = 3
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def hypercorn_config(settings: Settings) -> HypercornConfig:
+    config = HypercornConfig()
+    config.bind = [settings.bind]
+    config.backlog = settings.backlog
+    config.graceful_timeout = settings.graceful_timeout_seconds
+    # The default closes a connection after 1,000 requests; clients reuse connections.
+    config.keep_alive_max_requests = 1_000_000
+    config.keep_alive_timeout = 75
+    config.h11_max_incomplete_size = 16 * 1024
+    config.read_timeout = 60
+    # Hand hypercorn our loggers so its lines share our format and are not printed twice.
+    config.accesslog = logging.getLogger("hypercorn.access") if settings.access_log else None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    return config
+
+
+def run_server(settings: Settings) -> int:
+    configure_logging(settings.log_level)
+    service = Service(settings)
+    try:
+        service.acquire_lock()
+    except DataDirLocked as exc:
+        print(f"shardstats: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    except OSError as exc:
+        print(f"shardstats: cannot use data directory {settings.data_dir}: {exc}", file=sys.stderr)
+        return 1
+    app = create_app(settings, service)
+    try:
+        trio.run(_serve, app, hypercorn_config(settings), settings)
+    except KeyboardInterrupt:  # a second Ctrl-C: give up on graceful shutdown
+        return 130
+    finally:
+        service.datadir.lock.release()
+    return 0
+
+
+async def _serve(app: QuartTrio, config: HypercornConfig, settings: Settings) -> None:
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_on_signals, stop)
+        binds = await nursery.start(_serve_hypercorn, app, config, stop)
+        log.info(
+            "listening on %s (data dir %s)", ", ".join(binds), settings.data_path.resolve()
+        )
+
+
+async def _serve_hypercorn(
+    app: QuartTrio,
+    config: HypercornConfig,
+    stop: trio.Event,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    try:
+        await serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
+    finally:
+        stop.set()
+
+
+async def _on_signals(stop: trio.Event) -> None:
+    """Turn the first SIGTERM/SIGINT into a graceful stop; return when stopping anyway."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                async for signum in signals:
+                    log.info("%s received: shutting down gracefully", signal.Signals(signum).name)
+                    stop.set()
+                    return
+
+            nursery.start_soon(watch)
+            await stop.wait()
+            nursery.cancel_scope.cancel()

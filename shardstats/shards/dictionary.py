@@ -1,0 +1,119 @@
+"""The user-dictionary actor: the one task that assigns user ids.
+
+Shards ask it for the ids of a batch's users. Known users are answered from a bounded
+in-memory LRU cache without a message; unknown ones go through the inbox, and the actor
+assigns and commits the ids of everything queued in one durable transaction (group commit)
+before replying. See ``shardstats.storage.users`` for why ids are committed first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import trio
+
+from shardstats.errors import StorageError
+from shardstats.shards.pending import Pending
+from shardstats.storage.datadir import DataDir
+from shardstats.storage.users import UserStore
+
+log = logging.getLogger(__name__)
+
+_Request = tuple[list[str], Pending[dict[str, int]]]
+
+
+@dataclass(frozen=True)
+class DictionaryStatistics:
+    cached_users: int
+    commits: int
+    failed_commits: int
+
+
+class UserDictionary:
+    def __init__(self, datadir: DataDir, cache_size: int, inbox_size: int = 1024) -> None:
+        self._datadir = datadir
+        self._cache: OrderedDict[str, int] = OrderedDict()
+        self._cache_size = cache_size
+        self._send, self._receive = trio.open_memory_channel[_Request](inbox_size)
+        self._store: UserStore | None = None
+        self._commits = 0
+        self._failed = 0
+
+    def statistics(self) -> DictionaryStatistics:
+        return DictionaryStatistics(len(self._cache), self._commits, self._failed)
+
+    async def ids_for(self, names: Sequence[str]) -> dict[str, int]:
+        ids: dict[str, int] = {}
+        missing: list[str] = []
+        cache = self._cache
+        for name in names:
+            uid = cache.get(name)
+            if uid is None:
+                missing.append(name)
+            else:
+                ids[name] = uid
+                cache.move_to_end(name)
+        if missing:
+            pending: Pending[dict[str, int]] = Pending()
+            await self._send.send((missing, pending))
+            ids.update(await pending.wait())
+        return ids
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._store = await trio.to_thread.run_sync(self._datadir.open_users)
+        task_status.started()
+        try:
+            async for request in self._receive:
+                batch = [request]
+                while True:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await self._assign(batch)
+        finally:
+            store, self._store = self._store, None
+            if store is not None:
+                await trio.to_thread.run_sync(store.close)
+
+    async def _assign(self, batch: list[_Request]) -> None:
+        names = list(dict.fromkeys(name for request in batch for name in request[0]))
+        try:
+            if self._store is None:
+                self._store = await trio.to_thread.run_sync(self._datadir.open_users)
+            ids = await trio.to_thread.run_sync(self._store.assign, names)
+        except Exception as exc:
+            self._failed += 1
+            log.error("user dictionary commit failed, reopening it: %s", exc)
+            await self._drop_store()
+            error = exc if isinstance(exc, StorageError) else StorageError(str(exc))
+            for _, pending in batch:
+                pending.fail(error)
+            return
+        self._commits += 1
+        self._remember(ids)
+        for request_names, pending in batch:
+            pending.set({name: ids[name] for name in request_names})
+
+    async def _drop_store(self) -> None:
+        # After a failed commit the connection's view of the file is not trusted (the lesson of
+        # PostgreSQL's fsync failures): close it and re-read the file on the next request.
+        store, self._store = self._store, None
+        if store is not None:
+            try:
+                await trio.to_thread.run_sync(store.close)
+            except Exception as exc:
+                log.warning("closing the user dictionary failed: %s", exc)
+
+    def _remember(self, ids: dict[str, int]) -> None:
+        cache = self._cache
+        cache.update(ids)
+        while len(cache) > self._cache_size:
+            cache.popitem(last=False)
+
+    def close(self) -> None:
+        """Stop accepting requests; ``run`` returns once the queued ones are answered."""
+        self._send.close()

@@ -1,0 +1,242 @@
+"""The hour shard: the one task that owns an hour's journal, counters and user bitmap.
+
+Theory of operation:
+- Requests arrive as ``Submission``s on a bounded inbox; a full inbox is the back-pressure
+  signal (the router answers 503).
+- Group commit: the shard takes everything queued (up to ``max_batch``), gets the users' ids
+  from the dictionary actor (durable before use), appends the rows to the journal in one
+  transaction with ``synchronous=FULL`` in a worker thread, and only then applies them to the
+  in-memory aggregate and releases every waiting request.
+- A failed commit fails the whole batch and leaves the aggregate untouched. The journal
+  connection is then closed; the next batch reopens the file and first folds in any rows the
+  file holds beyond the aggregate (a commit that reported failure may still have landed), so
+  memory always equals what the file says, never what we hoped it said.
+- The shard snapshots itself every ``snapshot_interval`` seconds when it has new rows, and
+  once more when it closes. Snapshots are encoded on the event loop (a consistent view) and
+  written in a worker thread.
+- Readers on the same event loop read ``aggregate`` directly: it only changes synchronously,
+  after a commit, so a GET that starts after a 204 sees that event.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import trio
+
+from shardstats.core import snapshot as codec
+from shardstats.core.aggregate import HourAggregate
+from shardstats.core.events import Event
+from shardstats.errors import ShardstatsError, StorageError
+from shardstats.shards import loader
+from shardstats.shards.dictionary import UserDictionary
+from shardstats.shards.pending import Pending
+from shardstats.storage.datadir import DataDir
+from shardstats.storage.journal import Journal
+
+log = logging.getLogger(__name__)
+
+Submission = tuple[list[Event], Pending[None]]
+
+
+@dataclass(frozen=True)
+class ShardStatistics:
+    hour: int
+    queued: int
+    batches: int
+    events: int
+    failed_batches: int
+    last_seq: int
+    snapshot_seq: int
+
+
+class HourShard:
+    def __init__(
+        self,
+        hour: int,
+        datadir: DataDir,
+        dictionary: UserDictionary,
+        *,
+        inbox_size: int,
+        max_batch: int,
+        snapshot_interval: float,
+        base: HourAggregate | None = None,
+    ) -> None:
+        self.hour = hour
+        self._datadir = datadir
+        self._dictionary = dictionary
+        self._max_batch = max_batch
+        self._snapshot_interval = snapshot_interval
+        self._base = base
+        self.inbox, self._receive = trio.open_memory_channel[Submission](inbox_size)
+        self.aggregate = base or HourAggregate(hour)
+        self._journal: Journal | None = None
+        self._journal_id = b""
+        self._snapshot_seq = -1
+        self._snapshot_soon = False
+        self._batches = self._events = self._failed = 0
+        self.closed = trio.Event()
+        self.started = False
+        self.last_used = trio.current_time()
+
+    def statistics(self) -> ShardStatistics:
+        return ShardStatistics(
+            self.hour,
+            self._receive.statistics().current_buffer_used,
+            self._batches,
+            self._events,
+            self._failed,
+            self.aggregate.last_seq,
+            self._snapshot_seq,
+        )
+
+    def submit_nowait(self, events: list[Event]) -> Pending[None]:
+        """Queue events; raises ``trio.WouldBlock`` when the inbox is full."""
+        pending: Pending[None] = Pending()
+        self.inbox.send_nowait((events, pending))
+        self.last_used = trio.current_time()
+        return pending
+
+    def close(self) -> None:
+        """Stop accepting; ``run`` answers what is queued, snapshots and returns."""
+        self.inbox.close()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self._open()
+            self.started = True
+            task_status.started()
+            await self._serve()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._finish()
+
+    async def _open(self) -> None:
+        def open_and_load() -> tuple[Journal, loader.LoadResult]:
+            journal = self._datadir.open_journal(self.hour, create=True)
+            try:
+                return journal, loader.load(self._datadir, self.hour, journal, self._base)
+            except BaseException:
+                journal.close()
+                raise
+
+        journal, result = await trio.to_thread.run_sync(open_and_load)
+        self._journal, self._journal_id = journal, journal.journal_id
+        self.aggregate = result.aggregate
+        if result.snapshot_used and not result.replayed:
+            self._snapshot_seq = result.aggregate.last_seq
+        if result.replayed:
+            log.info("hour %d: replayed %d journal rows", self.hour, result.replayed)
+        self._snapshot_soon = result.replayed > 0
+
+    async def _serve(self) -> None:
+        # A long replay on open is worth a fresh snapshot right away.
+        delay = 0.0 if self._snapshot_soon else self._snapshot_interval
+        next_snapshot = trio.current_time() + delay
+        while True:
+            with trio.move_on_at(next_snapshot):
+                try:
+                    first = await self._receive.receive()
+                except trio.EndOfChannel:
+                    return
+                batch = [first]
+                size = len(first[0])
+                while size < self._max_batch:
+                    try:
+                        item = self._receive.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    batch.append(item)
+                    size += len(item[0])
+                with trio.CancelScope(shield=True):
+                    await self._commit(batch)
+            if trio.current_time() >= next_snapshot:
+                await self.snapshot()
+                next_snapshot = trio.current_time() + self._snapshot_interval
+
+    async def _commit(self, batch: list[Submission]) -> None:
+        events = [event for events, _ in batch for event in events]
+        try:
+            ids = await self._dictionary.ids_for([event.user for event in events])
+            rows = [(e.timestamp_ms, e.user, ids[e.user], int(e.kind)) for e in events]
+            journal = await self._journal_for_write()
+            last = await trio.to_thread.run_sync(journal.append, rows)
+        except Exception as exc:
+            self._failed += 1
+            log.error("hour %d: commit of %d events failed: %s", self.hour, len(events), exc)
+            await self._drop_journal()
+            error = exc if isinstance(exc, ShardstatsError) else StorageError(str(exc))
+            for _, pending in batch:
+                pending.fail(error)
+            return
+        first = last - len(rows) + 1
+        self.aggregate.apply(
+            (first + i, uid, kind) for i, (_, _, uid, kind) in enumerate(rows)
+        )
+        self._batches += 1
+        self._events += len(rows)
+        for _, pending in batch:
+            pending.set(None)
+
+    async def _journal_for_write(self) -> Journal:
+        if self._journal is not None:
+            return self._journal
+
+        def reopen() -> tuple[Journal, int]:
+            journal = self._datadir.open_journal(self.hour, create=True)
+            try:
+                if journal.journal_id != self._journal_id:
+                    raise StorageError(f"journal of hour {self.hour} was replaced on disk")
+                return journal, self.aggregate.apply(journal.rows_after(self.aggregate.last_seq))
+            except BaseException:
+                journal.close()
+                raise
+
+        journal, caught_up = await trio.to_thread.run_sync(reopen)
+        if caught_up:
+            log.warning(
+                "hour %d: %d rows of a commit reported as failed are on disk; counted",
+                self.hour,
+                caught_up,
+            )
+        self._journal = journal
+        log.info("hour %d: journal reopened", self.hour)
+        return journal
+
+    async def _drop_journal(self) -> None:
+        journal, self._journal = self._journal, None
+        if journal is not None:
+            try:
+                await trio.to_thread.run_sync(journal.close)
+            except Exception as exc:
+                log.warning("hour %d: closing journal failed: %s", self.hour, exc)
+
+    async def snapshot(self) -> None:
+        aggregate = self.aggregate
+        if aggregate.last_seq == self._snapshot_seq or self._journal_id == b"":
+            return
+        data = codec.encode(aggregate, self._journal_id)
+        seq = aggregate.last_seq
+        try:
+            await trio.to_thread.run_sync(self._datadir.write_snapshot, self.hour, data)
+        except Exception as exc:
+            log.warning("hour %d: snapshot failed (the journal still has it all): %s",
+                        self.hour, exc)
+            return
+        self._snapshot_seq = seq
+
+    async def _finish(self) -> None:
+        self.inbox.close()
+        try:
+            await self.snapshot()
+            await self._drop_journal()
+        finally:
+            # Anything still queued (only after an unexpected stop) must not wait forever.
+            while True:
+                try:
+                    _, pending = self._receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                pending.fail(StorageError(f"hour {self.hour} shard stopped"))
+            self.closed.set()

@@ -1,0 +1,117 @@
+"""The service: data-dir lock, user dictionary and hour registry, started and stopped together.
+
+The HTTP layer talks only to this object: ``submit`` (durable ingest), ``query`` (counts of an
+hour), ``ready`` and ``statistics``. Its methods are message-shaped (events in,
+acknowledgements out) so an ingest process could one day sit in front of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import trio
+
+from shardstats.clock import Clock, SystemClock
+from shardstats.config import Settings
+from shardstats.core.events import HOUR_MS, Event, HourCounts
+from shardstats.core.validation import Limits
+from shardstats.errors import NotReady
+from shardstats.shards.dictionary import DictionaryStatistics, UserDictionary
+from shardstats.shards.registry import Registry, RegistryLimits, RegistryStatistics
+from shardstats.storage.datadir import DataDir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceStatistics:
+    ready: bool
+    recovery_seconds: float | None
+    registry: RegistryStatistics
+    dictionary: DictionaryStatistics
+
+
+class Service:
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.datadir = DataDir(settings.data_path)
+        self.limits = Limits(
+            max_user_bytes=settings.max_user_bytes,
+            accept_past_ms=settings.accept_past_seconds * 1000,
+            accept_future_ms=settings.accept_future_seconds * 1000,
+        )
+        self.dictionary = UserDictionary(self.datadir, settings.user_cache_size)
+        self.registry = Registry(
+            self.datadir,
+            self.dictionary,
+            RegistryLimits(
+                max_open_shards=settings.max_open_shards,
+                max_cached_hours=settings.max_cached_hours,
+                inbox_size=settings.inbox_size,
+                max_batch=settings.max_batch,
+                snapshot_interval=settings.snapshot_interval_seconds,
+                shard_idle=settings.shard_idle_seconds,
+            ),
+            self.current_hour,
+        )
+        self.ready = False
+        self.recovery_seconds: float | None = None
+        self._stop = trio.Event()
+        self._stopped = trio.Event()
+
+    def current_hour(self) -> int:
+        return self.clock.now_ms() // HOUR_MS
+
+    def acquire_lock(self) -> None:
+        """Take the data-dir lock now (raises ``DataDirLocked``); ``run`` reuses it."""
+        self.datadir.prepare()
+        self.datadir.lock.acquire()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Lock, recover, serve until ``shutdown``; ``started`` fires before recovery."""
+        started = time.monotonic()
+        await trio.to_thread.run_sync(self.acquire_lock)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.dictionary.run)
+                await nursery.start(self.registry.run)
+                task_status.started()
+                current = self.current_hour()
+                recent = [current - i for i in range(self.settings.preload_hours)]
+                await self.registry.preload([current + 1, *recent])
+                self.recovery_seconds = time.monotonic() - started
+                self.ready = True
+                log.info("ready in %.3f s", self.recovery_seconds)
+                await self._stop.wait()
+                self.ready = False
+                await self.registry.aclose()
+                self.dictionary.close()
+        finally:
+            self.datadir.lock.release()
+            self._stopped.set()
+
+    async def shutdown(self) -> None:
+        """Answer what is queued, snapshot every open hour, release the lock."""
+        self._stop.set()
+        await self._stopped.wait()
+
+    async def submit(self, event: Event) -> None:
+        if not self.ready:
+            raise NotReady("recovering; retry shortly")
+        await self.registry.submit([event])
+
+    async def query(self, hour: int) -> HourCounts:
+        if not self.ready:
+            raise NotReady("recovering; retry shortly")
+        return await self.registry.query(hour)
+
+    def statistics(self) -> ServiceStatistics:
+        return ServiceStatistics(
+            self.ready,
+            self.recovery_seconds,
+            self.registry.statistics(),
+            self.dictionary.statistics(),
+        )

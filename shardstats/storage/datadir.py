@@ -1,0 +1,86 @@
+"""The data directory: where each kind of file lives, and atomic snapshot files.
+
+    <data-dir>/
+      LOCK                  flock held by the one server using the directory
+      users.sqlite          user dictionary (+ -wal, -shm while open)
+      journals/<hour>.sqlite   one journal per UTC hour (hour = timestamp_ms // 3_600_000)
+      snapshots/<hour>.snap    cache of that journal's aggregate; safe to delete
+
+This is the narrow storage interface the shards use; tests substitute a subclass to inject
+faults. Blocking: call from worker threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from shardstats.storage.journal import Journal
+from shardstats.storage.lock import DataDirLock
+from shardstats.storage.users import UserStore
+
+
+class DataDir:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.journals = root / "journals"
+        self.snapshots = root / "snapshots"
+        self.lock = DataDirLock(root)
+
+    def prepare(self) -> None:
+        for path in (self.root, self.journals, self.snapshots):
+            path.mkdir(parents=True, exist_ok=True)
+
+    def journal_path(self, hour: int) -> Path:
+        return self.journals / f"{hour}.sqlite"
+
+    def snapshot_path(self, hour: int) -> Path:
+        return self.snapshots / f"{hour}.snap"
+
+    def journal_hours(self) -> set[int]:
+        hours = set()
+        for entry in os.scandir(self.journals):
+            stem, dot, ext = entry.name.partition(".")
+            if dot and ext == "sqlite" and stem.lstrip("-").isdigit():
+                hours.add(int(stem))
+        return hours
+
+    def open_journal(self, hour: int, *, create: bool) -> Journal:
+        return Journal(self.journal_path(hour), create=create)
+
+    def open_users(self) -> UserStore:
+        return UserStore(self.root / "users.sqlite")
+
+    def read_snapshot(self, hour: int) -> bytes | None:
+        try:
+            return self.snapshot_path(hour).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write_snapshot(self, hour: int, data: bytes) -> None:
+        """Atomically replace the snapshot: temp file, fsync, rename, fsync the directory."""
+        final = self.snapshot_path(hour)
+        temp = final.with_name(f".{final.name}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise
+        os.close(fd)
+        os.replace(temp, final)
+        dir_fd = os.open(self.snapshots, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def remove_snapshot(self, hour: int) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.snapshot_path(hour).unlink()

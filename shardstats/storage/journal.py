@@ -1,0 +1,121 @@
+"""The journal of one hour: an append-only SQLite table of committed events.
+
+Each row holds the user *string* and the dense id the dictionary gave it. The string makes
+the journal self-sufficient (the dictionary can be rebuilt from journals alone); the id makes
+replay cheap and is safe to trust because the dictionary commits an id before any journal row
+that uses it (see ``shardstats.storage.users``).
+
+``seq`` (the rowid) is the journal position a snapshot records. ``journal_id`` is a random
+identity written when the file is created, so a snapshot of a different (recreated) journal is
+recognised as stale.
+
+Blocking: call only from a worker thread, one thread at a time per journal.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import sqlite_utils
+
+from shardstats.core.aggregate import JournalRow
+from shardstats.errors import CorruptFile, StorageError
+
+SCHEMA_VERSION = 1
+InsertRow = tuple[int, str, int, int]  # (timestamp_ms, user, uid, kind)
+
+
+def connect(path: Path, *, create: bool) -> sqlite3.Connection:
+    mode = "rwc" if create else "rw"
+    try:
+        conn = sqlite3.connect(
+            f"file:{path}?mode={mode}",
+            uri=True,
+            check_same_thread=False,
+            isolation_level=None,
+            timeout=10.0,
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+    except sqlite3.DatabaseError as exc:
+        raise _classify(exc, path) from exc
+    return conn
+
+
+def _classify(exc: sqlite3.Error, path: Path) -> StorageError:
+    if isinstance(exc, sqlite3.DatabaseError) and (
+        "not a database" in str(exc) or "malformed" in str(exc)
+    ):
+        return CorruptFile(f"{path}: {exc}")
+    return StorageError(f"{path}: {exc}")
+
+
+class Journal:
+    def __init__(self, path: Path, *, create: bool) -> None:
+        self.path = path
+        self._conn = connect(path, create=create)
+        try:
+            self.journal_id = self._init_schema()
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise _classify(exc, path) from exc
+
+    def _init_schema(self) -> bytes:
+        db = sqlite_utils.Database(self._conn)
+        with db.atomic():
+            db.table("events").create(
+                {"seq": int, "ts": int, "user": str, "uid": int, "kind": int},
+                pk="seq",
+                not_null={"ts", "user", "uid", "kind"},
+                if_not_exists=True,
+            )
+            db.table("meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
+            self._conn.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('journal_id', ?), "
+                "('schema_version', ?)",
+                (uuid.uuid4().hex, str(SCHEMA_VERSION)),
+            )
+        row = self._conn.execute("SELECT value FROM meta WHERE key='journal_id'").fetchone()
+        return bytes.fromhex(row[0])
+
+    def append(self, rows: Sequence[InsertRow]) -> int:
+        """Commit rows in one durable transaction; return the seq of the last one."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT INTO events(ts, user, uid, kind) VALUES (?, ?, ?, ?)", rows
+                )
+                (last,) = conn.execute("SELECT max(seq) FROM events").fetchone()
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _classify(exc, self.path) from exc
+        return int(last)
+
+    def rows_after(self, seq: int) -> list[JournalRow]:
+        try:
+            return self._conn.execute(
+                "SELECT seq, uid, kind FROM events WHERE seq > ? ORDER BY seq", (seq,)
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise _classify(exc, self.path) from exc
+
+    def max_seq(self) -> int:
+        (last,) = self._conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+        return int(last)
+
+    def close(self) -> None:
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass  # the WAL stays and is replayed by the next open; nothing is lost
+        finally:
+            self._conn.close()

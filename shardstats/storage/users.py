@@ -1,0 +1,108 @@
+"""The persistent user dictionary: user string -> stable dense uint32 id.
+
+Where the user string lives, and why recovery never depends on anything not yet durable:
+
+1. An id is born in ``users.sqlite`` and committed there (WAL, ``synchronous=FULL``) *before*
+   the shard writes any journal row that carries it. So every id in a journal is already
+   durable in the dictionary, and a snapshot (written only from applied, i.e. committed, rows)
+   can only refer to durable ids.
+2. Each journal row stores the user string *and* its id. The string is the truth: if the
+   dictionary were lost, it can be rebuilt from the journals' ``(user, uid)`` pairs, and the
+   bitmaps in snapshots stay meaningful. The id is the fast path: replay needs no lookups.
+3. If the process dies after the dictionary commit but before the journal commit, the
+   dictionary holds an id no event uses: harmless (ids are never reused, only skipped).
+
+Ids start at 1 (SQLite rowids) and must stay below 2**32 because roaring bitmaps hold 32-bit
+values. Blocking: call only from a worker thread, one thread at a time.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import sqlite_utils
+
+from shardstats.errors import StorageError
+from shardstats.storage.journal import _classify, connect
+
+MAX_UID = 2**32 - 1
+_CHUNK = 500  # names per IN (...) query, well under SQLite's parameter limit
+
+
+class UserStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn = connect(path, create=True)
+        try:
+            db = sqlite_utils.Database(self._conn)
+            db.table("users").create(
+                {"id": int, "name": str},
+                pk="id",
+                not_null={"name"},
+                if_not_exists=True,
+            )
+            self._conn.execute(
+                "CREATE UNIQUE INDEX IF NOT EXISTS users_by_name ON users(name)"
+            )
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise _classify(exc, path) from exc
+
+    def assign(self, names: Sequence[str]) -> dict[str, int]:
+        """Return the id of every name, creating and durably committing missing ones."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                ids = self._lookup(names)
+                for name in names:
+                    if name not in ids:
+                        cursor = conn.execute("INSERT INTO users(name) VALUES (?)", (name,))
+                        uid = cursor.lastrowid
+                        if uid is None or uid > MAX_UID:
+                            raise StorageError("user dictionary is full (2**32 ids)")
+                        ids[name] = uid
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _classify(exc, self.path) from exc
+        return ids
+
+    def _lookup(self, names: Sequence[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        unique = list(dict.fromkeys(names))
+        for start in range(0, len(unique), _CHUNK):
+            chunk = unique[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for uid, name in self._conn.execute(
+                f"SELECT id, name FROM users WHERE name IN ({marks})", chunk
+            ):
+                found[name] = uid
+        return found
+
+    def names(self, uids: Iterable[int]) -> Iterator[tuple[int, str]]:
+        """``(id, name)`` pairs for the given ids (for export and verification)."""
+        ids = list(uids)
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            yield from self._conn.execute(
+                f"SELECT id, name FROM users WHERE id IN ({marks})", chunk
+            )
+
+    def max_id(self) -> int:
+        (last,) = self._conn.execute("SELECT coalesce(max(id), 0) FROM users").fetchone()
+        return int(last)
+
+    def close(self) -> None:
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+        finally:
+            self._conn.close()
