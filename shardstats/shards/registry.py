@@ -72,6 +72,7 @@ class Registry:
         self._known: set[int] = set()
         self._busy: dict[int, trio.Event] = {}
         self._loads = 0
+        self._opening = 0
         self._nursery: trio.Nursery | None = None
 
     def statistics(self) -> RegistryStatistics:
@@ -165,6 +166,14 @@ class Registry:
     async def _open_shard(self, hour: int) -> None:
         assert self._nursery is not None, "registry is not running"
         await self._make_room(hour)
+        self._opening += 1
+        try:
+            await self._start_shard(hour)
+        finally:
+            self._opening -= 1
+
+    async def _start_shard(self, hour: int) -> None:
+        assert self._nursery is not None
         base = self._cached.pop(hour, None)
         shard = HourShard(
             hour,
@@ -201,11 +210,15 @@ class Registry:
                 self._cache(shard.hour, shard.aggregate)
 
     async def _make_room(self, hour: int) -> None:
-        current = self._current_hour()
-        while len(self._open) >= self._limits.max_open_shards:
-            victims = [h for h in self._open if h != current and h not in self._busy]
-            victim = victims[0] if victims else next(iter(self._open))
-            await self._guarded_close(victim)
+        """Close idle shards (LRU, the current hour last) until a slot is free for ``hour``."""
+        while len(self._open) + self._opening >= self._limits.max_open_shards:
+            idle = [h for h in self._open if h not in self._busy]
+            if idle:
+                current = self._current_hour()
+                victim = next((h for h in idle if h != current), idle[0])
+                await self._guarded(victim, self._close)
+            else:  # every slot is being opened or closed by someone else: wait for one
+                await next(e for h, e in self._busy.items() if h != hour).wait()
 
     async def _guarded_close(self, hour: int) -> None:
         if hour in self._busy:

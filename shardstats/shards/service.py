@@ -34,10 +34,13 @@ class ServiceStatistics:
 
 
 class Service:
-    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+    def __init__(
+        self, settings: Settings, clock: Clock | None = None, datadir: DataDir | None = None
+    ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
-        self.datadir = DataDir(settings.data_path)
+        # ``datadir`` is the storage seam: tests pass a subclass that injects faults.
+        self.datadir = datadir or DataDir(settings.data_path)
         self.limits = Limits(
             max_user_bytes=settings.max_user_bytes,
             accept_past_ms=settings.accept_past_seconds * 1000,
@@ -58,6 +61,7 @@ class Service:
             self.current_hour,
         )
         self.ready = False
+        self._ready_event = trio.Event()
         self.recovery_seconds: float | None = None
         self._stop = trio.Event()
         self._stopped = trio.Event()
@@ -84,6 +88,7 @@ class Service:
                 await self.registry.preload([current + 1, *recent])
                 self.recovery_seconds = time.monotonic() - started
                 self.ready = True
+                self._ready_event.set()
                 log.info("ready in %.3f s", self.recovery_seconds)
                 await self._stop.wait()
                 self.ready = False
@@ -92,6 +97,9 @@ class Service:
         finally:
             self.datadir.lock.release()
             self._stopped.set()
+
+    async def wait_ready(self) -> None:
+        await self._ready_event.wait()
 
     async def shutdown(self) -> None:
         """Answer what is queued, snapshot every open hour, release the lock."""

@@ -1,0 +1,208 @@
+"""The actors end to end, without HTTP: exactness, restart, eviction, commit failures."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shardstats.clock import FixedClock
+from shardstats.config import Settings
+from shardstats.core.events import HOUR_MS, Event, EventKind, HourCounts
+from shardstats.errors import StorageError
+from shardstats.shards.service import Service
+from shardstats.storage.datadir import DataDir
+from shardstats.storage.journal import InsertRow, Journal
+from tests.model import Model
+from tests.shards.conftest import running
+from tests.strategies import BASE_HOUR, events
+
+NOW = (BASE_HOUR + 3) * HOUR_MS + 1234
+SMALL = dict(max_open_shards=2, max_cached_hours=1, shard_idle_seconds=0.2)
+
+
+def make_service(data_dir: Path, datadir: DataDir | None = None, **overrides: object) -> Service:
+    settings = dataclasses.replace(Settings(data_dir=str(data_dir)), **overrides)  # type: ignore[arg-type]
+    return Service(settings, clock=FixedClock(NOW), datadir=datadir)
+
+
+async def submit_all(service: Service, evts: Sequence[Event], concurrency: int) -> None:
+    async with trio.open_nursery() as nursery:
+        for worker in range(concurrency):
+            nursery.start_soon(_submit_some, service, evts[worker::concurrency])
+
+
+async def _submit_some(service: Service, evts: Sequence[Event]) -> None:
+    for event in evts:
+        await service.submit(event)
+
+
+async def answers(service: Service, hours: range) -> dict[int, HourCounts]:
+    return {hour: await service.query(hour) for hour in hours}
+
+
+HOURS = range(BASE_HOUR - 1, BASE_HOUR + 5)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(evts=st.lists(events(hours=4), max_size=120), concurrency=st.integers(1, 8))
+async def test_exact_through_eviction_restart_and_lost_snapshots(
+    tmp_path_factory: pytest.TempPathFactory, evts: list[Event], concurrency: int
+) -> None:
+    data_dir = tmp_path_factory.mktemp("data")
+    model = Model().add_all(evts)
+    expected = {hour: model.counts(hour) for hour in HOURS}
+
+    async with running(make_service(data_dir, **SMALL)) as service:
+        await submit_all(service, evts, concurrency)
+        assert await answers(service, HOURS) == expected
+        stats = service.statistics().registry
+        assert stats.open_shards <= 2 and stats.cached_hours <= 1
+
+    async with running(make_service(data_dir, **SMALL)) as service:
+        assert await answers(service, HOURS) == expected
+
+    for snap in (data_dir / "snapshots").glob("*.snap"):
+        snap.unlink()
+    async with running(make_service(data_dir)) as service:
+        assert await answers(service, HOURS) == expected
+
+
+async def test_query_of_empty_hour_creates_nothing(tmp_path: Path) -> None:
+    async with running(make_service(tmp_path)) as service:
+        assert await service.query(BASE_HOUR - 100) == HourCounts()
+    assert list((tmp_path / "journals").iterdir()) == []
+    assert list((tmp_path / "snapshots").iterdir()) == []
+
+
+class FaultyJournal(Journal):
+    """Fails the commit on demand, either before or after the rows reach the disk."""
+
+    fail: str | None = None  # None, "before" or "after"
+
+    def append(self, rows: Sequence[InsertRow]) -> int:
+        if FaultyJournal.fail == "before":
+            raise StorageError("injected: disk full")
+        last = super().append(rows)
+        if FaultyJournal.fail == "after":
+            raise StorageError("injected: fsync reported failure")
+        return last
+
+
+class FaultyDataDir(DataDir):
+    def open_journal(self, hour: int, *, create: bool) -> Journal:
+        return FaultyJournal(self.journal_path(hour), create=create)
+
+
+def faulty_service(data_dir: Path) -> Service:
+    return make_service(data_dir, FaultyDataDir(data_dir))
+
+
+def click(user: str) -> Event:
+    return Event(NOW, user, EventKind.CLICK)
+
+
+async def test_failed_commit_fails_batch_and_leaves_memory_untouched(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    hour = NOW // HOUR_MS
+    async with running(faulty_service(tmp_path)) as service:
+        await service.submit(click("a"))
+        FaultyJournal.fail = "before"
+        try:
+            with pytest.raises(StorageError):
+                await service.submit(click("b"))
+            assert await service.query(hour) == HourCounts(1, 1, 0)
+        finally:
+            FaultyJournal.fail = None
+        await service.submit(click("c"))  # reopens the journal and goes on
+        assert await service.query(hour) == HourCounts(2, 2, 0)
+    async with running(make_service(tmp_path)) as service:
+        assert await service.query(hour) == HourCounts(2, 2, 0)
+
+
+async def test_commit_reported_failed_but_on_disk_is_read_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a failed commit memory follows the file, not the error (PostgreSQL's lesson)."""
+    hour = NOW // HOUR_MS
+    async with running(faulty_service(tmp_path)) as service:
+        FaultyJournal.fail = "after"
+        try:
+            with pytest.raises(StorageError):
+                await service.submit(click("a"))
+            assert await service.query(hour) == HourCounts()
+        finally:
+            FaultyJournal.fail = None
+        with caplog.at_level(logging.WARNING):
+            await service.submit(click("b"))
+        assert await service.query(hour) == HourCounts(2, 2, 0)
+        assert "reported as failed are on disk" in caplog.text
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "foreign"])
+async def test_damaged_or_stale_snapshot_is_rebuilt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    hour = NOW // HOUR_MS
+    async with running(make_service(tmp_path)) as service:
+        for user in ("a", "b", "c"):
+            await service.submit(click(user))
+    snap = tmp_path / "snapshots" / f"{hour}.snap"
+    data = snap.read_bytes()
+    if damage == "truncate":
+        snap.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        snap.write_bytes(data[:-9] + bytes([data[-9] ^ 0x10]) + data[-8:])
+    else:  # a valid snapshot of another journal: wrong identity, must not be trusted
+        other = tmp_path / "other"
+        async with running(make_service(other)) as service:
+            await service.submit(click("z"))
+        snap.write_bytes((other / "snapshots" / f"{hour}.snap").read_bytes())
+    with caplog.at_level(logging.WARNING):
+        async with running(make_service(tmp_path)) as service:
+            assert await service.query(hour) == HourCounts(3, 3, 0)
+    assert "ignoring" in caplog.text
+
+
+async def test_full_inbox_is_overload_not_growth(tmp_path: Path) -> None:
+    """A blocked disk fills the bounded inbox; further submissions fail fast with 503."""
+    from shardstats.errors import Overloaded
+
+    gate = threading.Event()
+
+    class SlowJournal(Journal):
+        def append(self, rows: Sequence[InsertRow]) -> int:
+            gate.wait(10)
+            return super().append(rows)
+
+    class SlowDataDir(DataDir):
+        def open_journal(self, hour: int, *, create: bool) -> Journal:
+            return SlowJournal(self.journal_path(hour), create=create)
+
+    service = make_service(tmp_path, SlowDataDir(tmp_path), inbox_size=2, max_batch=1)
+    outcomes: list[str] = []
+
+    async def one(user: str) -> None:
+        try:
+            await service.submit(click(user))
+            outcomes.append("ok")
+        except Overloaded:
+            outcomes.append("overloaded")
+
+    async with running(service):
+        async with trio.open_nursery() as nursery:
+            for i in range(8):
+                nursery.start_soon(one, f"u{i}")
+            await trio.sleep(0.2)
+            gate.set()
+        assert "overloaded" in outcomes
+        ok = outcomes.count("ok")
+        assert await service.query(NOW // HOUR_MS) == HourCounts(ok, ok, 0)
