@@ -73,10 +73,13 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
 
     @app.after_request
     async def strip_empty_body_headers(response: Response) -> Response:
+        # Quart labels every response text/html; an empty body has nothing to describe, and a
+        # 204 must not carry Content-Length either.
         if response.status_code == 204:
-            # Quart adds these to every response; a 204 carries no body to describe.
             response.headers.pop("Content-Type", None)
             response.headers.pop("Content-Length", None)
+        elif response.content_length == 0:
+            response.headers.pop("Content-Type", None)
         return response
 
     @app.errorhandler(HTTPException)
