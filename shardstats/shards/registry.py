@@ -235,7 +235,9 @@ class Registry:
         self._cache(hour, shard.aggregate)
 
     async def _load_cached(self, hour: int) -> None:
-        def load() -> HourAggregate:
+        def load() -> HourAggregate | None:
+            if not self._datadir.journal_path(hour).exists():
+                return None  # pruned by an operator: the hour is empty now
             journal = self._datadir.open_journal(hour, create=False)
             try:
                 result = loader.load(self._datadir, hour, journal, None)
@@ -251,7 +253,10 @@ class Registry:
 
         aggregate = await trio.to_thread.run_sync(load)
         self._loads += 1
-        self._cache(hour, aggregate)
+        if aggregate is None:
+            self._known.discard(hour)
+        else:
+            self._cache(hour, aggregate)
 
     def _cache(self, hour: int, aggregate: HourAggregate) -> None:
         self._cached[hour] = aggregate

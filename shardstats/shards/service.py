@@ -73,6 +73,7 @@ class Service:
         """Take the data-dir lock now (raises ``DataDirLocked``); ``run`` reuses it."""
         self.datadir.prepare()
         self.datadir.lock.acquire()
+        self.datadir.remove_stale_temporaries()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Lock, recover, serve until ``shutdown``; ``started`` fires before recovery."""

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import time
 from pathlib import Path
 
 from shardstats.storage.journal import Journal
@@ -31,6 +33,18 @@ class DataDir:
     def prepare(self) -> None:
         for path in (self.root, self.journals, self.snapshots):
             path.mkdir(parents=True, exist_ok=True)
+
+    def remove_stale_temporaries(self, older_than: float = 60.0) -> int:
+        """Delete snapshot temp files left by a crash (never a fresh one: it may be in use)."""
+        removed = 0
+        cutoff = time.time() - older_than
+        for entry in os.scandir(self.snapshots):
+            if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+                        removed += 1
+        return removed
 
     def journal_path(self, hour: int) -> Path:
         return self.journals / f"{hour}.sqlite"
@@ -61,7 +75,9 @@ class DataDir:
     def write_snapshot(self, hour: int, data: bytes) -> None:
         """Atomically replace the snapshot: temp file, fsync, rename, fsync the directory."""
         final = self.snapshot_path(hour)
-        temp = final.with_name(f".{final.name}.tmp")
+        # A unique temporary name: the compactor may write the same hour's snapshot as the
+        # server; each rename installs a complete snapshot, whichever lands last is valid.
+        temp = final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             view = memoryview(data)

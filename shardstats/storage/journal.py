@@ -28,8 +28,8 @@ SCHEMA_VERSION = 1
 InsertRow = tuple[int, str, int, int]  # (timestamp_ms, user, uid, kind)
 
 
-def connect(path: Path, *, create: bool) -> sqlite3.Connection:
-    mode = "rwc" if create else "rw"
+def connect(path: Path, *, create: bool, readonly: bool = False) -> sqlite3.Connection:
+    mode = "ro" if readonly else "rwc" if create else "rw"
     try:
         conn = sqlite3.connect(
             f"file:{path}?mode={mode}",
@@ -38,8 +38,9 @@ def connect(path: Path, *, create: bool) -> sqlite3.Connection:
             isolation_level=None,
             timeout=10.0,
         )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
+        if not readonly:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
     except sqlite3.DatabaseError as exc:
         raise _classify(exc, path) from exc
     return conn
@@ -47,21 +48,36 @@ def connect(path: Path, *, create: bool) -> sqlite3.Connection:
 
 def _classify(exc: sqlite3.Error, path: Path) -> StorageError:
     if isinstance(exc, sqlite3.DatabaseError) and (
-        "not a database" in str(exc) or "malformed" in str(exc)
+        "not a database" in str(exc) or "malformed" in str(exc) or "no such table" in str(exc)
     ):
         return CorruptFile(f"{path}: {exc}")
     return StorageError(f"{path}: {exc}")
 
 
 class Journal:
-    def __init__(self, path: Path, *, create: bool) -> None:
+    """``readonly`` opens an existing journal for inspection: no schema changes, no writes."""
+
+    def __init__(self, path: Path, *, create: bool, readonly: bool = False) -> None:
         self.path = path
-        self._conn = connect(path, create=create)
+        self._conn = connect(path, create=create, readonly=readonly)
         try:
-            self.journal_id = self._init_schema()
-        except sqlite3.Error as exc:
+            self.journal_id = self._read_id() if readonly else self._init_schema()
+        except (sqlite3.Error, ValueError, TypeError) as exc:
             self._conn.close()
-            raise _classify(exc, path) from exc
+            if isinstance(exc, sqlite3.Error):
+                raise _classify(exc, path) from exc
+            raise CorruptFile(f"{path}: bad journal id: {exc}") from exc
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """For operator tools (verify, compact) that run their own SQL."""
+        return self._conn
+
+    def _read_id(self) -> bytes:
+        row = self._conn.execute("SELECT value FROM meta WHERE key='journal_id'").fetchone()
+        if row is None:
+            raise CorruptFile(f"{self.path}: journal has no id")
+        return bytes.fromhex(row[0])
 
     def _init_schema(self) -> bytes:
         db = sqlite_utils.Database(self._conn)
@@ -78,8 +94,7 @@ class Journal:
                 "('schema_version', ?)",
                 (uuid.uuid4().hex, str(SCHEMA_VERSION)),
             )
-        row = self._conn.execute("SELECT value FROM meta WHERE key='journal_id'").fetchone()
-        return bytes.fromhex(row[0])
+        return self._read_id()
 
     def append(self, rows: Sequence[InsertRow]) -> int:
         """Commit rows in one durable transaction; return the seq of the last one."""
@@ -112,9 +127,10 @@ class Journal:
         (last,) = self._conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
         return int(last)
 
-    def close(self) -> None:
+    def close(self, *, checkpoint: bool = True) -> None:
         try:
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if checkpoint:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error:
             pass  # the WAL stays and is replayed by the next open; nothing is lost
         finally:

@@ -32,9 +32,12 @@ _CHUNK = 500  # names per IN (...) query, well under SQLite's parameter limit
 
 
 class UserStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
-        self._conn = connect(path, create=True)
+        self._readonly = readonly
+        self._conn = connect(path, create=not readonly, readonly=readonly)
+        if readonly:
+            return
         try:
             db = sqlite_utils.Database(self._conn)
             db.table("users").create(
@@ -101,7 +104,8 @@ class UserStore:
 
     def close(self) -> None:
         try:
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if not self._readonly:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error:
             pass
         finally:

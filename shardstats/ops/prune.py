@@ -1,0 +1,50 @@
+"""``shardstats prune``: retention — remove (or archive) hours older than a limit.
+
+Needs the data-dir lock, i.e. the server must be stopped: a running server may hold a pruned
+hour in memory or have its journal open. After pruning, a GET for that hour answers zeros.
+With ``archive``, files are moved (journal, its -wal/-shm, snapshot) under
+``archive/journals`` and ``archive/snapshots`` with the same names, so they can be moved back.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from shardstats.ops.common import hour_iso, journal_files, size_of
+from shardstats.storage.datadir import DataDir
+from shardstats.storage.journal import Journal
+
+
+@dataclass
+class PruneResult:
+    hour: int
+    iso: str
+    files: list[Path]
+    bytes: int
+
+
+def prunable(datadir: DataDir, current_hour: int, older_than_hours: int) -> list[PruneResult]:
+    results = []
+    for hour in sorted(datadir.journal_hours()):
+        if hour < current_hour - older_than_hours:
+            files = [p for p in (*journal_files(datadir, hour), datadir.snapshot_path(hour))
+                     if p.exists()]
+            results.append(PruneResult(hour, hour_iso(hour), files, size_of(files)))
+    return results
+
+
+def prune(datadir: DataDir, results: list[PruneResult], archive: Path | None) -> None:
+    """Remove or move the files; the journal goes last so a half-done prune is re-run."""
+    for result in results:
+        if archive is not None and datadir.journal_path(result.hour).exists():
+            # Fold the WAL into the journal so the archived file stands on its own.
+            Journal(datadir.journal_path(result.hour), create=False).close()
+        for path in sorted(result.files, key=lambda p: p.suffix == ".sqlite"):
+            if archive is None:
+                path.unlink(missing_ok=True)
+            else:
+                target = archive / path.parent.name / path.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(path, target)
