@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -146,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        logging.basicConfig(level=logging.WARNING, format="shardstats %(levelname)s: %(message)s")
         handler = {"verify": _verify, "compact": _compact, "export": _export, "prune": _prune}
         return handler[args.command](args)
     except (ConfigError, InvalidInput) as exc:
@@ -284,7 +286,11 @@ def _prune(args: argparse.Namespace) -> int:
             print(f"{verb} {r.iso} ({len(r.files)} files, {r.bytes} bytes)")
         if not args.dry_run:
             prune(datadir, results, Path(args.archive) if args.archive else None)
-        print(f"{len(results)} hours, {sum(r.bytes for r in results)} bytes {verb}")
+        total = f"{len(results)} hours, {sum(r.bytes for r in results)} bytes"
+        if args.dry_run:
+            print(f"{total}: dry run, nothing removed")
+        else:
+            print(f"{total} {verb}" + (f" to {args.archive}" if args.archive else ""))
     finally:
         datadir.lock.release()
     return EXIT_OK

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from collections.abc import AsyncIterator
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -73,18 +74,22 @@ def run_server(settings: Settings) -> int:
 
 async def _serve(app: QuartTrio, config: HypercornConfig, settings: Settings) -> None:
     stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_on_signals, stop)
-        binds = await nursery.start(_serve_hypercorn, app, config, stop)
-        log.info(
-            "listening on %s (data dir %s)", ", ".join(binds), settings.data_path.resolve()
-        )
+    # The receiver stays open until shutdown is complete: a second SIGTERM (a supervisor
+    # and `timeout` both signalling, say) must not kill the process mid-snapshot.
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_on_signals, signals, stop)
+            binds = await nursery.start(_serve_hypercorn, app, config, stop, nursery.cancel_scope)
+            log.info(
+                "listening on %s (data dir %s)", ", ".join(binds), settings.data_path.resolve()
+            )
 
 
 async def _serve_hypercorn(
     app: QuartTrio,
     config: HypercornConfig,
     stop: trio.Event,
+    done: trio.CancelScope,
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -92,19 +97,14 @@ async def _serve_hypercorn(
         await serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
     finally:
         stop.set()
+        done.cancel()  # hypercorn and the lifespan are finished: stop watching signals
 
 
-async def _on_signals(stop: trio.Event) -> None:
-    """Turn the first SIGTERM/SIGINT into a graceful stop; return when stopping anyway."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-
-            async def watch() -> None:
-                async for signum in signals:
-                    log.info("%s received: shutting down gracefully", signal.Signals(signum).name)
-                    stop.set()
-                    return
-
-            nursery.start_soon(watch)
-            await stop.wait()
-            nursery.cancel_scope.cancel()
+async def _on_signals(signals: AsyncIterator[int], stop: trio.Event) -> None:
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            log.info("%s received: already shutting down", name)
+        else:
+            log.info("%s received: shutting down gracefully", name)
+            stop.set()
