@@ -69,6 +69,19 @@ class Settings:
     backlog: int = field(default=1024, metadata=_doc("listen backlog"))
     log_level: str = field(default="info", metadata=_doc("debug, info, warning or error"))
     access_log: bool = field(default=False, metadata=_doc("log every request (to stderr)"))
+    ingest_token: str = field(
+        default="",
+        repr=False,  # never in logs or tracebacks
+        metadata=_doc("bearer token required for POST (empty: no token needed)"),
+    )
+    query_token: str = field(
+        default="",
+        repr=False,
+        metadata=_doc("bearer token required for GET /analytics (empty: no token needed)"),
+    )
+    require_tokens: bool = field(
+        default=False, metadata=_doc("refuse to start unless both tokens are set (production)")
+    )
 
     def __post_init__(self) -> None:
         for name in ("max_user_bytes", "max_open_shards", "inbox_size", "max_batch"):
@@ -84,6 +97,11 @@ class Settings:
                 raise ConfigError(f"{name} must be positive")
         if self.log_level.lower() not in {"debug", "info", "warning", "error"}:
             raise ConfigError("log_level must be debug, info, warning or error")
+        if self.require_tokens and not (self.ingest_token and self.query_token):
+            raise ConfigError(
+                "require_tokens is on but ingest_token or query_token is empty; set "
+                "SHARDSTATS_INGEST_TOKEN and SHARDSTATS_QUERY_TOKEN"
+            )
         host, sep, port = self.bind.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:
             raise ConfigError(f"bind must be HOST:PORT, got {self.bind!r}")

@@ -12,7 +12,9 @@ Run it with ``shardstats serve`` or ``hypercorn -k trio 'shardstats.http.app:cre
 
 from __future__ import annotations
 
+import hmac
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from quart import Response, request
@@ -47,8 +49,13 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     async def stop_service() -> None:
         await service.shutdown()
 
+    ingest = _token_checker(service.settings.ingest_token)
+    query = _token_checker(service.settings.query_token)
+
     @app.post("/analytics", provide_automatic_options=False)
     async def post_event() -> ResponseValue:
+        if not ingest(request.headers.get("Authorization")):
+            return "", 401, {"WWW-Authenticate": 'Bearer realm="shardstats ingest"'}
         try:
             event = event_from_query(request.query_string, service.clock.now_ms(), service.limits)
             await service.submit(event)
@@ -58,6 +65,12 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
 
     @app.get("/analytics", provide_automatic_options=False)
     async def get_counts() -> ResponseValue:
+        if not query(request.headers.get("Authorization")):
+            return (
+                {"error": "missing or invalid bearer token"},
+                401,
+                {"WWW-Authenticate": 'Bearer realm="shardstats query"'},
+            )
         try:
             hour = hour_of(timestamp_from_query(request.query_string))
             counts = await service.query(hour)
@@ -95,6 +108,20 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         return {"error": "internal error"}, 500
 
     return app
+
+
+def _token_checker(token: str) -> Callable[[str | None], bool]:
+    """Accept ``Authorization: Bearer <token>``; an empty configured token accepts anything."""
+    if not token:
+        return lambda header: True
+    expected = token.encode()
+
+    def check(header: str | None) -> bool:
+        scheme, _, given = (header or "").partition(" ")
+        # compare_digest: the time taken does not reveal how much of the token matched.
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)
+
+    return check
 
 
 def _post_error(exc: ShardstatsError) -> ResponseValue:

@@ -1,0 +1,62 @@
+"""Optional bearer tokens, separate for ingest (POST) and query (GET)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import trio
+
+from shardstats.clock import FixedClock
+from shardstats.config import Settings
+from shardstats.http.app import create_app
+from shardstats.shards.service import Service
+
+NOW = 1_780_000_000_000
+POST = f"/analytics?timestamp={NOW}&user=alice&event=click"
+GET = f"/analytics?timestamp={NOW}"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_tokens_guard_each_side_separately(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(data_dir=str(tmp_path), ingest_token="in-s3cret", query_token="q-s3cret")
+    service = Service(settings, clock=FixedClock(NOW))
+    app = create_app(settings, service)
+    caplog.set_level(logging.DEBUG)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        with trio.fail_after(10):
+            await service.wait_ready()
+        for headers in ({}, bearer("wrong"), bearer("q-s3cret"), {"Authorization": "in-s3cret"}):
+            response = await client.post(POST, headers=headers)
+            assert response.status_code == 401
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert (await client.post(POST, headers=bearer("in-s3cret"))).status_code == 204
+
+        response = await client.get(GET, headers=bearer("in-s3cret"))
+        assert response.status_code == 401
+        assert "error" in await response.get_json()
+        response = await client.get(GET, headers=bearer("q-s3cret"))
+        assert response.status_code == 200
+        assert (await response.get_json())["clicks"] == 1
+        # Health checks stay open for load balancers.
+        assert (await client.get("/healthz")).status_code == 200
+    assert "s3cret" not in caplog.text
+    assert "s3cret" not in repr(settings)
+
+
+async def test_no_tokens_configured_means_open(tmp_path: Path) -> None:
+    settings = Settings(data_dir=str(tmp_path))
+    service = Service(settings, clock=FixedClock(NOW))
+    async with create_app(settings, service).test_app() as test_app:
+        client = test_app.test_client()
+        with trio.fail_after(10):
+            await service.wait_ready()
+        assert (await client.post(POST)).status_code == 204
+        assert (await client.post(POST, headers=bearer("anything"))).status_code == 204
