@@ -27,7 +27,7 @@ import trio
 
 from shardstats.core.aggregate import HourAggregate
 from shardstats.core.events import ZERO_COUNTS, Event, HourCounts
-from shardstats.errors import Overloaded
+from shardstats.errors import Overloaded, ShardstatsError
 from shardstats.shards import loader
 from shardstats.shards.dictionary import UserDictionary
 from shardstats.shards.hour import HourShard
@@ -104,7 +104,12 @@ class Registry:
         """Recover recent hours eagerly so the first requests after a restart are fast."""
         for hour in hours:
             if hour in self._known:
-                await self._ensure_loaded(hour)
+                try:
+                    await self._ensure_loaded(hour)
+                except ShardstatsError as exc:
+                    # One unreadable hour must not keep the others from being served: it
+                    # answers 500 on use, and says why in the log each time.
+                    log.error("hour %d is unavailable: %s", hour, exc)
 
     # -- requests --------------------------------------------------------------------------
 

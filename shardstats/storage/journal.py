@@ -124,7 +124,10 @@ class Journal:
             raise _classify(exc, self.path) from exc
 
     def max_seq(self) -> int:
-        (last,) = self._conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+        try:
+            (last,) = self._conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+        except sqlite3.Error as exc:
+            raise _classify(exc, self.path) from exc
         return int(last)
 
     def close(self, *, checkpoint: bool = True) -> None:

@@ -206,3 +206,36 @@ async def test_full_inbox_is_overload_not_growth(tmp_path: Path) -> None:
         assert "overloaded" in outcomes
         ok = outcomes.count("ok")
         assert await service.query(NOW // HOUR_MS) == HourCounts(ok, ok, 0)
+
+
+@pytest.mark.parametrize("damage", ["not-sqlite", "damaged-pages"])
+async def test_unreadable_journal_fails_only_its_hour(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    """Decision: an hour whose journal cannot be read answers 500 (with the file named in the
+    log) while every other hour is served; the server never answers from a guess."""
+    good, bad = NOW // HOUR_MS, NOW // HOUR_MS - 1
+    async with running(make_service(tmp_path)) as service:
+        for user in ("a", "b"):
+            await service.submit(click(user))
+            await service.submit(Event(bad * HOUR_MS + 5, user * 300, EventKind.IMPRESSION))
+    path = tmp_path / "journals" / f"{bad}.sqlite"
+    (tmp_path / "snapshots" / f"{bad}.snap").unlink()  # so the journal must be read
+    if damage == "not-sqlite":
+        path.write_bytes(b"garbage" * 1000)
+    else:
+        data = bytearray(path.read_bytes())
+        for page in range(1, len(data) // 4096):
+            data[page * 4096 : page * 4096 + 64] = b"\xff" * 64
+        path.write_bytes(bytes(data))
+    with caplog.at_level(logging.ERROR):
+        async with running(make_service(tmp_path)) as service:
+            assert await service.query(good) == HourCounts(2, 2, 0)
+            with pytest.raises(StorageError):
+                await service.query(bad)
+            with pytest.raises(StorageError):
+                await service.submit(Event(bad * HOUR_MS, "c", EventKind.CLICK))
+            await service.submit(click("c"))
+            assert await service.query(good) == HourCounts(3, 3, 0)
+    assert f"hour {bad} is unavailable" in caplog.text
+    assert str(path) in caplog.text
