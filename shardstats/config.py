@@ -45,7 +45,14 @@ class Settings:
         default=16, metadata=_doc("hours with an open journal and a running shard task")
     )
     max_cached_hours: int = field(
-        default=128, metadata=_doc("closed hours whose aggregate stays in memory")
+        default=768,
+        metadata=_doc("closed hours whose aggregate stays in memory (range queries read them)"),
+    )
+    max_range_hours: int = field(
+        default=768, metadata=_doc("longest range /analytics/range accepts, in hours")
+    )
+    max_batch_bytes: int = field(
+        default=16 * 1024 * 1024, metadata=_doc("largest /analytics/batch body (413 beyond)")
     )
     inbox_size: int = field(
         default=4096, metadata=_doc("queued requests per hour before POST answers 503")
@@ -84,7 +91,8 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
-        for name in ("max_user_bytes", "max_open_shards", "inbox_size", "max_batch"):
+        for name in ("max_user_bytes", "max_open_shards", "inbox_size", "max_batch",
+                     "max_range_hours", "max_batch_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         for name in ("accept_past_seconds", "accept_future_seconds", "max_cached_hours",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 HOUR_MS = 3_600_000
 MAX_TIMESTAMP_MS = 2**63 - 1  # SQLite INTEGER is a signed 64-bit value
@@ -35,9 +36,9 @@ def hour_start_ms(hour: int) -> int:
     return hour * HOUR_MS
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One validated click or impression."""
+class Event(NamedTuple):
+    """One validated click or impression. A NamedTuple, not a dataclass: batch ingest builds
+    hundreds of thousands per second, and a frozen dataclass costs three times as much."""
 
     timestamp_ms: int
     user: str

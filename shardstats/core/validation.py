@@ -14,13 +14,15 @@ Pure: the current time is an argument.
 
 from __future__ import annotations
 
-import unicodedata
+import re
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 from shardstats.core.events import MAX_TIMESTAMP_MS, Event, EventKind
 from shardstats.errors import InvalidInput
 
+# Unicode category Cc is exactly C0, DEL and C1.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 KNOWN_PARAMS = frozenset({"timestamp", "user", "event"})
 MAX_QUERY_BYTES = 16 * 1024
 
@@ -34,6 +36,11 @@ class Limits:
 
 def parse_query(raw: bytes) -> dict[str, str]:
     """Decode the known parameters of a query string; reject duplicates and bad UTF-8."""
+    return parse_query_fields(raw, KNOWN_PARAMS)
+
+
+def parse_query_fields(raw: bytes, known: frozenset[str]) -> dict[str, str]:
+    """``parse_query`` for any set of known parameter names."""
     if len(raw) > MAX_QUERY_BYTES:
         raise InvalidInput(f"query string longer than {MAX_QUERY_BYTES} bytes")
     found: dict[str, str] = {}
@@ -42,7 +49,7 @@ def parse_query(raw: bytes) -> dict[str, str]:
             continue
         key_raw, _, value_raw = field.partition(b"=")
         key = _decode(key_raw, "parameter name")
-        if key not in KNOWN_PARAMS:
+        if key not in known:
             continue
         if key in found:
             raise InvalidInput(f"parameter '{key}' given more than once")
@@ -61,13 +68,17 @@ def parse_timestamp(params: dict[str, str]) -> int:
     text = params.get("timestamp")
     if text is None:
         raise InvalidInput("missing parameter 'timestamp'")
+    return parse_timestamp_text(text, "timestamp")
+
+
+def parse_timestamp_text(text: str, name: str) -> int:
     if not text:
-        raise InvalidInput("parameter 'timestamp' is empty")
+        raise InvalidInput(f"parameter '{name}' is empty")
     if not (text.isascii() and text.isdigit()):
-        raise InvalidInput("timestamp must be milliseconds since the epoch, digits only")
+        raise InvalidInput(f"{name} must be milliseconds since the epoch, digits only")
     significant = text.lstrip("0")
     if len(significant) > 19 or int(significant or "0") > MAX_TIMESTAMP_MS:
-        raise InvalidInput(f"timestamp exceeds the maximum {MAX_TIMESTAMP_MS}")
+        raise InvalidInput(f"{name} exceeds the maximum {MAX_TIMESTAMP_MS}")
     return int(significant or "0")
 
 
@@ -77,10 +88,10 @@ def parse_user(params: dict[str, str], max_user_bytes: int) -> str:
         raise InvalidInput("missing parameter 'user'")
     if not user:
         raise InvalidInput("parameter 'user' is empty")
-    size = len(user.encode("utf-8"))
+    size = len(user) if user.isascii() else len(user.encode("utf-8"))
     if size > max_user_bytes:
         raise InvalidInput(f"user is {size} bytes long; the maximum is {max_user_bytes}")
-    if any(unicodedata.category(ch) == "Cc" for ch in user):
+    if _CONTROL.search(user):
         raise InvalidInput("user contains a control character")
     return user
 

@@ -22,7 +22,9 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from shardstats.config import Settings, load_settings
-from shardstats.core.events import hour_of
+from shardstats.core.batch import BatchLine, parse_batch
+from shardstats.core.events import HOUR_MS, hour_of
+from shardstats.core.ranges import range_from_query
 from shardstats.core.validation import event_from_query, timestamp_from_query
 from shardstats.errors import ShardstatsError, Unavailable
 from shardstats.shards.service import Service
@@ -37,7 +39,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     """Build the app; with no ``service`` it starts and stops its own with the lifespan."""
     service = service or Service(settings or load_settings())
     app = QuartTrio(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
+    app.config["MAX_CONTENT_LENGTH"] = service.settings.max_batch_bytes
     app.extensions["shardstats"] = service
 
     @app.before_serving
@@ -55,7 +57,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     @app.post("/analytics", provide_automatic_options=False)
     async def post_event() -> ResponseValue:
         if not ingest(request.headers.get("Authorization")):
-            return "", 401, {"WWW-Authenticate": 'Bearer realm="shardstats ingest"'}
+            return "", 401, _BEARER_INGEST
         try:
             event = event_from_query(request.query_string, service.clock.now_ms(), service.limits)
             await service.submit(event)
@@ -66,17 +68,44 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     @app.get("/analytics", provide_automatic_options=False)
     async def get_counts() -> ResponseValue:
         if not query(request.headers.get("Authorization")):
-            return (
-                {"error": "missing or invalid bearer token"},
-                401,
-                {"WWW-Authenticate": 'Bearer realm="shardstats query"'},
-            )
+            return {"error": "missing or invalid bearer token"}, 401, _BEARER_QUERY
         try:
             hour = hour_of(timestamp_from_query(request.query_string))
             counts = await service.query(hour)
         except ShardstatsError as exc:
             return _json_error(exc)
         return counts.as_json(), 200
+
+    @app.post("/analytics/batch", provide_automatic_options=False)
+    async def post_batch() -> ResponseValue:
+        if not ingest(request.headers.get("Authorization")):
+            return {"error": "missing or invalid bearer token"}, 401, _BEARER_INGEST
+        body = await request.get_data(cache=False)
+        assert isinstance(body, bytes)
+        lines = parse_batch(body, service.clock.now_ms(), service.limits)
+        events = [line.event for line in lines if line.event is not None]
+        try:
+            outcome = await service.submit_batch(events) if events else {}
+        except ShardstatsError as exc:
+            return _json_error(exc)
+        return _batch_report(body.count(b"\n") + 1, lines, outcome), 200
+
+    @app.get("/analytics/range", provide_automatic_options=False)
+    async def get_range() -> ResponseValue:
+        if not query(request.headers.get("Authorization")):
+            return {"error": "missing or invalid bearer token"}, 401, _BEARER_QUERY
+        try:
+            wanted = range_from_query(request.query_string, service.settings.max_range_hours)
+            total, segments = await service.range_counts(wanted)
+        except ShardstatsError as exc:
+            return _json_error(exc)
+        return {
+            "from": wanted.first_hour * HOUR_MS,
+            "to": (wanted.last_hour + 1) * HOUR_MS - 1,
+            "step": wanted.step,
+            "total": total.as_json(),
+            "series": [segment.as_json() for segment in segments],
+        }, 200
 
     @app.get("/healthz")
     async def healthz() -> ResponseValue:
@@ -108,6 +137,32 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         return {"error": "internal error"}, 500
 
     return app
+
+
+_BEARER_INGEST = {"WWW-Authenticate": 'Bearer realm="shardstats ingest"'}
+_BEARER_QUERY = {"WWW-Authenticate": 'Bearer realm="shardstats query"'}
+
+
+def _batch_report(
+    line_count: int, lines: list[BatchLine], outcome: dict[int, ShardstatsError | None]
+) -> dict[str, object]:
+    """One verdict per body line (``results[i]`` is line i+1): accepted, rejected: why,
+    failed: why (not durable; retrying is safe to the extent a 500 is), or blank."""
+    results = ["blank"] * line_count
+    counts = {"accepted": 0, "rejected": 0, "failed": 0}
+    for line in lines:
+        if line.event is None:
+            results[line.line - 1] = f"rejected: {line.error}"
+            counts["rejected"] += 1
+            continue
+        error = outcome.get(line.event.timestamp_ms // HOUR_MS)
+        if error is None:
+            results[line.line - 1] = "accepted"
+            counts["accepted"] += 1
+        else:
+            results[line.line - 1] = f"failed: {error if error.status < 500 else 'storage error'}"
+            counts["failed"] += 1
+    return {**counts, "results": results}
 
 
 def _token_checker(token: str) -> Callable[[str | None], bool]:

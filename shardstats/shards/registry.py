@@ -131,20 +131,28 @@ class Registry:
             await self._guarded(hour, self._open_shard)
 
     async def query(self, hour: int) -> HourCounts:
+        aggregate = await self.aggregate(hour)
+        return ZERO_COUNTS if aggregate is None else aggregate.counts()
+
+    async def aggregate(self, hour: int) -> HourAggregate | None:
+        """The hour's live aggregate (read it before the next await), or None if empty."""
         while True:
             shard = self._open.get(hour)
             if shard is not None:
                 self._open.move_to_end(hour)
-                return shard.aggregate.counts()
+                return shard.aggregate
             cached = self._cached.get(hour)
             if cached is not None:
                 self._cached.move_to_end(hour)
-                return cached.counts()
+                return cached
             if hour not in self._known:
-                return ZERO_COUNTS
+                return None
             if await self._wait_busy(hour):
                 continue
             await self._guarded(hour, self._load_cached)
+
+    def has_data(self, hour: int) -> bool:
+        return hour in self._known
 
     # -- opening, loading, closing ---------------------------------------------------------
 

@@ -12,17 +12,32 @@ import time
 from dataclasses import dataclass
 
 import trio
+from pyroaring import BitMap
 
 from shardstats.clock import Clock, SystemClock
 from shardstats.config import Settings
+from shardstats.core.aggregate import HourAggregate
 from shardstats.core.events import HOUR_MS, Event, HourCounts
+from shardstats.core.ranges import RangeQuery, Segment, combine
 from shardstats.core.validation import Limits
-from shardstats.errors import NotReady
+from shardstats.errors import NotReady, ShardstatsError
 from shardstats.shards.dictionary import DictionaryStatistics, UserDictionary
 from shardstats.shards.registry import Registry, RegistryLimits, RegistryStatistics
 from shardstats.storage.datadir import DataDir
 
 log = logging.getLogger(__name__)
+
+
+async def _union_in_slices(parts: list[HourAggregate], size: int = 32) -> HourCounts:
+    users = BitMap()
+    clicks = impressions = 0
+    for start in range(0, len(parts), size):
+        chunk = parts[start : start + size]
+        users |= BitMap.union(*(p.users for p in chunk))
+        clicks += sum(p.clicks for p in chunk)
+        impressions += sum(p.impressions for p in chunk)
+        await trio.lowlevel.checkpoint()
+    return HourCounts(len(users), clicks, impressions)
 
 
 @dataclass(frozen=True)
@@ -111,6 +126,57 @@ class Service:
         if not self.ready:
             raise NotReady("recovering; retry shortly")
         await self.registry.submit([event])
+
+    async def submit_batch(self, events: list[Event]) -> dict[int, ShardstatsError | None]:
+        """Commit events of any hours (one submission per hour, concurrently); the outcome
+        of each hour: None when durable, else the error every event of that hour got."""
+        if not self.ready:
+            raise NotReady("recovering; retry shortly")
+        by_hour: dict[int, list[Event]] = {}
+        for event in events:
+            by_hour.setdefault(event.timestamp_ms // HOUR_MS, []).append(event)
+        outcome: dict[int, ShardstatsError | None] = {}
+
+        async def one(hour: int, group: list[Event]) -> None:
+            try:
+                await self.registry.submit(group)
+                outcome[hour] = None
+            except ShardstatsError as exc:
+                outcome[hour] = exc
+
+        async with trio.open_nursery() as nursery:
+            for hour, group in by_hour.items():
+                nursery.start_soon(one, hour, group)
+        return outcome
+
+    async def range_counts(self, query: RangeQuery) -> tuple[HourCounts, list[Segment]]:
+        """Exact totals and per-step counts over a range of hours.
+
+        Unions run on the event loop in slices (pyroaring holds the GIL, so a worker thread
+        would not let other requests run anyway); between slices other tasks get a turn.
+        """
+        if not self.ready:
+            raise NotReady("recovering; retry shortly")
+        segments: list[Segment] = []
+        partials: list[HourAggregate] = []
+        for hours in query.segments():
+            aggregates = []
+            for hour in hours:
+                if self.registry.has_data(hour):
+                    aggregate = await self.registry.aggregate(hour)
+                    if aggregate is not None:
+                        aggregates.append(aggregate)
+            if len(hours) == 1:  # an hour is its own partial: no union, no copy
+                counts = aggregates[0].counts() if aggregates else HourCounts()
+                partials.extend(aggregates)
+            else:
+                counts, users = combine(aggregates)
+                partials.append(HourAggregate(hours.start, counts.clicks, counts.impressions,
+                                              users))
+                await trio.lowlevel.checkpoint()
+            segments.append(Segment(hours.start, counts))
+        total = await _union_in_slices(partials)
+        return total, segments
 
     async def query(self, hour: int) -> HourCounts:
         if not self.ready:

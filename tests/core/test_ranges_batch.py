@@ -1,0 +1,89 @@
+"""Pure parts of range queries and batch parsing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shardstats.core.batch import parse_batch
+from shardstats.core.events import HOUR_MS, Event, EventKind
+from shardstats.core.ranges import RangeQuery, range_from_query
+from shardstats.core.validation import Limits, event_from_query
+from shardstats.errors import InvalidInput
+
+NOW = 1_780_000_000_000
+
+
+@given(st.integers(0, 10_000), st.integers(0, 200), st.sampled_from(["hour", "day"]))
+def test_segments_tile_the_range(first: int, length: int, step: str) -> None:
+    query = RangeQuery(first, first + length, step)
+    segments = query.segments()
+    assert [h for s in segments for h in s] == list(query.hours)
+    if step == "day":
+        assert all(s[0] // 24 == s[-1] // 24 for s in segments)
+
+
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        (b"to=5", "missing parameter 'from'"),
+        (b"from=5", "missing parameter 'to'"),
+        (b"from=9&to=5", "before"),
+        (b"from=0&to=5&step=week", "step"),
+        (b"from=-1&to=5", "digits only"),
+        (b"from=0&to=5&from=1", "more than once"),
+        (f"from=0&to={800 * HOUR_MS}".encode(), "maximum is 768"),
+    ],
+)
+def test_range_validation(raw: bytes, reason: str) -> None:
+    with pytest.raises(InvalidInput, match=reason):
+        range_from_query(raw, 768)
+
+
+def test_range_bounds_are_whole_hours() -> None:
+    query = range_from_query(f"from={HOUR_MS + 5}&to={3 * HOUR_MS - 1}".encode(), 768)
+    assert (query.first_hour, query.last_hour, query.step) == (1, 2, "hour")
+
+
+lines = st.fixed_dictionaries(
+    {
+        "timestamp": st.integers(NOW - 10**10, NOW + 10**6) | st.text(max_size=5),
+        "user": st.text(max_size=6) | st.integers(),
+        "event": st.sampled_from(["click", "impression", "Click", ""]),
+    }
+)
+
+
+@given(st.lists(lines, max_size=30))
+def test_batch_lines_are_judged_exactly_like_single_posts(items: list[dict[str, object]]) -> None:
+    """The fast path must agree with the single-POST rules on every line."""
+    body = "\n".join(json.dumps(item) for item in items).encode()
+    verdicts = parse_batch(body, NOW, Limits())
+    assert [v.line for v in verdicts] == list(range(1, len(items) + 1))
+    for item, verdict in zip(items, verdicts, strict=True):
+        try:
+            from urllib.parse import urlencode
+
+            single: Event | None = event_from_query(urlencode(item).encode(), NOW, Limits())
+        except InvalidInput:
+            single = None
+        if isinstance(item["user"], int):
+            single = None  # JSON users must be strings, though a query string cannot tell
+        assert verdict.event == single, (item, verdict)
+
+
+def test_batch_verdicts_name_the_problem() -> None:
+    body = b'{"timestamp": 5}\n\n[]\n{"timestamp": true, "user": "a", "event": "click"}\n{'
+    verdicts = parse_batch(body, NOW, Limits(accept_past_ms=0))
+    assert [(v.line, v.error) for v in verdicts] == [
+        (1, "missing parameter 'user'"),
+        (3, "each line must be a JSON object"),
+        (4, "'timestamp' must be a string or an integer"),
+        (5, "not valid JSON"),
+    ]
+    ok = parse_batch(f'{{"timestamp": "{NOW}", "user": "é", "event": "impression"}}'.encode(),
+                     NOW, Limits())
+    assert ok[0].event == Event(NOW, "é", EventKind.IMPRESSION)
