@@ -24,6 +24,7 @@ from shardstats.errors import InvalidInput
 # Unicode category Cc is exactly C0, DEL and C1.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 KNOWN_PARAMS = frozenset({"timestamp", "user", "event"})
+_GET_PARAMS = frozenset({"timestamp"})
 MAX_QUERY_BYTES = 16 * 1024
 
 
@@ -128,5 +129,6 @@ def event_from_query(raw: bytes, now_ms: int, limits: Limits) -> Event:
 
 
 def timestamp_from_query(raw: bytes) -> int:
-    """Validate a ``GET /analytics`` query string: any valid timestamp is accepted."""
-    return parse_timestamp(parse_query(raw))
+    """Validate a ``GET /analytics`` query string: any valid timestamp is accepted; ``user``
+    and ``event`` mean nothing to a GET, so they are unknown parameters here and ignored."""
+    return parse_timestamp(parse_query_fields(raw, _GET_PARAMS))

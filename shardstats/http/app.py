@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
@@ -26,7 +27,8 @@ from shardstats.core.batch import BatchLine, parse_batch
 from shardstats.core.events import HOUR_MS, hour_of
 from shardstats.core.ranges import range_from_query
 from shardstats.core.validation import event_from_query, timestamp_from_query
-from shardstats.errors import ShardstatsError, Unavailable
+from shardstats.errors import InvalidInput, ShardstatsError, Unavailable
+from shardstats.http.metrics import CONTENT_TYPE, Metrics, reason_label
 from shardstats.shards.service import Service
 
 log = logging.getLogger("shardstats.http")
@@ -41,6 +43,9 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     app = QuartTrio(__name__)
     app.config["MAX_CONTENT_LENGTH"] = service.settings.max_batch_bytes
     app.extensions["shardstats"] = service
+    metrics = Metrics(service)
+    service.registry.observer = metrics
+    app.extensions["shardstats.metrics"] = metrics
 
     @app.before_serving
     async def start_service() -> None:
@@ -62,7 +67,10 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
             event = event_from_query(request.query_string, service.clock.now_ms(), service.limits)
             await service.submit(event)
         except ShardstatsError as exc:
+            if isinstance(exc, InvalidInput):
+                metrics.rejected.labels(reason_label(str(exc))).inc()
             return _post_error(exc)
+        metrics.accepted.inc()
         return "", 204
 
     @app.get("/analytics", provide_automatic_options=False)
@@ -88,7 +96,12 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
             outcome = await service.submit_batch(events) if events else {}
         except ShardstatsError as exc:
             return _json_error(exc)
-        return _batch_report(body.count(b"\n") + 1, lines, outcome), 200
+        report = _batch_report(body.count(b"\n") + 1, lines, outcome)
+        metrics.accepted.inc(report["accepted"])
+        for line in lines:
+            if line.error is not None:
+                metrics.rejected.labels(reason_label(line.error)).inc()
+        return report, 200
 
     @app.get("/analytics/range", provide_automatic_options=False)
     async def get_range() -> ResponseValue:
@@ -107,6 +120,14 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
             "series": [segment.as_json() for segment in segments],
         }, 200
 
+    @app.get("/metrics")
+    async def prometheus() -> ResponseValue:
+        return metrics.render(), 200, {"Content-Type": CONTENT_TYPE}
+
+    @app.before_request
+    async def start_timer() -> None:
+        g.started = time.perf_counter()
+
     @app.get("/healthz")
     async def healthz() -> ResponseValue:
         if service.ready:
@@ -115,6 +136,11 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
 
     @app.after_request
     async def strip_empty_body_headers(response: Response) -> Response:
+        started = getattr(g, "started", None)
+        if started is not None:
+            rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+            metrics.request_seconds.labels(rule, request.method, str(response.status_code)
+                                           ).observe(time.perf_counter() - started)
         # Quart labels every response text/html; an empty body has nothing to describe, and a
         # 204 must not carry Content-Length either.
         if response.status_code == 204:
@@ -145,7 +171,7 @@ _BEARER_QUERY = {"WWW-Authenticate": 'Bearer realm="shardstats query"'}
 
 def _batch_report(
     line_count: int, lines: list[BatchLine], outcome: dict[int, ShardstatsError | None]
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """One verdict per body line (``results[i]`` is line i+1): accepted, rejected: why,
     failed: why (not durable; retrying is safe to the extent a 500 is), or blank."""
     results = ["blank"] * line_count

@@ -21,6 +21,7 @@ Theory of operation:
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import trio
@@ -31,6 +32,7 @@ from shardstats.core.events import Event
 from shardstats.errors import ShardstatsError, StorageError
 from shardstats.shards import loader
 from shardstats.shards.dictionary import UserDictionary
+from shardstats.shards.observer import NULL_OBSERVER, Observer
 from shardstats.shards.pending import Pending
 from shardstats.storage.datadir import DataDir
 from shardstats.storage.journal import Journal
@@ -62,6 +64,7 @@ class HourShard:
         max_batch: int,
         snapshot_interval: float,
         base: HourAggregate | None = None,
+        observer: Observer = NULL_OBSERVER,
     ) -> None:
         self.hour = hour
         self._datadir = datadir
@@ -69,6 +72,7 @@ class HourShard:
         self._max_batch = max_batch
         self._snapshot_interval = snapshot_interval
         self._base = base
+        self._observer = observer
         self.inbox, self._receive = trio.open_memory_channel[Submission](inbox_size)
         self.aggregate = base or HourAggregate(hour)
         self._journal: Journal | None = None
@@ -157,6 +161,7 @@ class HourShard:
 
     async def _commit(self, batch: list[Submission]) -> None:
         events = [event for events, _ in batch for event in events]
+        started = time.perf_counter()
         try:
             ids = await self._dictionary.ids_for([event.user for event in events])
             rows = [(e.timestamp_ms, e.user, ids[e.user], int(e.kind)) for e in events]
@@ -164,6 +169,7 @@ class HourShard:
             last = await trio.to_thread.run_sync(journal.append, rows)
         except Exception as exc:
             self._failed += 1
+            self._observer.commit(len(events), time.perf_counter() - started, False)
             log.error("hour %d: commit of %d events failed: %s", self.hour, len(events), exc)
             await self._drop_journal()
             error = exc if isinstance(exc, ShardstatsError) else StorageError(str(exc))
@@ -176,6 +182,7 @@ class HourShard:
         )
         self._batches += 1
         self._events += len(rows)
+        self._observer.commit(len(rows), time.perf_counter() - started, True)
         for _, pending in batch:
             pending.set(None)
 
@@ -216,14 +223,17 @@ class HourShard:
         aggregate = self.aggregate
         if aggregate.last_seq == self._snapshot_seq or self._journal_id == b"":
             return
+        started = time.perf_counter()
         data = codec.encode(aggregate, self._journal_id)
         seq = aggregate.last_seq
         try:
             await trio.to_thread.run_sync(self._datadir.write_snapshot, self.hour, data)
         except Exception as exc:
+            self._observer.snapshot(time.perf_counter() - started, False)
             log.warning("hour %d: snapshot failed (the journal still has it all): %s",
                         self.hour, exc)
             return
+        self._observer.snapshot(time.perf_counter() - started, True)
         self._snapshot_seq = seq
 
     async def _finish(self) -> None:

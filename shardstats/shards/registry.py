@@ -19,6 +19,7 @@ Rules:
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from shardstats.errors import Overloaded, ShardstatsError
 from shardstats.shards import loader
 from shardstats.shards.dictionary import UserDictionary
 from shardstats.shards.hour import HourShard
+from shardstats.shards.observer import NULL_OBSERVER, Observer
 from shardstats.storage.datadir import DataDir
 
 log = logging.getLogger(__name__)
@@ -62,11 +64,13 @@ class Registry:
         dictionary: UserDictionary,
         limits: RegistryLimits,
         current_hour: Callable[[], int],
+        observer: Observer = NULL_OBSERVER,
     ) -> None:
         self._datadir = datadir
         self._dictionary = dictionary
         self._limits = limits
         self._current_hour = current_hour
+        self.observer = observer
         self._open: OrderedDict[int, HourShard] = OrderedDict()
         self._cached: OrderedDict[int, HourAggregate] = OrderedDict()
         self._known: set[int] = set()
@@ -196,6 +200,7 @@ class Registry:
             max_batch=self._limits.max_batch,
             snapshot_interval=self._limits.snapshot_interval,
             base=base,
+            observer=self.observer,
         )
         try:
             await self._nursery.start(self._run_shard, shard)
@@ -248,12 +253,17 @@ class Registry:
         self._cache(hour, shard.aggregate)
 
     async def _load_cached(self, hour: int) -> None:
+        started = time.perf_counter()
+        replayed = 0
+
         def load() -> HourAggregate | None:
+            nonlocal replayed
             if not self._datadir.journal_path(hour).exists():
                 return None  # pruned by an operator: the hour is empty now
             journal = self._datadir.open_journal(hour, create=False)
             try:
                 result = loader.load(self._datadir, hour, journal, None)
+                replayed = result.replayed
                 if result.replayed:
                     log.info("hour %d: replayed %d journal rows", hour, result.replayed)
                     try:
@@ -265,6 +275,7 @@ class Registry:
                 journal.close()
 
         aggregate = await trio.to_thread.run_sync(load)
+        self.observer.load(time.perf_counter() - started, replayed)
         self._loads += 1
         if aggregate is None:
             self._known.discard(hour)

@@ -22,6 +22,7 @@ from shardstats.core.ranges import RangeQuery, Segment, combine
 from shardstats.core.validation import Limits
 from shardstats.errors import NotReady, ShardstatsError
 from shardstats.shards.dictionary import DictionaryStatistics, UserDictionary
+from shardstats.shards.observer import NULL_OBSERVER, Observer
 from shardstats.shards.registry import Registry, RegistryLimits, RegistryStatistics
 from shardstats.storage.datadir import DataDir
 
@@ -50,7 +51,11 @@ class ServiceStatistics:
 
 class Service:
     def __init__(
-        self, settings: Settings, clock: Clock | None = None, datadir: DataDir | None = None
+        self,
+        settings: Settings,
+        clock: Clock | None = None,
+        datadir: DataDir | None = None,
+        observer: Observer = NULL_OBSERVER,
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
@@ -74,6 +79,7 @@ class Service:
                 shard_idle=settings.shard_idle_seconds,
             ),
             self.current_hour,
+            observer,
         )
         self.ready = False
         self._ready_event = trio.Event()

@@ -1,0 +1,120 @@
+"""Prometheus metrics: ``GET /metrics`` in the text exposition format.
+
+Counters and histograms are fed by the HTTP layer and by the actors through the
+``Observer`` hooks; gauges (open shards, cached hours, queue depth, ...) are read from the
+service's ``statistics()`` at scrape time, so the hot path never updates them. Each app has
+its own ``CollectorRegistry`` (no process globals), so tests can run several apps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from shardstats.shards.observer import Observer
+from shardstats.shards.service import Service
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_REASONS = (
+    ("in the past", "window"),
+    ("in the future", "window"),
+    ("more than once", "duplicate"),
+    ("UTF-8", "encoding"),
+    ("JSON", "json"),
+    ("timestamp", "timestamp"),
+    ("user", "user"),
+    ("event", "event"),
+)
+
+
+def reason_label(message: str) -> str:
+    """A bounded label for a rejection reason (the message itself is unbounded)."""
+    for needle, label in _REASONS:
+        if needle in message:
+            return label
+    return "other"
+
+
+class Metrics(Observer):
+    def __init__(self, service: Service) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.accepted = Counter("shardstats_events_accepted", "Events made durable", registry=r)
+        self.rejected = Counter(
+            "shardstats_events_rejected", "Events refused as invalid", ["reason"], registry=r
+        )
+        self.failed = Counter(
+            "shardstats_events_failed", "Events whose commit failed (answered 500)", registry=r
+        )
+        self.batch_size = Histogram(
+            "shardstats_commit_batch_events", "Events per group commit",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536),
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            "shardstats_commit_seconds", "Group commit latency (dictionary + journal + fsync)",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.snapshot_seconds = Histogram(
+            "shardstats_snapshot_seconds", "Snapshot write latency", registry=r
+        )
+        self.snapshot_failures = Counter(
+            "shardstats_snapshot_failures", "Snapshot writes that failed", registry=r
+        )
+        self.load_seconds = Histogram(
+            "shardstats_hour_load_seconds", "Loading a past hour (snapshot + journal tail)",
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "shardstats_request_seconds", "HTTP request latency in the app",
+            ["route", "method", "status"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+            registry=r,
+        )
+        r.register(_ServiceCollector(service))
+
+    def commit(self, events: int, seconds: float, ok: bool) -> None:
+        self.batch_size.observe(events)
+        self.commit_seconds.observe(seconds)
+        if not ok:
+            self.failed.inc(events)
+
+    def snapshot(self, seconds: float, ok: bool) -> None:
+        self.snapshot_seconds.observe(seconds)
+        if not ok:
+            self.snapshot_failures.inc()
+
+    def load(self, seconds: float, replayed: int) -> None:
+        self.load_seconds.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _ServiceCollector(Collector):
+    def __init__(self, service: Service) -> None:
+        self._service = service
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        stats = self._service.statistics()
+        reg, dic = stats.registry, stats.dictionary
+        yield GaugeMetricFamily("shardstats_ready", "1 once recovery is done", stats.ready)
+        yield GaugeMetricFamily("shardstats_open_shards", "Hours with a running shard",
+                                reg.open_shards)
+        yield GaugeMetricFamily("shardstats_cached_hours", "Closed hours held in memory",
+                                reg.cached_hours)
+        yield GaugeMetricFamily("shardstats_known_hours", "Hours with a journal on disk",
+                                reg.known_hours)
+        yield GaugeMetricFamily("shardstats_queued_requests", "Requests waiting in shard inboxes",
+                                reg.queued)
+        yield GaugeMetricFamily("shardstats_cached_users", "User ids in the lookup cache",
+                                dic.cached_users)
+        yield GaugeMetricFamily(
+            "shardstats_recovery_seconds", "Time from start to ready",
+            stats.recovery_seconds if stats.recovery_seconds is not None else float("nan"),
+        )
