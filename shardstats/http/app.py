@@ -16,6 +16,7 @@ import hmac
 import logging
 import time
 from collections.abc import Callable
+from importlib import resources
 from typing import Any
 
 from quart import Response, g, request
@@ -29,6 +30,7 @@ from shardstats.core.ranges import range_from_query
 from shardstats.core.validation import event_from_query, timestamp_from_query
 from shardstats.errors import InvalidInput, ShardstatsError, Unavailable
 from shardstats.http.metrics import CONTENT_TYPE, Metrics, reason_label
+from shardstats.http.openapi import DOCUMENT, docs_page
 from shardstats.shards.service import Service
 
 log = logging.getLogger("shardstats.http")
@@ -124,6 +126,18 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     async def prometheus() -> ResponseValue:
         return metrics.render(), 200, {"Content-Type": CONTENT_TYPE}
 
+    @app.get("/")
+    async def dashboard() -> ResponseValue:
+        return DASHBOARD, 200, {"Content-Type": "text/html; charset=utf-8"}
+
+    @app.get("/openapi.json")
+    async def openapi_document() -> ResponseValue:
+        return DOCUMENT, 200
+
+    @app.get("/docs")
+    async def docs() -> ResponseValue:
+        return DOCS_PAGE, 200, {"Content-Type": "text/html; charset=utf-8"}
+
     @app.before_request
     async def start_timer() -> None:
         g.started = time.perf_counter()
@@ -165,6 +179,8 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     return app
 
 
+DOCS_PAGE = docs_page()
+DASHBOARD = (resources.files("shardstats.http") / "static" / "dashboard.html").read_text("utf-8")
 _BEARER_INGEST = {"WWW-Authenticate": 'Bearer realm="shardstats ingest"'}
 _BEARER_QUERY = {"WWW-Authenticate": 'Bearer realm="shardstats query"'}
 

@@ -1,0 +1,210 @@
+"""The OpenAPI 3.1 document of every route, and a docs page rendered from it.
+
+Written by hand rather than generated: the routes are few, the contract is exact (DESIGN.md
+§1), and a test checks every route of the app appears here and that the document validates.
+The docs page is plain HTML rendered on the server, so it works offline (no CDN, no JS).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Any
+
+from shardstats import __version__
+
+_TS = {"type": "string", "pattern": "^[0-9]+$", "examples": ["1795802400000"]}
+_COUNTS = {
+    "type": "object",
+    "required": ["unique_users", "clicks", "impressions"],
+    "properties": {
+        "unique_users": {"type": "integer", "minimum": 0},
+        "clicks": {"type": "integer", "minimum": 0},
+        "impressions": {"type": "integer", "minimum": 0},
+    },
+}
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string"}},
+}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _param(name: str, description: str, schema: dict[str, Any], required: bool = True
+           ) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "description": description,
+            "schema": schema}
+
+
+_RETRY = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+_UNAVAILABLE = {"description": "Overloaded or still recovering", "headers": _RETRY}
+_INGEST_401 = {"description": "Ingest token required and missing or wrong"}
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "shardstats",
+        "version": __version__,
+        "description": "Exact hourly unique users, clicks and impressions. An hour is "
+        "timestamp // 3600000 (UTC). POSTs are acknowledged only once durable.",
+    },
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {"Counts": _COUNTS, "Error": _ERROR},
+    },
+    "paths": {
+        "/analytics": {
+            "post": {
+                "summary": "Record one event",
+                "description": "Answers 204 once the event is durable (fsynced). A bearer "
+                "token is required when ingest_token is configured.",
+                "security": [{}, {"bearer": []}],
+                "parameters": [
+                    _param("timestamp", "Milliseconds since the epoch, digits only; within "
+                           "the acceptance window (default 30 days back, 10 minutes ahead)", _TS),
+                    _param("user", "Opaque user id, 1..256 bytes of UTF-8, no control "
+                           "characters", {"type": "string", "minLength": 1}),
+                    _param("event", "Event kind",
+                           {"type": "string", "enum": ["click", "impression"]}),
+                ],
+                "responses": {
+                    "204": {"description": "Durable"},
+                    "400": {"description": "Invalid input; the reason is in the header",
+                            "headers": {"X-Shardstats-Error": {"schema": {"type": "string"}}}},
+                    "401": _INGEST_401,
+                    "500": {"description": "Could not be made durable"},
+                    "503": _UNAVAILABLE,
+                },
+            },
+            "get": {
+                "summary": "Counts of one UTC hour",
+                "security": [{}, {"bearer": []}],
+                "parameters": [_param("timestamp", "Any time inside the hour, epoch ms", _TS)],
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/Counts"}, "The hour's counts"),
+                    "400": _json({"$ref": "#/components/schemas/Error"}, "Invalid input"),
+                    "401": _json({"$ref": "#/components/schemas/Error"}, "Token required"),
+                    "503": _UNAVAILABLE,
+                },
+            },
+        },
+        "/analytics/batch": {
+            "post": {
+                "summary": "Record many events (newline-delimited JSON)",
+                "description": "Each line is {\"timestamp\": ms, \"user\": \"...\", \"event\": "
+                "\"click\"|\"impression\"} validated like a single POST. The answer comes once "
+                "every accepted event is durable; results[i] is the verdict of line i+1.",
+                "security": [{}, {"bearer": []}],
+                "requestBody": {"required": True,
+                                "content": {"application/x-ndjson": {"schema": {
+                                    "type": "string"}}}},
+                "responses": {
+                    "200": _json({
+                        "type": "object",
+                        "required": ["accepted", "rejected", "failed", "results"],
+                        "properties": {
+                            "accepted": {"type": "integer"},
+                            "rejected": {"type": "integer"},
+                            "failed": {"type": "integer"},
+                            "results": {"type": "array", "items": {"type": "string"}},
+                        },
+                    }, "Per-line verdicts: accepted, rejected: reason, failed: reason, blank"),
+                    "401": _json({"$ref": "#/components/schemas/Error"}, "Token required"),
+                    "413": _json({"$ref": "#/components/schemas/Error"}, "Body too large"),
+                    "503": _UNAVAILABLE,
+                },
+            },
+        },
+        "/analytics/range": {
+            "get": {
+                "summary": "Exact totals and a series over a range of hours",
+                "description": "unique_users in total and per day is the size of the union of "
+                "the hourly user sets: exact, not a sum.",
+                "security": [{}, {"bearer": []}],
+                "parameters": [
+                    _param("from", "Start, epoch ms (its hour is included)", _TS),
+                    _param("to", "End, epoch ms (its hour is included)", _TS),
+                    _param("step", "Series step", {"type": "string", "enum": ["hour", "day"],
+                                                   "default": "hour"}, required=False),
+                ],
+                "responses": {
+                    "200": _json({
+                        "type": "object",
+                        "required": ["from", "to", "step", "total", "series"],
+                        "properties": {
+                            "from": {"type": "integer"},
+                            "to": {"type": "integer"},
+                            "step": {"type": "string"},
+                            "total": {"$ref": "#/components/schemas/Counts"},
+                            "series": {"type": "array", "items": {
+                                "allOf": [{"$ref": "#/components/schemas/Counts"}, {
+                                    "type": "object",
+                                    "properties": {"start": {"type": "integer"}}}]}},
+                        },
+                    }, "Totals and series"),
+                    "400": _json({"$ref": "#/components/schemas/Error"}, "Invalid input"),
+                    "401": _json({"$ref": "#/components/schemas/Error"}, "Token required"),
+                    "503": _UNAVAILABLE,
+                },
+            },
+        },
+        "/healthz": {"get": {"summary": "Readiness", "responses": {
+            "200": {"description": "Ready"}, "503": _UNAVAILABLE}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics (text format)", "responses": {
+            "200": {"description": "Metrics", "content": {"text/plain": {
+                "schema": {"type": "string"}}}}}}},
+        "/openapi.json": {"get": {"summary": "This document", "responses": {
+            "200": {"description": "OpenAPI 3.1", "content": {"application/json": {
+                "schema": {"type": "object"}}}}}}},
+        "/docs": {"get": {"summary": "Human-readable API documentation", "responses": {
+            "200": {"description": "HTML", "content": {"text/html": {
+                "schema": {"type": "string"}}}}}}},
+        "/": {"get": {"summary": "Dashboard: the last 48 hours and a range picker",
+                      "responses": {"200": {"description": "HTML", "content": {"text/html": {
+                          "schema": {"type": "string"}}}}}}},
+    },
+}
+
+
+def docs_page() -> str:
+    """A static HTML rendering of ``DOCUMENT``."""
+    esc = html.escape
+    parts = [
+        "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        f"<title>shardstats {esc(__version__)} API</title>",
+        "<style>body{font:15px/1.45 system-ui,sans-serif;max-width:60em;margin:2em auto;"
+        "padding:0 1em;color:#222}code,pre{background:#f4f4f4;padding:.1em .3em}"
+        "h2{border-top:1px solid #ddd;padding-top:1em}.m{font-weight:700;color:#fff;"
+        "padding:.1em .5em;border-radius:3px;background:#3a7}.m.post{background:#37a}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:.2em .5em;"
+        "text-align:left;vertical-align:top}</style></head><body>",
+        f"<h1>shardstats API <small>{esc(__version__)}</small></h1>",
+        f"<p>{esc(DOCUMENT['info']['description'])}</p>",
+        '<p>Machine-readable: <a href="/openapi.json">/openapi.json</a> (OpenAPI 3.1).</p>',
+    ]
+    for path, operations in DOCUMENT["paths"].items():
+        for method, op in operations.items():
+            parts.append(f'<h2><span class="m {method}">{method.upper()}</span> '
+                         f"<code>{esc(path)}</code> — {esc(op['summary'])}</h2>")
+            if "description" in op:
+                parts.append(f"<p>{esc(op['description'])}</p>")
+            if op.get("parameters"):
+                parts.append("<table><tr><th>parameter</th><th>required</th><th>schema</th>"
+                             "<th>meaning</th></tr>")
+                for p in op["parameters"]:
+                    parts.append(
+                        f"<tr><td><code>{esc(p['name'])}</code></td>"
+                        f"<td>{'yes' if p['required'] else 'no'}</td>"
+                        f"<td><code>{esc(json.dumps(p['schema']))}</code></td>"
+                        f"<td>{esc(p['description'])}</td></tr>")
+                parts.append("</table>")
+            parts.append("<ul>")
+            for status, response in op["responses"].items():
+                parts.append(f"<li><b>{esc(status)}</b> {esc(response['description'])}</li>")
+            parts.append("</ul>")
+    parts.append("</body></html>")
+    return "".join(parts)
