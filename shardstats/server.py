@@ -15,11 +15,12 @@ from collections.abc import AsyncIterator
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
-from quart_trio import QuartTrio
 
 from shardstats.config import Settings
+from shardstats.core.validation import query_limit
 from shardstats.errors import DataDirLocked
-from shardstats.http.app import create_app
+from shardstats.http.app import create_app, lean_front
+from shardstats.http.hot import LeanFront
 from shardstats.shards.service import Service
 
 log = logging.getLogger("shardstats")
@@ -43,7 +44,8 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     # The default closes a connection after 1,000 requests; clients reuse connections.
     config.keep_alive_max_requests = 1_000_000
     config.keep_alive_timeout = 75
-    config.h11_max_incomplete_size = 16 * 1024
+    # The request head must fit the longest valid query (a maximal user id, percent-encoded).
+    config.h11_max_incomplete_size = query_limit(settings.max_user_bytes) + 8 * 1024
     config.read_timeout = 60
     # Hand hypercorn our loggers so its lines share our format and are not printed twice.
     config.accesslog = logging.getLogger("hypercorn.access") if settings.access_log else None
@@ -62,7 +64,7 @@ def run_server(settings: Settings) -> int:
     except OSError as exc:
         print(f"shardstats: cannot use data directory {settings.data_dir}: {exc}", file=sys.stderr)
         return 1
-    app = create_app(settings, service)
+    app = lean_front(create_app(settings, service))
     try:
         trio.run(_serve, app, hypercorn_config(settings), settings)
     except KeyboardInterrupt:  # a second Ctrl-C: give up on graceful shutdown
@@ -72,7 +74,7 @@ def run_server(settings: Settings) -> int:
     return 0
 
 
-async def _serve(app: QuartTrio, config: HypercornConfig, settings: Settings) -> None:
+async def _serve(app: LeanFront, config: HypercornConfig, settings: Settings) -> None:
     stop = trio.Event()
     # The receiver stays open until shutdown is complete: a second SIGTERM (a supervisor
     # and `timeout` both signalling, say) must not kill the process mid-snapshot.
@@ -86,7 +88,7 @@ async def _serve(app: QuartTrio, config: HypercornConfig, settings: Settings) ->
 
 
 async def _serve_hypercorn(
-    app: QuartTrio,
+    app: LeanFront,
     config: HypercornConfig,
     stop: trio.Event,
     done: trio.CancelScope,

@@ -25,7 +25,13 @@ from shardstats.errors import InvalidInput
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 KNOWN_PARAMS = frozenset({"timestamp", "user", "event"})
 _GET_PARAMS = frozenset({"timestamp"})
-MAX_QUERY_BYTES = 16 * 1024
+MAX_QUERY_BYTES = 16 * 1024  # at least; grows with max_user_bytes (see query_limit)
+
+
+def query_limit(max_user_bytes: int) -> int:
+    """Longest accepted query string: room for a user id of the configured maximum even when
+    every byte is percent-encoded (3 characters), plus the other parameters."""
+    return max(MAX_QUERY_BYTES, 3 * max_user_bytes + 1024)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,21 +41,26 @@ class Limits:
     accept_future_ms: int = 10 * 60_000
 
 
-def parse_query(raw: bytes) -> dict[str, str]:
+def parse_query(raw: bytes, max_bytes: int = MAX_QUERY_BYTES) -> dict[str, str]:
     """Decode the known parameters of a query string; reject duplicates and bad UTF-8."""
-    return parse_query_fields(raw, KNOWN_PARAMS)
+    return parse_query_fields(raw, KNOWN_PARAMS, max_bytes)
 
 
-def parse_query_fields(raw: bytes, known: frozenset[str]) -> dict[str, str]:
+def parse_query_fields(
+    raw: bytes, known: frozenset[str], max_bytes: int = MAX_QUERY_BYTES
+) -> dict[str, str]:
     """``parse_query`` for any set of known parameter names."""
-    if len(raw) > MAX_QUERY_BYTES:
-        raise InvalidInput(f"query string longer than {MAX_QUERY_BYTES} bytes")
+    if len(raw) > max_bytes:
+        raise InvalidInput(f"query string longer than {max_bytes} bytes")
     found: dict[str, str] = {}
     for field in raw.split(b"&"):
         if not field:
             continue
         key_raw, _, value_raw = field.partition(b"=")
-        key = _decode(key_raw, "parameter name")
+        try:
+            key = unquote_to_bytes(key_raw.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError:
+            continue  # no known name is undecodable: an unknown parameter, ignored
         if key not in known:
             continue
         if key in found:
@@ -120,7 +131,7 @@ def check_window(timestamp_ms: int, now_ms: int, limits: Limits) -> None:
 
 def event_from_query(raw: bytes, now_ms: int, limits: Limits) -> Event:
     """Validate a ``POST /analytics`` query string."""
-    params = parse_query(raw)
+    params = parse_query(raw, query_limit(limits.max_user_bytes))
     timestamp = parse_timestamp(params)
     user = parse_user(params, limits.max_user_bytes)
     kind = parse_kind(params)

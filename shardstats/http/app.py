@@ -6,16 +6,14 @@ Thin by design: validation lives in ``core.validation``, state in the shards. Ev
 - GET answers 400 with ``{"error": reason}``;
 - 503 carries ``Retry-After``.
 
-Run it with ``shardstats serve`` or ``hypercorn -k trio 'shardstats.http.app:create_app()'``
+Run it with ``shardstats serve`` or ``hypercorn -k trio 'shardstats.http.app:asgi_app()'``
 (the factory reads ``$SHARDSTATS_CONFIG`` and ``SHARDSTATS_*``).
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
-from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -25,10 +23,17 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from shardstats.config import Settings, load_settings
 from shardstats.core.batch import BatchLine, parse_batch
-from shardstats.core.events import HOUR_MS, hour_of
+from shardstats.core.events import HOUR_MS
 from shardstats.core.ranges import range_from_query
-from shardstats.core.validation import event_from_query, timestamp_from_query
-from shardstats.errors import InvalidInput, ShardstatsError, Unavailable
+from shardstats.errors import ShardstatsError
+from shardstats.http.hot import (
+    BEARER_INGEST,
+    BEARER_QUERY,
+    HotRoutes,
+    LeanFront,
+    Reply,
+    json_error,
+)
 from shardstats.http.metrics import CONTENT_TYPE, Metrics, reason_label
 from shardstats.http.openapi import DOCUMENT, docs_page
 from shardstats.shards.service import Service
@@ -58,38 +63,22 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     async def stop_service() -> None:
         await service.shutdown()
 
-    ingest = _token_checker(service.settings.ingest_token)
-    query = _token_checker(service.settings.query_token)
+    hot = HotRoutes(service, metrics)
+    app.extensions["shardstats.hot"] = hot
+    ingest, query = hot.ingest_allowed, hot.query_allowed
 
     @app.post("/analytics", provide_automatic_options=False)
     async def post_event() -> ResponseValue:
-        if not ingest(request.headers.get("Authorization")):
-            return "", 401, _BEARER_INGEST
-        try:
-            event = event_from_query(request.query_string, service.clock.now_ms(), service.limits)
-            await service.submit(event)
-        except ShardstatsError as exc:
-            if isinstance(exc, InvalidInput):
-                metrics.rejected.labels(reason_label(str(exc))).inc()
-            return _post_error(exc)
-        metrics.accepted.inc()
-        return "", 204
+        return _reply(await hot.post(request.query_string, request.headers.get("Authorization")))
 
     @app.get("/analytics", provide_automatic_options=False)
     async def get_counts() -> ResponseValue:
-        if not query(request.headers.get("Authorization")):
-            return {"error": "missing or invalid bearer token"}, 401, _BEARER_QUERY
-        try:
-            hour = hour_of(timestamp_from_query(request.query_string))
-            counts = await service.query(hour)
-        except ShardstatsError as exc:
-            return _json_error(exc)
-        return counts.as_json(), 200
+        return _reply(await hot.get(request.query_string, request.headers.get("Authorization")))
 
     @app.post("/analytics/batch", provide_automatic_options=False)
     async def post_batch() -> ResponseValue:
         if not ingest(request.headers.get("Authorization")):
-            return {"error": "missing or invalid bearer token"}, 401, _BEARER_INGEST
+            return {"error": "missing or invalid bearer token"}, 401, dict([BEARER_INGEST])
         body = await request.get_data(cache=False)
         assert isinstance(body, bytes)
         lines = parse_batch(body, service.clock.now_ms(), service.limits)
@@ -97,7 +86,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         try:
             outcome = await service.submit_batch(events) if events else {}
         except ShardstatsError as exc:
-            return _json_error(exc)
+            return _reply(json_error(exc))
         report = _batch_report(body.count(b"\n") + 1, lines, outcome)
         metrics.accepted.inc(report["accepted"])
         for line in lines:
@@ -108,12 +97,12 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     @app.get("/analytics/range", provide_automatic_options=False)
     async def get_range() -> ResponseValue:
         if not query(request.headers.get("Authorization")):
-            return {"error": "missing or invalid bearer token"}, 401, _BEARER_QUERY
+            return {"error": "missing or invalid bearer token"}, 401, dict([BEARER_QUERY])
         try:
             wanted = range_from_query(request.query_string, service.settings.max_range_hours)
             total, segments = await service.range_counts(wanted)
         except ShardstatsError as exc:
-            return _json_error(exc)
+            return _reply(json_error(exc))
         return {
             "from": wanted.first_hour * HOUR_MS,
             "to": (wanted.last_hour + 1) * HOUR_MS - 1,
@@ -181,10 +170,6 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
 
 DOCS_PAGE = docs_page()
 DASHBOARD = (resources.files("shardstats.http") / "static" / "dashboard.html").read_text("utf-8")
-_BEARER_INGEST = {"WWW-Authenticate": 'Bearer realm="shardstats ingest"'}
-_BEARER_QUERY = {"WWW-Authenticate": 'Bearer realm="shardstats query"'}
-
-
 def _batch_report(
     line_count: int, lines: list[BatchLine], outcome: dict[int, ShardstatsError | None]
 ) -> dict[str, Any]:
@@ -207,38 +192,20 @@ def _batch_report(
     return {**counts, "results": results}
 
 
-def _token_checker(token: str) -> Callable[[str | None], bool]:
-    """Accept ``Authorization: Bearer <token>``; an empty configured token accepts anything."""
-    if not token:
-        return lambda header: True
-    expected = token.encode()
-
-    def check(header: str | None) -> bool:
-        scheme, _, given = (header or "").partition(" ")
-        # compare_digest: the time taken does not reveal how much of the token matched.
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)
-
-    return check
+def _reply(reply: Reply) -> ResponseValue:
+    status, headers, body = reply
+    return body, status, dict(headers)
 
 
-def _post_error(exc: ShardstatsError) -> ResponseValue:
-    headers = _headers(exc)
-    if exc.status == 400:
-        log.info("POST rejected: %s", exc)
-        headers[ERROR_HEADER] = str(exc)
-    elif exc.status == 500:
-        log.error("POST failed: %s", exc)
-    return "", exc.status, headers
+def asgi_app(settings: Settings | None = None) -> LeanFront:
+    """The app to serve: the lean front for the hot routes around the Quart app.
+
+    ``hypercorn -k trio 'shardstats.http.app:asgi_app()'`` runs it with settings from
+    ``$SHARDSTATS_CONFIG`` and ``SHARDSTATS_*``.
+    """
+    app = create_app(settings)
+    return lean_front(app)
 
 
-def _json_error(exc: ShardstatsError) -> ResponseValue:
-    if exc.status == 500:
-        log.error("GET failed: %s", exc)
-    message = str(exc) if exc.status < 500 else "internal error"
-    return {"error": message}, exc.status, _headers(exc)
-
-
-def _headers(exc: ShardstatsError) -> dict[str, str]:
-    if isinstance(exc, Unavailable):
-        return {"Retry-After": str(exc.retry_after)}
-    return {}
+def lean_front(app: QuartTrio) -> LeanFront:
+    return LeanFront(app, app.extensions["shardstats.hot"], app.extensions["shardstats.metrics"])

@@ -1,0 +1,148 @@
+"""The two hot routes, ``POST /analytics`` and ``GET /analytics``, as plain async functions,
+and a lean ASGI front that serves them without Quart's per-request machinery.
+
+Quart costs ~126 µs of CPU per request here (STACK.md), more than the whole aggregation path.
+``HotRoutes`` holds the route logic once; the Quart routes call it (so the contract tests
+through Quart's test client exercise it), and ``LeanFront`` calls it straight from ASGI for
+real traffic, handing every other path and method to Quart. Responses are identical.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from shardstats.core.events import hour_of
+from shardstats.core.validation import event_from_query, timestamp_from_query
+from shardstats.errors import InvalidInput, ShardstatsError, Unavailable
+from shardstats.http.metrics import Metrics, reason_label
+from shardstats.shards.service import Service
+
+log = logging.getLogger("shardstats.http")
+
+ERROR_HEADER = "x-shardstats-error"
+Reply = tuple[int, list[tuple[str, str]], bytes]
+BEARER_INGEST = ("www-authenticate", 'Bearer realm="shardstats ingest"')
+BEARER_QUERY = ("www-authenticate", 'Bearer realm="shardstats query"')
+_JSON = ("content-type", "application/json")
+_TOKEN_ERROR = b'{"error":"missing or invalid bearer token"}'
+
+
+def token_checker(token: str) -> Callable[[str | None], bool]:
+    """Accept ``Authorization: Bearer <token>``; an empty configured token accepts anything."""
+    if not token:
+        return lambda header: True
+    expected = token.encode()
+
+    def check(header: str | None) -> bool:
+        scheme, _, given = (header or "").partition(" ")
+        # compare_digest: the time taken does not reveal how much of the token matched.
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)
+
+    return check
+
+
+def json_error(exc: ShardstatsError) -> Reply:
+    if exc.status == 500:
+        log.error("GET failed: %s", exc)
+    message = str(exc) if exc.status < 500 else "internal error"
+    return exc.status, [_JSON, *retry_after(exc)], json.dumps({"error": message}, separators=(",", ":")).encode()
+
+
+def retry_after(exc: ShardstatsError) -> list[tuple[str, str]]:
+    return [("retry-after", str(exc.retry_after))] if isinstance(exc, Unavailable) else []
+
+
+class HotRoutes:
+    def __init__(self, service: Service, metrics: Metrics) -> None:
+        self._service = service
+        self._metrics = metrics
+        self.ingest_allowed = token_checker(service.settings.ingest_token)
+        self.query_allowed = token_checker(service.settings.query_token)
+
+    async def post(self, query: bytes, authorization: str | None) -> Reply:
+        if not self.ingest_allowed(authorization):
+            return 401, [BEARER_INGEST], b""
+        service = self._service
+        try:
+            event = event_from_query(query, service.clock.now_ms(), service.limits)
+            await service.submit(event)
+        except ShardstatsError as exc:
+            return self._post_error(exc)
+        self._metrics.accepted.inc()
+        return 204, [], b""
+
+    def _post_error(self, exc: ShardstatsError) -> Reply:
+        headers = retry_after(exc)
+        if isinstance(exc, InvalidInput):
+            self._metrics.rejected.labels(reason_label(str(exc))).inc()
+            log.info("POST rejected: %s", exc)
+            headers.append((ERROR_HEADER, str(exc)))
+        elif exc.status == 500:
+            log.error("POST failed: %s", exc)
+        return exc.status, headers, b""
+
+    async def get(self, query: bytes, authorization: str | None) -> Reply:
+        if not self.query_allowed(authorization):
+            return 401, [_JSON, BEARER_QUERY], _TOKEN_ERROR
+        try:
+            counts = await self._service.query(hour_of(timestamp_from_query(query)))
+        except ShardstatsError as exc:
+            return json_error(exc)
+        body = b'{"clicks":%d,"impressions":%d,"unique_users":%d}' % (
+            counts.clicks, counts.impressions, counts.unique_users)
+        return 200, [_JSON], body
+
+
+ASGIApp = Callable[..., Awaitable[None]]
+
+
+class LeanFront:
+    """ASGI: ``/analytics`` GET and POST straight to ``HotRoutes``, the rest to ``inner``."""
+
+    def __init__(self, inner: ASGIApp, routes: HotRoutes, metrics: Metrics) -> None:
+        self._inner = inner
+        self._routes = routes
+        self._latency: dict[tuple[str, int], Any] = {}  # label lookups cached per series
+        self._metrics = metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != "/analytics" or scope["method"] not in (
+            "GET", "POST"
+        ):
+            await self._inner(scope, receive, send)
+            return
+        started = time.perf_counter()
+        method = scope["method"]
+        authorization = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+                break
+        try:
+            if method == "POST":
+                status, headers, body = await self._routes.post(scope["query_string"],
+                                                                authorization)
+            else:
+                status, headers, body = await self._routes.get(scope["query_string"],
+                                                               authorization)
+        except Exception:
+            log.exception("unhandled error on %s /analytics", method)
+            status, headers, body = 500, [_JSON], b'{"error":"internal error"}'
+        if status != 204:
+            headers = [*headers, ("content-length", str(len(body)))]
+        await send({
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+        })
+        await send({"type": "http.response.body", "body": body})
+        observe = self._latency.get((method, status))
+        if observe is None:
+            observe = self._metrics.request_seconds.labels("/analytics", method, str(status))
+            self._latency[(method, status)] = observe
+        observe.observe(time.perf_counter() - started)
