@@ -50,7 +50,8 @@ def json_error(exc: ShardstatsError) -> Reply:
     if exc.status == 500:
         log.error("GET failed: %s", exc)
     message = str(exc) if exc.status < 500 else "internal error"
-    return exc.status, [_JSON, *retry_after(exc)], json.dumps({"error": message}, separators=(",", ":")).encode()
+    body = json.dumps({"error": message}, separators=(",", ":")).encode()
+    return exc.status, [_JSON, *retry_after(exc)], body
 
 
 def retry_after(exc: ShardstatsError) -> list[tuple[str, str]]:
