@@ -11,7 +11,7 @@ import sys
 
 if __name__ == "__main__":
     examples = sys.argv[1] if len(sys.argv) > 1 else "100000"
-    env = {**os.environ, "SHARDSTATS_FUZZ_EXAMPLES": examples}
+    env = {**os.environ, "FUZZ_HTTP_EXAMPLES": examples}
     sys.exit(subprocess.call(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "timeout=0",
          "tests/e2e/test_fuzz_http.py"],

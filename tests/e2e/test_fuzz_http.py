@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from tests.e2e.conftest import ServerFactory, ServerProcess
 
 ALLOWED = {200, 204, 400, 401, 404, 405, 413, 414, 431, 503}
-EXAMPLES = int(os.environ.get("SHARDSTATS_FUZZ_EXAMPLES", "1500"))
+EXAMPLES = int(os.environ.get("FUZZ_HTTP_EXAMPLES", "1500"))
 pytestmark = pytest.mark.e2e
 
 NOW = int(time.time() * 1000)
