@@ -82,9 +82,9 @@ async def _serve(app: LeanFront, config: HypercornConfig, settings: Settings) ->
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_on_signals, signals, stop)
             binds = await nursery.start(_serve_hypercorn, app, config, stop, nursery.cancel_scope)
-            log.info(
-                "listening on %s (data dir %s)", ", ".join(binds), settings.data_path.resolve()
-            )
+            # Printed whatever the log level: operators and scripts (port 0) read it.
+            print(f"shardstats: listening on {', '.join(binds)} (data dir "
+                  f"{settings.data_path.resolve()})", file=sys.stderr, flush=True)
 
 
 async def _serve_hypercorn(
