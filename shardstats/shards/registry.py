@@ -46,6 +46,7 @@ class RegistryLimits:
     max_batch: int = 4096
     snapshot_interval: float = 30.0
     shard_idle: float = 120.0
+    concurrent_loads: int = 4
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,11 @@ class Registry:
         self._busy: dict[int, trio.Event] = {}
         self._loads = 0
         self._opening = 0
+        self._closing = 0
+        self._slots_changed = trio.Event()
+        # Cold loads of past hours each open a journal (3 descriptors) in a worker thread;
+        # a flood of GETs for random hours must not open an unbounded number at once.
+        self._load_limiter = trio.CapacityLimiter(limits.concurrent_loads)
         self._nursery: trio.Nursery | None = None
 
     def statistics(self) -> RegistryStatistics:
@@ -188,6 +194,7 @@ class Registry:
             await self._start_shard(hour)
         finally:
             self._opening -= 1
+            self._notify_slots()
 
     async def _start_shard(self, hour: int) -> None:
         assert self._nursery is not None
@@ -226,17 +233,23 @@ class Registry:
             if self._open.get(shard.hour) is shard:
                 del self._open[shard.hour]
                 self._cache(shard.hour, shard.aggregate)
+                self._notify_slots()
 
     async def _make_room(self, hour: int) -> None:
         """Close idle shards (LRU, the current hour last) until a slot is free for ``hour``."""
-        while len(self._open) + self._opening >= self._limits.max_open_shards:
+        while len(self._open) + self._opening + self._closing >= self._limits.max_open_shards:
             idle = [h for h in self._open if h not in self._busy]
             if idle:
                 current = self._current_hour()
                 victim = next((h for h in idle if h != current), idle[0])
                 await self._guarded(victim, self._close)
-            else:  # every slot is being opened or closed by someone else: wait for one
-                await next(e for h, e in self._busy.items() if h != hour).wait()
+            else:  # every slot is being opened or closed by someone else: wait for a change
+                await self._slots_changed.wait()
+
+    def _notify_slots(self) -> None:
+        """Wake everyone waiting for a shard slot (they re-check the count)."""
+        self._slots_changed.set()
+        self._slots_changed = trio.Event()
 
     async def _guarded_close(self, hour: int) -> None:
         if hour in self._busy:
@@ -248,8 +261,14 @@ class Registry:
         shard = self._open.pop(hour, None)
         if shard is None:
             return
-        shard.close()
-        await shard.closed.wait()
+        # Until its journal is closed the shard still holds its descriptors: keep its slot.
+        self._closing += 1
+        try:
+            shard.close()
+            await shard.closed.wait()
+        finally:
+            self._closing -= 1
+            self._notify_slots()
         self._cache(hour, shard.aggregate)
 
     async def _load_cached(self, hour: int) -> None:
@@ -274,7 +293,7 @@ class Registry:
             finally:
                 journal.close()
 
-        aggregate = await trio.to_thread.run_sync(load)
+        aggregate = await trio.to_thread.run_sync(load, limiter=self._load_limiter)
         self.observer.load(time.perf_counter() - started, replayed)
         self._loads += 1
         if aggregate is None:

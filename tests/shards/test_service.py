@@ -239,3 +239,21 @@ async def test_unreadable_journal_fails_only_its_hour(
             assert await service.query(good) == HourCounts(3, 3, 0)
     assert f"hour {bad} is unavailable" in caplog.text
     assert str(path) in caplog.text
+
+
+async def test_many_concurrent_openers_share_few_slots_without_deadlock(tmp_path: Path) -> None:
+    """Openers that find every slot taken wait for a slot to change, never for each other
+    (waiting on another opener's hour could make two openers wait on each other forever)."""
+    service = make_service(tmp_path, max_open_shards=2, max_cached_hours=1)
+    hours = [NOW // HOUR_MS - i for i in range(12)]
+    async with running(service):
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for round_ in range(3):
+                    for i, hour in enumerate(hours):
+                        nursery.start_soon(
+                            service.submit, Event(hour * HOUR_MS, f"u{round_}-{i}", EventKind.CLICK)
+                        )
+            for hour in hours:
+                assert await service.query(hour) == HourCounts(3, 3, 0)
+        assert service.statistics().registry.open_shards <= 2
