@@ -8,6 +8,7 @@ a test checks the two agree.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -101,8 +102,9 @@ class Settings:
                 raise ConfigError(f"{name} must not be negative")
         for name in ("snapshot_interval_seconds", "shard_idle_seconds",
                      "graceful_timeout_seconds"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive")
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:  # nan <= 0 is False: check finiteness
+                raise ConfigError(f"{name} must be a positive number of seconds")
         if self.log_level.lower() not in {"debug", "info", "warning", "error"}:
             raise ConfigError("log_level must be debug, info, warning or error")
         if self.require_tokens and not (self.ingest_token and self.query_token):
@@ -144,7 +146,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if not isinstance(value, str):
             raise ValueError(value)
         return value
-    except ValueError:
+    except (TypeError, ValueError):  # TOML arrays, tables and dates reach int() too
         raise ConfigError(f"{source}: {name} must be a {kind}, got {value!r}") from None
 
 

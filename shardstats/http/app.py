@@ -163,6 +163,8 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> ResponseValue:
         log.exception("unhandled error on %s %s", request.method, request.path)
+        if request.method == "POST" and request.path == "/analytics":
+            return "", 500  # POST /analytics answers never have a body
         return {"error": "internal error"}, 500
 
     return app

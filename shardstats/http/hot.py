@@ -29,6 +29,7 @@ Reply = tuple[int, list[tuple[str, str]], bytes]
 BEARER_INGEST = ("www-authenticate", 'Bearer realm="shardstats ingest"')
 BEARER_QUERY = ("www-authenticate", 'Bearer realm="shardstats query"')
 _JSON = ("content-type", "application/json")
+_INTERNAL_ERROR = b'{"error":"internal error"}'
 _TOKEN_ERROR = b'{"error":"missing or invalid bearer token"}'
 
 
@@ -133,7 +134,10 @@ class LeanFront:
                                                                authorization)
         except Exception:
             log.exception("unhandled error on %s /analytics", method)
-            status, headers, body = 500, [_JSON], b'{"error":"internal error"}'
+            # The contract: POST answers never have a body, even a 500.
+            status, headers, body = (
+                (500, [], b"") if method == "POST" else (500, [_JSON], _INTERNAL_ERROR)
+            )
         if status != 204:
             headers = [*headers, ("content-length", str(len(body)))]
         await send({

@@ -35,8 +35,10 @@ async def test_metrics_follow_traffic(tmp_path: Path) -> None:
             await client.post(f"/analytics?timestamp={NOW}&user={user}&event=click")
         await client.post("/analytics?timestamp=soon&user=a&event=click")
         await client.post(f"/analytics?timestamp={NOW}&user=a&event=tap")
-        await client.post("/analytics/batch", data=f'{{"timestamp": {NOW}, "user": "d", '
-                                                    f'"event": "impression"}}\nnope')
+        await client.post(
+            "/analytics/batch",
+            data=f'{{"timestamp": {NOW}, "user": "d", "event": "impression"}}\nnope',
+        )
         await client.get(f"/analytics?timestamp={NOW}")
         response = await client.get("/metrics")
         assert response.status_code == 200
@@ -51,8 +53,10 @@ async def test_metrics_follow_traffic(tmp_path: Path) -> None:
     assert got[("shardstats_open_shards", ())] == 1
     assert got[("shardstats_queued_requests", ())] == 0
     assert got[("shardstats_ready", ())] == 1
-    key = ("shardstats_request_seconds_count",
-           (("method", "POST"), ("route", "/analytics"), ("status", "204")))
+    key = (
+        "shardstats_request_seconds_count",
+        (("method", "POST"), ("route", "/analytics"), ("status", "204")),
+    )
     assert got[key] == 3
 
 
