@@ -159,7 +159,15 @@ class Registry:
                 return None
             if await self._wait_busy(hour):
                 continue
-            await self._guarded(hour, self._load_cached)
+            loaded: list[HourAggregate | None] = []
+
+            async def load(h: int) -> None:
+                loaded.append(await self._load_cached(h))
+
+            await self._guarded(hour, load)
+            # Answer from what was loaded even if the cache could not keep it
+            # (max_cached_hours = 0, or evicted at once by a flood of other hours).
+            return loaded[0]
 
     def has_data(self, hour: int) -> bool:
         return hour in self._known
@@ -182,9 +190,7 @@ class Registry:
             done.set()
 
     async def _ensure_loaded(self, hour: int) -> None:
-        while hour not in self._open and hour not in self._cached:
-            if not await self._wait_busy(hour):
-                await self._guarded(hour, self._load_cached)
+        await self.aggregate(hour)
 
     async def _open_shard(self, hour: int) -> None:
         assert self._nursery is not None, "registry is not running"
@@ -271,7 +277,7 @@ class Registry:
             self._notify_slots()
         self._cache(hour, shard.aggregate)
 
-    async def _load_cached(self, hour: int) -> None:
+    async def _load_cached(self, hour: int) -> HourAggregate | None:
         started = time.perf_counter()
         replayed = 0
 
@@ -300,8 +306,11 @@ class Registry:
             self._known.discard(hour)
         else:
             self._cache(hour, aggregate)
+        return aggregate
 
     def _cache(self, hour: int, aggregate: HourAggregate) -> None:
+        if self._limits.max_cached_hours == 0:
+            return
         self._cached[hour] = aggregate
         self._cached.move_to_end(hour)
         while len(self._cached) > self._limits.max_cached_hours:

@@ -257,3 +257,15 @@ async def test_many_concurrent_openers_share_few_slots_without_deadlock(tmp_path
             for hour in hours:
                 assert await service.query(hour) == HourCounts(3, 3, 0)
         assert service.statistics().registry.open_shards <= 2
+
+
+async def test_no_cache_still_answers_past_hours(tmp_path: Path) -> None:
+    """max_cached_hours = 0: a past hour is loaded for each read, never looped on."""
+    past = NOW // HOUR_MS - 3
+    async with running(make_service(tmp_path)) as service:
+        await service.submit(Event(past * HOUR_MS, "a", EventKind.CLICK))
+    async with running(make_service(tmp_path, max_cached_hours=0)) as service:
+        with trio.fail_after(10):
+            assert await service.query(past) == HourCounts(1, 1, 0)
+            assert await service.query(past) == HourCounts(1, 1, 0)
+        assert service.statistics().registry.cached_hours == 0

@@ -1,0 +1,5 @@
+import sys
+
+from tools.loadgen.cli import main
+
+sys.exit(main())

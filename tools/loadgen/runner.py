@@ -1,0 +1,705 @@
+"""The I/O half of the load generator: open loop, closed loop, pre-population, read-back.
+
+Everything that decides *what* to send lives in ``workload``; what the answers mean, in
+``stats`` and ``ledger``. This module only sends requests over ``client.Connection``s on one
+trio event loop and feeds the outcomes to those pure parts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import secrets
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import trio
+
+from tools.loadgen.client import Connection, Endpoint, TransportError
+from tools.loadgen.ledger import CheckResult, Counts, Ledger, check
+from tools.loadgen.stats import ClassSummary, Recorder, percentile, summarize
+from tools.loadgen.wire import Response
+from tools.loadgen.workload import (
+    HOUR_MS,
+    FillPlan,
+    HourTemperature,
+    PlannedEvent,
+    RequestClass,
+    Workload,
+    WorkloadConfig,
+    arrivals,
+)
+
+Progress = Callable[[str], None]
+PAST_CLASSES = (RequestClass.GET_PAST_COLD, RequestClass.GET_PAST_WARM)
+Method = Literal["GET", "POST"]
+
+
+def stderr_progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def new_user_prefix() -> str:
+    """A per-run prefix: this run's users are new to every hour (see ``ledger``)."""
+    return f"lg{secrets.token_hex(4)}-"
+
+
+def event_target(prefix: str, event: PlannedEvent) -> str:
+    kind = "click" if event.click else "impression"
+    return f"/analytics?timestamp={event.timestamp_ms}&user={prefix}{event.user}&event={kind}"
+
+
+def query_target(timestamp_ms: int) -> str:
+    return f"/analytics?timestamp={timestamp_ms}"
+
+
+@dataclass(slots=True)
+class Job:
+    cls: RequestClass
+    method: Method
+    target: str
+    t_sent: float  # trio clock: the scheduled time (open loop) or the send time (closed loop)
+    event: PlannedEvent | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    error: str | None
+    detail: str | None
+    response: Response | None
+
+
+async def execute(conn: Connection, method: Method, target: str, limit: float) -> Outcome:
+    """One request; any failure becomes an error kind (``HTTP 503``, ``timeout``...)."""
+    with trio.move_on_after(limit):
+        try:
+            response = await conn.request(method, target)
+        except TransportError as exc:
+            return Outcome("connection", str(exc), None)
+        expected = 204 if method == "POST" else 200
+        if response.status != expected:
+            detail = response.headers.get(b"x-shardstats-error", response.body[:200])
+            return Outcome(f"HTTP {response.status}", detail.decode("utf-8", "replace"),
+                           response)
+        return Outcome(None, None, response)
+    return Outcome("timeout", f"no answer within {limit} s", None)
+
+
+def parse_counts(response: Response) -> Counts:
+    try:
+        return Counts.from_json(json.loads(response.body))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"unreadable GET body {response.body[:120]!r}: {exc}") from None
+
+
+async def preconnect(conns: Sequence[Connection]) -> None:
+    """Open connections before the clock starts; a failure shows on first use instead."""
+
+    async def one(conn: Connection) -> None:
+        with contextlib.suppress(TransportError):
+            await conn.connect()
+
+    async with trio.open_nursery() as nursery:
+        for conn in conns:
+            nursery.start_soon(one, conn)
+
+
+# -- reports -------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadReport:
+    mode: str
+    url: str
+    description: str
+    warmup_s: float
+    window_s: float
+    classes: dict[RequestClass, ClassSummary]
+    total: ClassSummary
+    past: ClassSummary  # GET past cold and warm together
+    client_cpu: float
+    connections_opened: int
+    lag_p99_ms: float | None = None
+    lag_max_ms: float | None = None
+    baseline_reads: ClassSummary | None = None
+    error_examples: list[str] = field(default_factory=list)
+    check: CheckResult | None = None
+
+    @property
+    def errors(self) -> int:
+        return self.total.errors
+
+    @property
+    def passed(self) -> bool:
+        return self.check is None or self.check.ok
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "mode": self.mode,
+            "url": self.url,
+            "description": self.description,
+            "warmup_s": self.warmup_s,
+            "window_s": round(self.window_s, 3),
+            "classes": {c.value: s.as_dict() for c, s in self.classes.items()},
+            "total": self.total.as_dict(),
+            "get_past_all": self.past.as_dict(),
+            "client_cpu_fraction": round(self.client_cpu, 3),
+            "connections_opened": self.connections_opened,
+            "dispatch_lag_p99_ms": self.lag_p99_ms,
+            "dispatch_lag_max_ms": self.lag_max_ms,
+            "baseline_reads": self.baseline_reads.as_dict() if self.baseline_reads else None,
+            "error_examples": self.error_examples,
+            "check": self.check.as_dict() if self.check else None,
+        }
+
+
+@dataclass
+class FillReport:
+    url: str
+    hours: list[int]
+    sent: int
+    acknowledged: int
+    retried_503: int
+    errors: dict[str, int]
+    seconds: float
+    client_cpu: float
+    error_examples: list[str]
+    check: CheckResult | None
+    counts: dict[int, Counts]
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.check is None or self.check.ok
+
+    def manifest(self) -> dict[str, object]:
+        """Counts per hour after the fill: a baseline for a later run (``--baseline FILE``)."""
+        return {"url": self.url,
+                "hours": {str(h): c.as_dict() for h, c in sorted(self.counts.items())}}
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "mode": "prepopulate",
+            "url": self.url,
+            "hours": self.hours,
+            "sent": self.sent,
+            "acknowledged": self.acknowledged,
+            "retried_503": self.retried_503,
+            "errors": self.errors,
+            "seconds": round(self.seconds, 3),
+            "rate_per_s": round(self.rate, 1),
+            "client_cpu_fraction": round(self.client_cpu, 3),
+            "error_examples": self.error_examples,
+            "check": self.check.as_dict() if self.check else None,
+            "counts": {str(h): c.as_dict() for h, c in sorted(self.counts.items())},
+        }
+
+
+def load_manifest(path: str) -> dict[int, Counts]:
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    hours = data.get("hours") if isinstance(data, dict) else None
+    if not isinstance(hours, dict):
+        raise ValueError(f"{path}: not a manifest (no 'hours' object)")
+    return {int(h): Counts.from_json(c) for h, c in hours.items()}
+
+
+# -- the session ---------------------------------------------------------------------------
+
+
+class Examples:
+    """One example request per distinct failure (method, error, detail), for the report."""
+
+    def __init__(self, limit: int = 8) -> None:
+        self.limit = limit
+        self._seen: set[tuple[str, str, str]] = set()
+        self.items: list[str] = []
+
+    def add(self, method: str, target: str, error: str, detail: str | None) -> None:
+        key = (method, error, detail or "")
+        if len(self.items) < self.limit and key not in self._seen:
+            self._seen.add(key)
+            self.items.append(f"{method} {target}: {error}: {detail}")
+
+
+class LoadSession:
+    """One run against one server: workload, ledger of events, what is warm, the reports.
+
+    ``baseline`` maps hours to the counts they held before this run (zero when absent);
+    ``warm_hours`` are hours the server already has loaded (so their GETs are not cold).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        config: WorkloadConfig | None = None,
+        *,
+        seed: int | None = None,
+        user_prefix: str | None = None,
+        timeout: float = 10.0,
+        baseline: Mapping[int, Counts] | None = None,
+        warm_hours: Iterable[int] = (),
+        progress: Progress | None = stderr_progress,
+        progress_interval: float = 1.0,
+    ) -> None:
+        self.url = url
+        self.endpoint = Endpoint.parse(url)
+        self.config = config or WorkloadConfig()
+        self.rng = random.Random(seed)
+        self.workload = Workload(self.config, self.rng)
+        self.prefix = user_prefix if user_prefix is not None else new_user_prefix()
+        self.timeout = timeout
+        self.baseline: dict[int, Counts] = dict(baseline or {})
+        self.temperature = HourTemperature(warm_hours)
+        self.ledger = Ledger()
+        self.progress = progress
+        self.progress_interval = progress_interval
+        self.examples = Examples()
+        self.connections_opened = 0
+        self.baseline_reads: ClassSummary | None = None
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def post_job(self, t_sent: float) -> Job:
+        event = self.workload.post(now_ms())
+        self.temperature.touch(event.hour)
+        return Job(RequestClass.POST, "POST", event_target(self.prefix, event), t_sent, event)
+
+    def get_job(self, t_sent: float) -> Job:
+        now = now_ms()
+        query = self.workload.get(now)
+        cls = self.temperature.classify_get(query.hour, now // HOUR_MS)
+        return Job(cls, "GET", query_target(query.timestamp_ms), t_sent)
+
+    async def run_job(self, conn: Connection, job: Job, recorder: Recorder) -> None:
+        if job.event is not None:
+            self.ledger.sent()
+        outcome = await execute(conn, job.method, job.target, self.timeout)
+        t_done = trio.current_time()
+        error = outcome.error
+        if error is None and job.method == "GET" and outcome.response is not None:
+            try:
+                parse_counts(outcome.response)
+            except ValueError as exc:
+                error, outcome = "bad body", Outcome("bad body", str(exc), None)
+        if error is not None:
+            self.examples.add(job.method, job.target, error, outcome.detail)
+        if job.event is not None:
+            ev = job.event
+            self.ledger.settle(ev.hour, ev.user, ev.click, acknowledged=error is None)
+        recorder.record(job.cls, job.t_sent, t_done, error)
+
+    def _connection(self) -> Connection:
+        self.connections_opened += 1
+        return Connection(self.endpoint)
+
+    # -- reading hours ---------------------------------------------------------------------
+
+    async def read_hours(
+        self, hours: Iterable[int], connections: int = 8, attempts: int = 5
+    ) -> tuple[dict[int, Counts], list[float], list[str]]:
+        """GET each hour once (503s retried); returns counts, latencies (s) and failures."""
+        todo = sorted(set(hours))
+        counts: dict[int, Counts] = {}
+        latencies: list[float] = []
+        failures: list[str] = []
+        position = 0
+
+        async def reader() -> None:
+            nonlocal position
+            conn = self._connection()
+            try:
+                with contextlib.suppress(TransportError):  # else execute() reports it
+                    await conn.connect()
+                while position < len(todo):
+                    hour = todo[position]
+                    position += 1
+                    for attempt in range(attempts):
+                        t0 = trio.current_time()
+                        outcome = await execute(conn, "GET", query_target(hour * HOUR_MS),
+                                                self.timeout)
+                        if outcome.error is None and outcome.response is not None:
+                            latencies.append(trio.current_time() - t0)
+                            try:
+                                counts[hour] = parse_counts(outcome.response)
+                            except ValueError as exc:
+                                failures.append(f"hour {hour}: {exc}")
+                            break
+                        if outcome.error != "HTTP 503" or attempt == attempts - 1:
+                            failures.append(f"hour {hour}: {outcome.error}: {outcome.detail}")
+                            break
+                        await trio.sleep(0.2 * (attempt + 1))
+            finally:
+                conn.close()
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(max(1, min(connections, len(todo)))):
+                nursery.start_soon(reader)
+        return counts, latencies, failures
+
+    async def read_baseline(self, hours: Iterable[int]) -> None:
+        """Read what the hours hold before the run; these first reads warm them up."""
+        hours = list(hours)
+        counts, latencies, failures = await self.read_hours(hours)
+        if failures:
+            raise RuntimeError("baseline read failed: " + "; ".join(failures[:5]))
+        self.baseline.update(counts)
+        for hour in hours:
+            self.temperature.touch(hour)
+        self.baseline_reads = summarize(latencies, Counter(), len(latencies), 1.0)
+
+    def window_hours(self, seconds: float) -> list[int]:
+        """Every hour the workload may touch in the next ``seconds``."""
+        now = now_ms()
+        first = now // HOUR_MS - self.config.past_hours - 1
+        last = (now + int(seconds * 1000) + 60_000) // HOUR_MS
+        return list(range(first, last + 1))
+
+    async def read_back(self) -> CheckResult:
+        observed, _, failures = await self.read_hours(self.ledger.hours)
+        result = check(self.ledger, observed, self.baseline)
+        if failures:
+            result = CheckResult(result.hours, result.acknowledged, result.unacknowledged,
+                                 result.unreadable + tuple(failures))
+        return result
+
+    # -- progress --------------------------------------------------------------------------
+
+    async def _report_progress(self, label: str, recorder: Recorder, t0: float,
+                               connections: Callable[[], int]) -> None:
+        if self.progress is None:
+            return
+        last_done, last_t = 0, t0
+        while True:
+            await trio.sleep(self.progress_interval)
+            now = trio.current_time()
+            done = recorder.done
+            rate = (done - last_done) / (now - last_t) if now > last_t else 0.0
+            self.progress(
+                f"[{label} {now - t0:6.1f}s] done {done}  {rate:7.0f}/s  "
+                f"errors {recorder.failed}  in flight {self.ledger.in_flight}  "
+                f"connections {connections()}"
+            )
+            last_done, last_t = done, now
+
+    # -- open loop -------------------------------------------------------------------------
+
+    async def open_loop(
+        self,
+        post_rate: float,
+        get_rate: float,
+        duration: float,
+        *,
+        warmup: float = 0.0,
+        poisson: bool = True,
+        connections: int = 8,
+        max_connections: int = 256,
+        check_after: bool = True,
+        job: Callable[[float, bool], Job] | None = None,
+        label: str = "open",
+    ) -> LoadReport:
+        """Send at fixed average rates; latency counts from each request's scheduled time.
+
+        ``job(t, is_get)`` replaces the workload's requests when given.
+        """
+        if connections < 1 or max_connections < connections:
+            raise ValueError("need 1 <= connections <= max_connections")
+        schedule = arrivals(self.rng, post_rate, get_rate, warmup + duration, poisson=poisson)
+        send, receive = trio.open_memory_channel[Job](math.inf)
+        lags: list[float] = []
+        conns = [self._connection() for _ in range(connections)]
+        await preconnect(conns)
+        cpu0, t0 = time.process_time(), trio.current_time() + 0.01
+        recorder = Recorder(t0 + warmup, t0 + warmup + duration)
+
+        async def worker(conn: Connection) -> None:
+            try:
+                async for job in receive:
+                    await self.run_job(conn, job, recorder)
+            finally:
+                conn.close()
+
+        async with trio.open_nursery() as outer:
+            progress_scope = trio.CancelScope()
+
+            async def progress() -> None:
+                with progress_scope:
+                    await self._report_progress(label, recorder, t0, lambda: len(conns))
+
+            outer.start_soon(progress)
+            async with trio.open_nursery() as nursery:
+                for conn in conns:
+                    nursery.start_soon(worker, conn)
+                async with send:
+                    for offset, is_get in schedule:
+                        t_sched = t0 + offset
+                        # Only sleep when early: a dispatcher that is late sends every job
+                        # that is due without yielding, rather than one per trio scheduling
+                        # round (a round can take many ms when hundreds of responses land
+                        # at once, e.g. after a group commit).
+                        now = trio.current_time()
+                        if t_sched > now:
+                            await trio.sleep_until(t_sched)
+                            now = trio.current_time()
+                        lags.append(now - t_sched)
+                        if job is not None:
+                            send.send_nowait(job(t_sched, is_get))
+                        elif is_get:
+                            send.send_nowait(self.get_job(t_sched))
+                        else:
+                            send.send_nowait(self.post_job(t_sched))
+                        backlog = receive.statistics().current_buffer_used
+                        if backlog and len(conns) < max_connections:
+                            conns.append(self._connection())
+                            nursery.start_soon(worker, conns[-1])
+                # Closing the channel lets each worker finish what is queued, then return.
+            progress_scope.cancel()
+        cpu = time.process_time() - cpu0
+        wall = max(1e-9, trio.current_time() - t0)
+        lags.sort()
+        description = (
+            f"open loop, {'Poisson' if poisson else 'uniform'} arrivals: {post_rate:g} POST/s + "
+            f"{get_rate:g} GET/s for {duration:g} s (+{warmup:g} s warm-up), "
+            f"{connections}..{max_connections} connections"
+        )
+        report = LoadReport(
+            mode="open",
+            url=self.url,
+            description=description,
+            warmup_s=warmup,
+            window_s=recorder.window,
+            classes=recorder.summary(),
+            total=recorder.total(),
+            past=recorder.merged(PAST_CLASSES),
+            client_cpu=cpu / wall,
+            connections_opened=len(conns),
+            lag_p99_ms=percentile(lags, 99) * 1000 if lags else None,
+            lag_max_ms=lags[-1] * 1000 if lags else None,
+            baseline_reads=self.baseline_reads,
+            error_examples=self.examples.items,
+        )
+        if check_after:
+            report.check = await self.read_back()
+        return report
+
+    # -- closed loop -----------------------------------------------------------------------
+
+    async def closed_loop(
+        self,
+        connections: int,
+        duration: float,
+        *,
+        warmup: float = 0.0,
+        get_share: float = 0.0,
+        job: Callable[[float], Job] | None = None,
+        check_after: bool = True,
+        label: str = "closed",
+    ) -> LoadReport:
+        """``connections`` clients, each sending its next request as soon as one answers."""
+        if connections < 1:
+            raise ValueError("connections must be at least 1")
+        if not 0.0 <= get_share <= 1.0:
+            raise ValueError("get_share must lie in [0, 1]")
+
+        def next_job(t: float) -> Job:
+            if self.rng.random() < get_share:
+                return self.get_job(t)
+            return self.post_job(t)
+
+        make = job or next_job
+        conns = [self._connection() for _ in range(connections)]
+        await preconnect(conns)
+        cpu0, t0 = time.process_time(), trio.current_time()
+        end = t0 + warmup + duration
+        recorder = Recorder(t0 + warmup, end)
+
+        async def worker(conn: Connection) -> None:
+            try:
+                while trio.current_time() < end:
+                    await self.run_job(conn, make(trio.current_time()), recorder)
+            finally:
+                conn.close()
+
+        async with trio.open_nursery() as nursery:
+            progress_scope = trio.CancelScope()
+
+            async def progress() -> None:
+                with progress_scope:
+                    await self._report_progress(label, recorder, t0, lambda: len(conns))
+
+            nursery.start_soon(progress)
+            async with trio.open_nursery() as workers:
+                for conn in conns:
+                    workers.start_soon(worker, conn)
+            progress_scope.cancel()
+        cpu = time.process_time() - cpu0
+        wall = max(1e-9, trio.current_time() - t0)
+        what = "custom requests" if job else f"{get_share:.0%} GET"
+        report = LoadReport(
+            mode="closed",
+            url=self.url,
+            description=(f"closed loop: {connections} connections, {what}, {duration:g} s "
+                         f"(+{warmup:g} s warm-up)"),
+            warmup_s=warmup,
+            window_s=recorder.window,
+            classes=recorder.summary(),
+            total=recorder.total(),
+            past=recorder.merged(PAST_CLASSES),
+            client_cpu=cpu / wall,
+            connections_opened=len(conns),
+            baseline_reads=self.baseline_reads,
+            error_examples=self.examples.items,
+        )
+        if check_after:
+            report.check = await self.read_back()
+        return report
+
+    def fixed_get(self, hour: int, cls: RequestClass) -> Callable[[float], Job]:
+        """A job source for ``closed_loop``: GETs of one hour, filed under ``cls``."""
+        target = query_target(hour * HOUR_MS + HOUR_MS // 2)
+
+        def make(t: float) -> Job:
+            return Job(cls, "GET", target, t)
+
+        return make
+
+    # -- pre-population --------------------------------------------------------------------
+
+    async def prepopulate(
+        self,
+        plans: Sequence[FillPlan],
+        *,
+        connections: int = 64,
+        check_after: bool = True,
+        retries_503: int = 20,
+        label: str = "fill",
+    ) -> FillReport:
+        """Send every planned event, hour after hour, over ``connections`` keep-alive clients.
+
+        The server has no batch endpoint, so this is as fast as it gets over HTTP: all
+        connections busy on one hour at a time (one open shard, group commits of up to
+        ``connections`` events). A 503 (queue full) is retried after a short pause; any other
+        failure leaves the event unacknowledged, which the read-back accounts for.
+        """
+        errors: dict[str, int] = {}
+        acknowledged_before = self.ledger.acknowledged
+        retried = 0
+        sent = 0
+        conns = [self._connection() for _ in range(connections)]
+        await preconnect(conns)
+        cpu0, t0 = time.process_time(), trio.current_time()
+        total = sum(p.events for p in plans)
+
+        async def progress() -> None:
+            if self.progress is None:
+                return
+            last, last_t = 0, t0
+            while True:
+                await trio.sleep(self.progress_interval)
+                now = trio.current_time()
+                self.progress(
+                    f"[{label} {now - t0:6.1f}s] {sent}/{total} events  "
+                    f"{(sent - last) / max(1e-9, now - last_t):7.0f}/s  "
+                    f"errors {sum(errors.values())}"
+                )
+                last, last_t = sent, now
+
+        async with trio.open_nursery() as outer:
+            progress_scope = trio.CancelScope()
+
+            async def run_progress() -> None:
+                with progress_scope:
+                    await progress()
+
+            outer.start_soon(run_progress)
+            for plan in plans:
+                stride = plan.stride
+                position = 0
+
+                async def filler(conn: Connection, plan: FillPlan = plan,
+                                 stride: int = stride) -> None:
+                    nonlocal position, sent, retried
+                    while position < plan.events:
+                        event = plan.event(position, stride)
+                        position += 1
+                        target = event_target(self.prefix, event)
+                        self.ledger.sent()
+                        for attempt in range(retries_503 + 1):
+                            outcome = await execute(conn, "POST", target, self.timeout)
+                            if outcome.error != "HTTP 503" or attempt == retries_503:
+                                break
+                            retried += 1
+                            await trio.sleep(min(1.0, 0.02 * 2**attempt))
+                        sent += 1
+                        if outcome.error is not None:
+                            errors[outcome.error] = errors.get(outcome.error, 0) + 1
+                            self.examples.add("POST", target, outcome.error, outcome.detail)
+                        self.ledger.settle(event.hour, event.user, event.click,
+                                           acknowledged=outcome.error is None)
+
+                async with trio.open_nursery() as nursery:
+                    for conn in conns:
+                        nursery.start_soon(filler, conn)
+            progress_scope.cancel()
+        seconds = trio.current_time() - t0
+        cpu = time.process_time() - cpu0
+        for conn in conns:
+            conn.close()
+        hours = [p.hour for p in plans]
+        result: CheckResult | None = None
+        counts: dict[int, Counts] = {}
+        if check_after:
+            counts, _, failures = await self.read_hours(self.ledger.hours)
+            result = check(self.ledger, counts, self.baseline)
+            if failures:
+                result = CheckResult(result.hours, result.acknowledged, result.unacknowledged,
+                                     result.unreadable + tuple(failures))
+        return FillReport(
+            url=self.url,
+            hours=hours,
+            sent=sent,
+            acknowledged=self.ledger.acknowledged - acknowledged_before,
+            retried_503=retried,
+            errors=errors,
+            seconds=seconds,
+            client_cpu=cpu / max(1e-9, seconds),
+            error_examples=self.examples.items,
+            check=result,
+            counts=counts,
+        )
+
+
+def fill_plans(
+    past_hours: int,
+    events: int,
+    users: int,
+    *,
+    click_share: float = 0.1,
+    include_current: bool = False,
+    first_age: int = 1,
+    now: int | None = None,
+) -> list[FillPlan]:
+    """Plans for ages ``first_age .. first_age+past_hours-1`` (oldest first), then maybe now."""
+    now = now_ms() if now is None else now
+    current = now // HOUR_MS
+    plans = [
+        FillPlan(current - age, events, users, click_share)
+        for age in range(first_age + past_hours - 1, first_age - 1, -1)
+    ]
+    if include_current:
+        span = max(1, now - current * HOUR_MS)
+        plans.append(FillPlan(current, events, users, click_share, span_ms=span))
+    return plans
