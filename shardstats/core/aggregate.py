@@ -57,6 +57,21 @@ class HourAggregate:
             self.last_seq = last
         return applied
 
+    def apply_block(self, first_seq: int, uids: list[int], kinds: list[int]) -> int:
+        """``apply`` for consecutive rows ``first_seq, first_seq+1, ...`` given as columns:
+        what a group commit produces, folded without a per-row Python loop."""
+        skip = max(0, self.last_seq + 1 - first_seq)
+        if skip:
+            uids, kinds = uids[skip:], kinds[skip:]
+        if not uids:
+            return 0
+        clicks = kinds.count(EventKind.CLICK)
+        self.users.update(uids)
+        self.clicks += clicks
+        self.impressions += len(kinds) - clicks
+        self.last_seq = first_seq + skip + len(uids) - 1
+        return len(uids)
+
     def counts(self) -> HourCounts:
         return HourCounts(len(self.users), self.clicks, self.impressions)
 

@@ -160,11 +160,14 @@ class HourShard:
                 next_snapshot = trio.current_time() + self._snapshot_interval
 
     async def _commit(self, batch: list[Submission]) -> None:
-        events = [event for events, _ in batch for event in events]
+        events = batch[0][0] if len(batch) == 1 else [e for events, _ in batch for e in events]
         started = time.perf_counter()
         try:
-            ids = await self._dictionary.ids_for([event.user for event in events])
-            rows = [(e.timestamp_ms, e.user, ids[e.user], int(e.kind)) for e in events]
+            users = [e.user for e in events]
+            ids = await self._dictionary.ids_for(users)
+            uids = [ids[user] for user in users]
+            kinds = [int(e.kind) for e in events]
+            rows = list(zip([e.timestamp_ms for e in events], users, uids, kinds, strict=True))
             journal = await self._journal_for_write()
             last = await trio.to_thread.run_sync(journal.append, rows)
         except Exception as exc:
@@ -176,10 +179,7 @@ class HourShard:
             for _, pending in batch:
                 pending.fail(error)
             return
-        first = last - len(rows) + 1
-        self.aggregate.apply(
-            (first + i, uid, kind) for i, (_, _, uid, kind) in enumerate(rows)
-        )
+        self.aggregate.apply_block(last - len(rows) + 1, uids, kinds)
         self._batches += 1
         self._events += len(rows)
         self._observer.commit(len(rows), time.perf_counter() - started, True)

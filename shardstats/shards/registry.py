@@ -18,6 +18,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -160,11 +161,7 @@ class Registry:
             if await self._wait_busy(hour):
                 continue
             loaded: list[HourAggregate | None] = []
-
-            async def load(h: int) -> None:
-                loaded.append(await self._load_cached(h))
-
-            await self._guarded(hour, load)
+            await self._guarded(hour, functools.partial(self._load_into, out=loaded))
             # Answer from what was loaded even if the cache could not keep it
             # (max_cached_hours = 0, or evicted at once by a flood of other hours).
             return loaded[0]
@@ -276,6 +273,9 @@ class Registry:
             self._closing -= 1
             self._notify_slots()
         self._cache(hour, shard.aggregate)
+
+    async def _load_into(self, hour: int, *, out: list[HourAggregate | None]) -> None:
+        out.append(await self._load_cached(hour))
 
     async def _load_cached(self, hour: int) -> HourAggregate | None:
         started = time.perf_counter()

@@ -139,8 +139,13 @@ class Service:
         if not self.ready:
             raise NotReady("recovering; retry shortly")
         by_hour: dict[int, list[Event]] = {}
-        for event in events:
-            by_hour.setdefault(event.timestamp_ms // HOUR_MS, []).append(event)
+        first_hour = events[0].timestamp_ms // HOUR_MS if events else 0
+        if all(first_hour * HOUR_MS <= e.timestamp_ms < (first_hour + 1) * HOUR_MS
+               for e in events):
+            by_hour[first_hour] = events  # the common case: one hour, no regrouping
+        else:
+            for event in events:
+                by_hour.setdefault(event.timestamp_ms // HOUR_MS, []).append(event)
         outcome: dict[int, ShardstatsError | None] = {}
 
         async def one(hour: int, group: list[Event]) -> None:
