@@ -138,8 +138,10 @@ class Service:
         of each hour: None when durable, else the error every event of that hour got."""
         if not self.ready:
             raise NotReady("recovering; retry shortly")
+        if not events:
+            return {}
         by_hour: dict[int, list[Event]] = {}
-        first_hour = events[0].timestamp_ms // HOUR_MS if events else 0
+        first_hour = events[0].timestamp_ms // HOUR_MS
         if all(first_hour * HOUR_MS <= e.timestamp_ms < (first_hour + 1) * HOUR_MS
                for e in events):
             by_hour[first_hour] = events  # the common case: one hour, no regrouping
