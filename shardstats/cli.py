@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", metavar="DIR", help="data directory")
     serve.add_argument("--config", metavar="FILE", help="TOML settings file")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", choices=["text", "json"])
     serve.add_argument("--access-log", action="store_true", default=None,
                        help="log every request")
 
@@ -167,6 +168,7 @@ def _serve(args: argparse.Namespace) -> int:
             "bind": args.bind,
             "data_dir": args.data_dir,
             "log_level": args.log_level,
+            "log_format": args.log_format,
             "access_log": args.access_log,
         },
     )

@@ -76,6 +76,9 @@ class Settings:
     )
     backlog: int = field(default=1024, metadata=_doc("listen backlog"))
     log_level: str = field(default="info", metadata=_doc("debug, info, warning or error"))
+    log_format: str = field(
+        default="text", metadata=_doc("text, or json for one JSON object per line")
+    )
     access_log: bool = field(default=False, metadata=_doc("log every request (to stderr)"))
     ingest_token: str = field(
         default="",
@@ -105,6 +108,8 @@ class Settings:
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:  # nan <= 0 is False: check finiteness
                 raise ConfigError(f"{name} must be a positive number of seconds")
+        if self.log_format not in {"text", "json"}:
+            raise ConfigError("log_format must be text or json")
         if self.log_level.lower() not in {"debug", "info", "warning", "error"}:
             raise ConfigError("log_level must be debug, info, warning or error")
         if self.require_tokens and not (self.ingest_token and self.query_token):

@@ -7,6 +7,7 @@ releases the data-dir lock; the process exits 0.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
@@ -28,12 +29,28 @@ log = logging.getLogger("shardstats")
 EXIT_LOCKED = 3
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter() if fmt == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
 def hypercorn_config(settings: Settings) -> HypercornConfig:
@@ -54,7 +71,7 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
 
 
 def run_server(settings: Settings) -> int:
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     service = Service(settings)
     try:
         service.acquire_lock()
