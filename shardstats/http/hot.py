@@ -16,6 +16,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import trio
+
 from shardstats.core.events import hour_of
 from shardstats.core.validation import event_from_query, timestamp_from_query
 from shardstats.errors import InvalidInput, ShardstatsError, Unavailable
@@ -103,6 +105,26 @@ class HotRoutes:
 ASGIApp = Callable[..., Awaitable[None]]
 
 
+def _finish_unhurried(send: Any) -> Any:
+    """Let hypercorn finish its bookkeeping on the last body message.
+
+    Quart-Trio cancels the request's nursery as soon as it sees the disconnect message, which
+    hypercorn may emit while it is still inside the final ``send`` (restarting the idle timer
+    of a keep-alive connection). Cancelled there, the connection is never recycled or closed:
+    it lingers idle until the client leaves, and SIGTERM waits out the whole grace period for
+    it. Shielding that one call (with a deadline of its own) lets it finish.
+    """
+
+    async def send_last_shielded(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + 10):
+                await send(message)
+        else:
+            await send(message)
+
+    return send_last_shielded
+
+
 class LeanFront:
     """ASGI: ``/analytics`` GET and POST straight to ``HotRoutes``, the rest to ``inner``."""
 
@@ -113,10 +135,11 @@ class LeanFront:
         self._metrics = metrics
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != "/analytics" or scope["method"] not in (
-            "GET", "POST"
-        ):
+        if scope["type"] != "http":
             await self._inner(scope, receive, send)
+            return
+        if scope["path"] != "/analytics" or scope["method"] not in ("GET", "POST"):
+            await self._inner(scope, receive, _finish_unhurried(send))
             return
         started = time.perf_counter()
         method = scope["method"]
