@@ -15,6 +15,7 @@ from shardstats.core.validation import (
     _CONTROL,
     Limits,
     check_window,
+    parse_event_id,
     parse_kind,
     parse_timestamp_text,
     parse_user,
@@ -38,7 +39,7 @@ def parse_batch(body: bytes, now_ms: int, limits: Limits) -> list[BatchLine]:
     for (number, raw), item in zip(numbered, items, strict=True):
         # Fast path for the common, valid line; anything unusual takes the full rules below
         # (which also produce the reason).
-        if type(item) is dict:
+        if type(item) is dict and "id" not in item:
             ts, user, kind = item.get("timestamp"), item.get("user"), item.get("event")
             if (
                 type(ts) is int
@@ -86,7 +87,7 @@ def _event(raw: object, now_ms: int, limits: Limits) -> Event:
     if not isinstance(item, dict):
         raise InvalidInput("each line must be a JSON object")
     params: dict[str, str] = {}
-    for key in ("timestamp", "user", "event"):
+    for key in ("timestamp", "user", "event", "id"):
         value = item.get(key)
         if value is None:
             continue
@@ -101,5 +102,6 @@ def _event(raw: object, now_ms: int, limits: Limits) -> Event:
     timestamp = parse_timestamp_text(params["timestamp"], "timestamp")
     user = parse_user(params, limits.max_user_bytes)
     kind = parse_kind(params)
+    eid = parse_event_id(params)
     check_window(timestamp, now_ms, limits)
-    return Event(timestamp, user, kind)
+    return Event(timestamp, user, kind, eid)

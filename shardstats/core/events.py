@@ -43,6 +43,7 @@ class Event(NamedTuple):
     timestamp_ms: int
     user: str
     kind: EventKind
+    id: str | None = None  # optional client event id: a retry with the same id counts once
 
     @property
     def hour(self) -> int:

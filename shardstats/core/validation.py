@@ -23,7 +23,8 @@ from shardstats.errors import InvalidInput
 
 # Unicode category Cc is exactly C0, DEL and C1.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-KNOWN_PARAMS = frozenset({"timestamp", "user", "event"})
+KNOWN_PARAMS = frozenset({"timestamp", "user", "event", "id"})
+MAX_ID_BYTES = 128
 _GET_PARAMS = frozenset({"timestamp"})
 MAX_QUERY_BYTES = 16 * 1024  # at least; grows with max_user_bytes (see query_limit)
 
@@ -118,6 +119,20 @@ def parse_kind(params: dict[str, str]) -> EventKind:
     return kind
 
 
+def parse_event_id(params: dict[str, str]) -> str | None:
+    """The optional client event id (for idempotent retries): 1..128 bytes, no controls."""
+    eid = params.get("id")
+    if eid is None:
+        return None
+    if not eid:
+        raise InvalidInput("parameter 'id' is empty")
+    if len(eid.encode("utf-8")) > MAX_ID_BYTES:
+        raise InvalidInput(f"id is longer than {MAX_ID_BYTES} bytes")
+    if _CONTROL.search(eid):
+        raise InvalidInput("id contains a control character")
+    return eid
+
+
 def check_window(timestamp_ms: int, now_ms: int, limits: Limits) -> None:
     if limits.accept_past_ms and timestamp_ms < now_ms - limits.accept_past_ms:
         raise InvalidInput(
@@ -135,8 +150,9 @@ def event_from_query(raw: bytes, now_ms: int, limits: Limits) -> Event:
     timestamp = parse_timestamp(params)
     user = parse_user(params, limits.max_user_bytes)
     kind = parse_kind(params)
+    eid = parse_event_id(params)
     check_window(timestamp, now_ms, limits)
-    return Event(timestamp, user, kind)
+    return Event(timestamp, user, kind, eid)
 
 
 def timestamp_from_query(raw: bytes) -> int:

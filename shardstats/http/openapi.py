@@ -70,6 +70,9 @@ DOCUMENT: dict[str, Any] = {
                            "characters", {"type": "string", "minLength": 1}),
                     _param("event", "Event kind",
                            {"type": "string", "enum": ["click", "impression"]}),
+                    _param("id", "Optional client event id (1..128 bytes): a retry with the "
+                           "same id for the same hour is acknowledged but counted once",
+                           {"type": "string", "minLength": 1}, required=False),
                 ],
                 "responses": {
                     "204": {"description": "Durable"},
@@ -96,7 +99,7 @@ DOCUMENT: dict[str, Any] = {
             "post": {
                 "summary": "Record many events (newline-delimited JSON)",
                 "description": "Each line is {\"timestamp\": ms, \"user\": \"...\", \"event\": "
-                "\"click\"|\"impression\"} validated like a single POST. The answer comes once "
+                "\"click\"|\"impression\"} (optionally \"id\") validated like a single POST. The answer comes once "
                 "every accepted event is durable; results[i] is the verdict of line i+1.",
                 "security": [{}, {"bearer": []}],
                 "requestBody": {"required": True,

@@ -167,9 +167,10 @@ class HourShard:
             ids = await self._dictionary.ids_for(users)
             uids = [ids[user] for user in users]
             kinds = [int(e.kind) for e in events]
-            rows = list(zip([e.timestamp_ms for e in events], users, uids, kinds, strict=True))
+            rows = list(zip([e.timestamp_ms for e in events], users, uids, kinds,
+                            [e.id for e in events], strict=True))
             journal = await self._journal_for_write()
-            last = await trio.to_thread.run_sync(journal.append, rows)
+            last, kept = await trio.to_thread.run_sync(journal.append, rows)
         except Exception as exc:
             self._failed += 1
             self._observer.commit(len(events), time.perf_counter() - started, False)
@@ -179,7 +180,9 @@ class HourShard:
             for _, pending in batch:
                 pending.fail(error)
             return
-        self.aggregate.apply_block(last - len(rows) + 1, uids, kinds)
+        if kept is not None:  # repeated event ids: acknowledged, not counted again
+            uids, kinds = [uids[i] for i in kept], [kinds[i] for i in kept]
+        self.aggregate.apply_block(last - len(uids) + 1, uids, kinds)
         self._batches += 1
         self._events += len(rows)
         self._observer.commit(len(rows), time.perf_counter() - started, True)

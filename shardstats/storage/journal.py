@@ -25,7 +25,7 @@ from shardstats.core.aggregate import JournalRow
 from shardstats.errors import CorruptFile, StorageError
 
 SCHEMA_VERSION = 1
-InsertRow = tuple[int, str, int, int]  # (timestamp_ms, user, uid, kind)
+InsertRow = tuple[int, str, int, int, str | None]  # (timestamp_ms, user, uid, kind, event id)
 
 
 def connect(path: Path, *, create: bool, readonly: bool = False) -> sqlite3.Connection:
@@ -82,11 +82,19 @@ class Journal:
     def _init_schema(self) -> bytes:
         db = sqlite_utils.Database(self._conn)
         with db.atomic():
-            db.table("events").create(
-                {"seq": int, "ts": int, "user": str, "uid": int, "kind": int},
+            events = db.table("events")
+            events.create(
+                {"seq": int, "ts": int, "user": str, "uid": int, "kind": int, "eid": str},
                 pk="seq",
                 not_null={"ts", "user", "uid", "kind"},
                 if_not_exists=True,
+            )
+            if "eid" not in events.columns_dict:  # journals made before idempotent ids
+                events.add_column("eid", str)
+            # A client-supplied event id is recorded at most once per hour (idempotent retries).
+            self._conn.execute(
+                "CREATE UNIQUE INDEX IF NOT EXISTS events_by_eid ON events(eid) "
+                "WHERE eid IS NOT NULL"
             )
             db.table("meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
             self._conn.execute(
@@ -96,16 +104,28 @@ class Journal:
             )
         return self._read_id()
 
-    def append(self, rows: Sequence[InsertRow]) -> int:
-        """Commit rows in one durable transaction; return the seq of the last one."""
+    def append(self, rows: Sequence[InsertRow]) -> tuple[int, list[int] | None]:
+        """Commit rows in one durable transaction.
+
+        Returns the seq of the last row written and, when some rows carry an event id, the
+        indices of the rows written: a row whose id the journal (or an earlier row of this
+        batch) already holds is skipped — acknowledged by the caller but not counted again.
+        ``None`` means every row was written. Written rows get consecutive seqs.
+        """
         conn = self._conn
+        kept: list[int] | None = None
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany(
-                    "INSERT INTO events(ts, user, uid, kind) VALUES (?, ?, ?, ?)", rows
-                )
-                (last,) = conn.execute("SELECT max(seq) FROM events").fetchone()
+                if any(row[4] is not None for row in rows):
+                    kept = self._new_ids(rows)
+                    rows = [rows[i] for i in kept]
+                if rows:
+                    conn.executemany(
+                        "INSERT INTO events(ts, user, uid, kind, eid) VALUES (?, ?, ?, ?, ?)",
+                        rows,
+                    )
+                (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -113,7 +133,25 @@ class Journal:
                 raise
         except sqlite3.Error as exc:
             raise _classify(exc, self.path) from exc
-        return int(last)
+        return int(last), kept
+
+    def _new_ids(self, rows: Sequence[InsertRow]) -> list[int]:
+        wanted = list({row[4] for row in rows if row[4] is not None})
+        seen: set[str | None] = set()
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            seen.update(r[0] for r in self._conn.execute(
+                f"SELECT eid FROM events WHERE eid IN ({marks})", chunk))
+        kept = []
+        for i, row in enumerate(rows):
+            eid = row[4]
+            if eid is None:
+                kept.append(i)
+            elif eid not in seen:
+                seen.add(eid)
+                kept.append(i)
+        return kept
 
     def rows_after(self, seq: int) -> list[JournalRow]:
         try:

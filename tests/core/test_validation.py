@@ -91,3 +91,16 @@ def test_hours_are_floor_division(ts: int) -> None:
 def test_parse_query_only_ever_raises_invalid_input(raw: bytes) -> None:
     with contextlib.suppress(InvalidInput):
         parse_query(raw)
+
+
+def test_optional_event_id() -> None:
+    assert post(f"timestamp={NOW}&user=a&event=click").id is None
+    assert post(f"timestamp={NOW}&user=a&event=click&id=retry-1").id == "retry-1"
+    for query, reason in [
+        (f"timestamp={NOW}&user=a&event=click&id=", "'id' is empty"),
+        (f"timestamp={NOW}&user=a&event=click&id=" + "x" * 129, "longer than 128"),
+        (f"timestamp={NOW}&user=a&event=click&id=a%0Ab", "control character"),
+        (f"timestamp={NOW}&user=a&event=click&id=1&id=2", "more than once"),
+    ]:
+        with pytest.raises(InvalidInput, match=reason):
+            post(query)

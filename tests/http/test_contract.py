@@ -707,7 +707,7 @@ class BlockedJournal:
     def patch(self, monkeypatch: pytest.MonkeyPatch) -> None:
         original = Journal.append
 
-        def append(journal: Journal, rows: Any) -> int:
+        def append(journal: Journal, rows: Any) -> Any:
             self.entered.set()
             if not self.release.wait(timeout=10):
                 raise RuntimeError("the test never released the journal")
@@ -751,7 +751,7 @@ async def test_failed_commit_is_500_with_empty_body_and_not_counted(
 ) -> None:
     await harness.event(NOW_MS, "alice", "click")
 
-    def failing_append(journal: Journal, rows: Any) -> int:
+    def failing_append(journal: Journal, rows: Any) -> Any:
         raise sqlite3.OperationalError("disk I/O error")
 
     monkeypatch.setattr(Journal, "append", failing_append)

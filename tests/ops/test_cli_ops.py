@@ -40,7 +40,7 @@ def populate(root: Path, hours: int, events_per_hour: int, seed: int = 7) -> dic
             journal = datadir.open_journal(hour, create=True)
             for start in range(0, len(names), 500):
                 chunk = range(start, min(start + 500, len(names)))
-                journal.append([(hour * HOUR_MS + i, names[i], ids[names[i]], kinds[i])
+                journal.append([(hour * HOUR_MS + i, names[i], ids[names[i]], kinds[i], None)
                                 for i in chunk])
             journal.close()
             model[hour] = (set(names), kinds.count(1), kinds.count(2))
@@ -99,11 +99,15 @@ def test_verify_json_and_hour_selection(tmp_path: Path) -> None:
 
 
 def damage_page(path: Path) -> None:
-    """Overwrite the cell-content end of a middle page: where a leaf keeps its rows."""
+    """Overwrite the cell-content end of the events table's root page."""
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'events'").fetchone()
+    (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+    conn.close()
     data = bytearray(path.read_bytes())
-    pages = len(data) // 4096
-    assert pages >= 3, "journal too small to damage a data page"
-    end = (pages // 2 + 1) * 4096
+    end = root * page_size
     data[end - 600 : end] = os.urandom(600)
     path.write_bytes(bytes(data))
 

@@ -87,7 +87,7 @@ class FaultyJournal(Journal):
 
     fail: str | None = None  # None, "before" or "after"
 
-    def append(self, rows: Sequence[InsertRow]) -> int:
+    def append(self, rows: Sequence[InsertRow]) -> tuple[int, list[int] | None]:
         if FaultyJournal.fail == "before":
             raise StorageError("injected: disk full")
         last = super().append(rows)
@@ -179,7 +179,7 @@ async def test_full_inbox_is_overload_not_growth(tmp_path: Path) -> None:
     gate = threading.Event()
 
     class SlowJournal(Journal):
-        def append(self, rows: Sequence[InsertRow]) -> int:
+        def append(self, rows: Sequence[InsertRow]) -> tuple[int, list[int] | None]:
             gate.wait(10)
             return super().append(rows)
 
