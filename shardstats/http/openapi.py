@@ -99,8 +99,9 @@ DOCUMENT: dict[str, Any] = {
             "post": {
                 "summary": "Record many events (newline-delimited JSON)",
                 "description": "Each line is {\"timestamp\": ms, \"user\": \"...\", \"event\": "
-                "\"click\"|\"impression\"} (optionally \"id\") validated like a single POST. The answer comes once "
-                "every accepted event is durable; results[i] is the verdict of line i+1.",
+                "\"click\"|\"impression\"} (optionally \"id\") validated like a single "
+                "POST. The answer comes once every accepted event is durable; results[i] is "
+                "the verdict of line i+1.",
                 "security": [{}, {"bearer": []}],
                 "requestBody": {"required": True,
                                 "content": {"application/x-ndjson": {"schema": {
