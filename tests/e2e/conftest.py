@@ -14,6 +14,7 @@ whatever the test passes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -21,7 +22,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from pathlib import Path
 
 import httpx
@@ -143,15 +144,19 @@ class ServerProcess:
                 f"server (pid {self.pid}) still running {timeout} s later; log:\n{self.log()}"
             ) from None
 
-    async def await_exit(self, timeout: float) -> int:
+    async def await_exit(self, within: float) -> int:
         """Like ``wait_exit`` without blocking the trio loop (polls)."""
-        with trio.move_on_after(timeout):
-            while (code := self.proc.poll()) is None:
-                await trio.sleep(POLL)
-            return code
-        raise AssertionError(
-            f"server (pid {self.pid}) still running {timeout} s later; log:\n{self.log()}"
-        )
+        deadline = trio.current_time() + within
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                return code
+            if trio.current_time() > deadline:
+                raise AssertionError(
+                    f"server (pid {self.pid}) still running {within} s later; "
+                    f"log:\n{self.log()}"
+                )
+            await trio.sleep(POLL)
 
 
 class ServerFactory:
@@ -194,21 +199,19 @@ class ServerFactory:
         self,
         data_dir: Path,
         env: Mapping[str, str] | None = None,
-        timeout: float = START_TIMEOUT,
+        within: float = START_TIMEOUT,
     ) -> ServerProcess:
         """``start`` for trio tests (runs in a worker thread)."""
         return await trio.to_thread.run_sync(
-            functools.partial(self.start, data_dir, env, timeout)
+            functools.partial(self.start, data_dir, env, within)
         )
 
     def cleanup(self) -> None:
         for server in self._servers:
             if server.running():
                 server.proc.kill()
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):  # the kernel is stuck
                 server.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:  # pragma: no cover - the kernel is stuck
-                pass
 
 
 @pytest.fixture
@@ -244,9 +247,9 @@ def _tail(path: Path) -> str:
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
-) -> Iterator[None]:
-    report: pytest.TestReport = yield
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     if report.failed:
         for path in item.stash.get(SERVER_LOGS, []):
             report.sections.append((f"shardstats server log {path.name}", _tail(path)))
-    return report  # type: ignore[return-value]
+    return report
