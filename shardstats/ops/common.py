@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import re
+import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -68,6 +69,24 @@ def select_hours(
     low = None if start_ms is None else start_ms // HOUR_MS
     high = None if end_ms is None else end_ms // HOUR_MS
     return [h for h in hours if (low is None or h >= low) and (high is None or h <= high)]
+
+
+def dictionary_disagreements(conn: sqlite3.Connection, users: Path) -> tuple[int, int]:
+    """Rows of the journal on ``conn`` whose id the dictionary lacks, and rows whose user
+    string (where the journal still holds it) the dictionary names differently."""
+    conn.execute("ATTACH DATABASE ? AS dict", (f"file:{users}?mode=ro",))
+    try:
+        (missing,) = conn.execute(
+            "SELECT count(*) FROM events e LEFT JOIN dict.users u ON u.id = e.uid "
+            "WHERE u.id IS NULL"
+        ).fetchone()
+        (renamed,) = conn.execute(
+            "SELECT count(*) FROM events e JOIN dict.users u ON u.id = e.uid "
+            "WHERE e.user != '' AND e.user != u.name"
+        ).fetchone()
+    finally:
+        conn.execute("DETACH DATABASE dict")
+    return int(missing), int(renamed)
 
 
 def journal_files(datadir: DataDir, hour: int) -> list[Path]:

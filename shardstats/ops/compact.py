@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 from shardstats.core.aggregate import HourAggregate
 from shardstats.errors import StorageError
-from shardstats.ops.common import hour_iso, journal_files, size_of
+from shardstats.ops.common import dictionary_disagreements, hour_iso, journal_files, size_of
 from shardstats.shards import loader
 from shardstats.storage.datadir import DataDir
-from shardstats.storage.journal import Journal
+from shardstats.storage.journal import Journal, immediate
 
 
 @dataclass
@@ -84,17 +84,9 @@ def _compact_journal(datadir: DataDir, journal: Journal, result: CompactResult) 
     if not snapshot_current:
         loader.write_snapshot(datadir, aggregate, journal.journal_id)
     if named:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn, journal.path):
             conn.execute("UPDATE events SET user = '' WHERE user != ''")
-            conn.execute(
-                "INSERT OR REPLACE INTO meta(key, value) VALUES ('compacted', '1')"
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('compacted', '1')")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.execute("VACUUM")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -104,15 +96,8 @@ def _rows_disagreeing_with_dictionary(datadir: DataDir, conn: sqlite3.Connection
     users = datadir.root / "users.sqlite"
     if not users.exists():
         raise StorageError("user dictionary missing; refusing to drop user strings")
-    conn.execute("ATTACH DATABASE ? AS dict", (f"file:{users}?mode=ro",))
-    try:
-        (bad,) = conn.execute(
-            "SELECT count(*) FROM events e LEFT JOIN dict.users u ON u.id = e.uid "
-            "WHERE u.id IS NULL OR (e.user != '' AND e.user != u.name)"
-        ).fetchone()
-    finally:
-        conn.execute("DETACH DATABASE dict")
-    return int(bad)
+    missing, renamed = dictionary_disagreements(conn, users)
+    return missing + renamed
 
 
 def _snapshot_covers(datadir: DataDir, journal: Journal, last_seq: int) -> bool:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from shardstats.core import snapshot as codec
 from shardstats.core.aggregate import HourAggregate
 from shardstats.errors import CorruptFile, StorageError
-from shardstats.ops.common import hour_iso
+from shardstats.ops.common import dictionary_disagreements, hour_iso
 from shardstats.storage.datadir import DataDir
 from shardstats.storage.journal import Journal
 
@@ -180,19 +180,7 @@ def _check_ids(journal: Journal, datadir: DataDir, report: HourReport) -> None:
         if report.events:
             report.problems.append("user dictionary missing")
         return
-    conn = journal.connection
-    conn.execute("ATTACH DATABASE ? AS dict", (f"file:{users}?mode=ro",))
-    try:
-        (missing,) = conn.execute(
-            "SELECT count(*) FROM events e LEFT JOIN dict.users u ON u.id = e.uid "
-            "WHERE u.id IS NULL"
-        ).fetchone()
-        (renamed,) = conn.execute(
-            "SELECT count(*) FROM events e JOIN dict.users u ON u.id = e.uid "
-            "WHERE e.user != '' AND e.user != u.name"
-        ).fetchone()
-    finally:
-        conn.execute("DETACH DATABASE dict")
+    missing, renamed = dictionary_disagreements(journal.connection, users)
     if missing:
         report.problems.append(f"{missing} rows use user ids missing from the dictionary")
     if renamed:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import sqlite_utils
@@ -52,6 +53,23 @@ def _classify(exc: sqlite3.Error, path: Path) -> StorageError:
     ):
         return CorruptFile(f"{path}: {exc}")
     return StorageError(f"{path}: {exc}")
+
+
+@contextmanager
+def immediate(conn: sqlite3.Connection, path: Path) -> Iterator[None]:
+    """One write transaction: BEGIN IMMEDIATE, COMMIT on success, ROLLBACK on anything else;
+    SQLite errors come out as ``StorageError``/``CorruptFile`` naming the file."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        raise _classify(exc, path) from exc
 
 
 class Journal:
@@ -114,25 +132,15 @@ class Journal:
         """
         conn = self._conn
         kept: list[int] | None = None
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if any(row[4] is not None for row in rows):
-                    kept = self._new_ids(rows)
-                    rows = [rows[i] for i in kept]
-                if rows:
-                    conn.executemany(
-                        "INSERT INTO events(ts, user, uid, kind, eid) VALUES (?, ?, ?, ?, ?)",
-                        rows,
-                    )
-                (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise _classify(exc, self.path) from exc
+        with immediate(conn, self.path):
+            if any(row[4] is not None for row in rows):
+                kept = self._new_ids(rows)
+                rows = [rows[i] for i in kept]
+            if rows:
+                conn.executemany(
+                    "INSERT INTO events(ts, user, uid, kind, eid) VALUES (?, ?, ?, ?, ?)", rows
+                )
+            (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
         return int(last), kept
 
     def _new_ids(self, rows: Sequence[InsertRow]) -> list[int]:

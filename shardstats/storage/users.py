@@ -25,7 +25,7 @@ from pathlib import Path
 import sqlite_utils
 
 from shardstats.errors import StorageError
-from shardstats.storage.journal import _classify, connect
+from shardstats.storage.journal import _classify, connect, immediate
 
 MAX_UID = 2**32 - 1
 _CHUNK = 500  # names per IN (...) query, well under SQLite's parameter limit
@@ -56,24 +56,14 @@ class UserStore:
     def assign(self, names: Sequence[str]) -> dict[str, int]:
         """Return the id of every name, creating and durably committing missing ones."""
         conn = self._conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                ids = self._lookup(names)
-                for name in names:
-                    if name not in ids:
-                        cursor = conn.execute("INSERT INTO users(name) VALUES (?)", (name,))
-                        uid = cursor.lastrowid
-                        if uid is None or uid > MAX_UID:
-                            raise StorageError("user dictionary is full (2**32 ids)")
-                        ids[name] = uid
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise _classify(exc, self.path) from exc
+        with immediate(conn, self.path):
+            ids = self._lookup(names)
+            for name in names:
+                if name not in ids:
+                    uid = conn.execute("INSERT INTO users(name) VALUES (?)", (name,)).lastrowid
+                    if uid is None or uid > MAX_UID:
+                        raise StorageError("user dictionary is full (2**32 ids)")
+                    ids[name] = uid
         return ids
 
     def _lookup(self, names: Sequence[str]) -> dict[str, int]:
