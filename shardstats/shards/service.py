@@ -114,8 +114,12 @@ class Service:
                 log.info("ready in %.3f s", self.recovery_seconds)
                 await self._stop.wait()
                 self.ready = False
+                stopping = time.monotonic()
+                open_hours = self.registry.statistics().open_shards
                 await self.registry.aclose()
                 self.dictionary.close()
+                log.info("stopped: %d open hours snapshotted and closed in %.3f s",
+                         open_hours, time.monotonic() - stopping)
         finally:
             self.datadir.lock.release()
             self._stopped.set()
