@@ -8,11 +8,15 @@ every other line gets exactly one verdict, in order. Pure: ``now_ms`` is an argu
 from __future__ import annotations
 
 import json
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import msgspec
 
 from shardstats.core.events import MAX_TIMESTAMP_MS, Event, EventKind
 from shardstats.core.validation import (
     _CONTROL,
+    MAX_ID_BYTES,
     Limits,
     check_window,
     parse_event_id,
@@ -29,35 +33,82 @@ class BatchLine(NamedTuple):
     error: str | None
 
 
+@dataclass(slots=True)
+class ParsedBatch:
+    """Valid events with their line numbers, and the rejected lines with their reasons.
+    Columns rather than one object per line: a batch holds up to hundreds of thousands."""
+
+    events: list[Event]
+    event_lines: list[int]
+    errors: list[tuple[int, str]]
+
+    def lines(self) -> list[BatchLine]:
+        """Every non-blank line's verdict, in body order (for tests and small batches)."""
+        out = [BatchLine(n, e, None) for n, e in zip(self.event_lines, self.events,
+                                                      strict=True)]
+        out += [BatchLine(n, None, reason) for n, reason in self.errors]
+        return sorted(out, key=lambda line: line.line)
+
+
 def parse_batch(body: bytes, now_ms: int, limits: Limits) -> list[BatchLine]:
+    return parse_batch_columns(body, now_ms, limits).lines()
+
+
+def parse_batch_columns(body: bytes, now_ms: int, limits: Limits) -> ParsedBatch:
     numbered = [(n, raw) for n, raw in enumerate(body.split(b"\n"), start=1) if raw.strip()]
-    items = _decode_all([raw for _, raw in numbered])
     low = now_ms - limits.accept_past_ms if limits.accept_past_ms else 0
     high = now_ms + limits.accept_future_ms if limits.accept_future_ms else MAX_TIMESTAMP_MS
-    max_user = limits.max_user_bytes
-    out = []
+    fast = _all_valid_fast(numbered, low, high, limits.max_user_bytes)
+    if fast is not None:
+        return fast
+    items = _decode_all([raw for _, raw in numbered])
+    parsed = ParsedBatch([], [], [])
     for (number, raw), item in zip(numbered, items, strict=True):
-        # Fast path for the common, valid line; anything unusual takes the full rules below
-        # (which also produce the reason).
-        if type(item) is dict and "id" not in item:
-            ts, user, kind = item.get("timestamp"), item.get("user"), item.get("event")
-            if (
-                type(ts) is int
-                and low <= ts <= high
-                and type(user) is str
-                and user.isascii()
-                and 0 < len(user) <= max_user
-                and kind in _KINDS
-                and not _CONTROL.search(user)
-            ):
-                out.append(BatchLine(number, Event(ts, user, _KINDS[kind]), None))
-                continue
         try:
-            out.append(BatchLine(number, _event(raw if item is _UNPARSED else item, now_ms,
-                                                limits), None))
+            event = _event(raw if item is _UNPARSED else item, now_ms, limits)
         except InvalidInput as exc:
-            out.append(BatchLine(number, None, str(exc)))
-    return out
+            parsed.errors.append((number, str(exc)))
+            continue
+        parsed.events.append(event)
+        parsed.event_lines.append(number)
+    return parsed
+
+
+class _Line(msgspec.Struct):
+    timestamp: int
+    user: str
+    event: Literal["click", "impression"]
+    id: str | None = None
+
+
+_DECODER = msgspec.json.Decoder(list[_Line])
+
+
+def _all_valid_fast(
+    numbered: list[tuple[int, bytes]], low: int, high: int, max_user: int
+) -> ParsedBatch | None:
+    """The common case, a batch of valid lines, decoded and type-checked by msgspec in C;
+    None as soon as anything is unusual (the full rules then judge every line and say why)."""
+    try:
+        items = _DECODER.decode(b"[" + b",".join(raw for _, raw in numbered) + b"]")
+    except msgspec.DecodeError:  # broken JSON, or a line of a shape the fast path skips
+        return None
+    if len(items) != len(numbered):
+        return None
+    control = _CONTROL.search
+    kinds = _KINDS
+    events = []
+    for item in items:
+        ts, user, eid = item.timestamp, item.user, item.id
+        if not (low <= ts <= high and user and user.isascii() and len(user) <= max_user
+                and not control(user)) or (eid is not None and not _valid_id(eid)):
+            return None
+        events.append(Event(ts, user, kinds[item.event], eid))
+    return ParsedBatch(events, [n for n, _ in numbered], [])
+
+
+def _valid_id(eid: str) -> bool:
+    return eid.isascii() and 0 < len(eid) <= MAX_ID_BYTES and not _CONTROL.search(eid)
 
 
 _UNPARSED = object()

@@ -101,12 +101,21 @@ def parse_user(params: dict[str, str], max_user_bytes: int) -> str:
         raise InvalidInput("missing parameter 'user'")
     if not user:
         raise InvalidInput("parameter 'user' is empty")
-    size = len(user) if user.isascii() else len(user.encode("utf-8"))
+    size = _utf8_size(user, "user")
     if size > max_user_bytes:
         raise InvalidInput(f"user is {size} bytes long; the maximum is {max_user_bytes}")
     if _CONTROL.search(user):
         raise InvalidInput("user contains a control character")
     return user
+
+
+def _utf8_size(text: str, what: str) -> int:
+    if text.isascii():
+        return len(text)
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate, which JSON's \ud800 escapes can carry
+        raise InvalidInput(f"{what} is not valid Unicode") from None
 
 
 def parse_kind(params: dict[str, str]) -> EventKind:
@@ -126,7 +135,7 @@ def parse_event_id(params: dict[str, str]) -> str | None:
         return None
     if not eid:
         raise InvalidInput("parameter 'id' is empty")
-    if len(eid.encode("utf-8")) > MAX_ID_BYTES:
+    if _utf8_size(eid, "id") > MAX_ID_BYTES:
         raise InvalidInput(f"id is longer than {MAX_ID_BYTES} bytes")
     if _CONTROL.search(eid):
         raise InvalidInput("id contains a control character")

@@ -22,7 +22,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from shardstats.config import Settings, load_settings
-from shardstats.core.batch import BatchLine, parse_batch
+from shardstats.core.batch import ParsedBatch, parse_batch_columns
 from shardstats.core.events import HOUR_MS
 from shardstats.core.ranges import range_from_query
 from shardstats.errors import ShardstatsError
@@ -81,17 +81,15 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
             return {"error": "missing or invalid bearer token"}, 401, dict([BEARER_INGEST])
         body = await request.get_data(cache=False)
         assert isinstance(body, bytes)
-        lines = parse_batch(body, service.clock.now_ms(), service.limits)
-        events = [line.event for line in lines if line.event is not None]
+        parsed = parse_batch_columns(body, service.clock.now_ms(), service.limits)
         try:
-            outcome = await service.submit_batch(events) if events else {}
+            outcome = await service.submit_batch(parsed.events)
         except ShardstatsError as exc:
             return _reply(json_error(exc))
-        report = _batch_report(body.count(b"\n") + 1, lines, outcome)
+        report = _batch_report(body.count(b"\n") + 1, parsed, outcome)
         metrics.accepted.inc(report["accepted"])
-        for line in lines:
-            if line.error is not None:
-                metrics.rejected.labels(reason_label(line.error)).inc()
+        for _, reason in parsed.errors:
+            metrics.rejected.labels(reason_label(reason)).inc()
         return report, 200
 
     @app.get("/analytics/range", provide_automatic_options=False)
@@ -173,25 +171,32 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
 DOCS_PAGE = docs_page()
 DASHBOARD = (resources.files("shardstats.http") / "static" / "dashboard.html").read_text("utf-8")
 def _batch_report(
-    line_count: int, lines: list[BatchLine], outcome: dict[int, ShardstatsError | None]
+    line_count: int, parsed: ParsedBatch, outcome: dict[int, ShardstatsError | None]
 ) -> dict[str, Any]:
     """One verdict per body line (``results[i]`` is line i+1): accepted, rejected: why,
     failed: why (not durable; retrying is safe to the extent a 500 is), or blank."""
     results = ["blank"] * line_count
-    counts = {"accepted": 0, "rejected": 0, "failed": 0}
-    for line in lines:
-        if line.event is None:
-            results[line.line - 1] = f"rejected: {line.error}"
-            counts["rejected"] += 1
-            continue
-        error = outcome.get(line.event.timestamp_ms // HOUR_MS)
-        if error is None:
-            results[line.line - 1] = "accepted"
-            counts["accepted"] += 1
-        else:
-            results[line.line - 1] = f"failed: {error if error.status < 500 else 'storage error'}"
-            counts["failed"] += 1
-    return {**counts, "results": results}
+    for number, reason in parsed.errors:
+        results[number - 1] = f"rejected: {reason}"
+    failed = 0
+    if all(error is None for error in outcome.values()):
+        for number in parsed.event_lines:
+            results[number - 1] = "accepted"
+    else:
+        for number, event in zip(parsed.event_lines, parsed.events, strict=True):
+            error = outcome.get(event.timestamp_ms // HOUR_MS)
+            if error is None:
+                results[number - 1] = "accepted"
+            else:
+                failed += 1
+                why = error if error.status < 500 else "storage error"
+                results[number - 1] = f"failed: {why}"
+    return {
+        "accepted": len(parsed.events) - failed,
+        "rejected": len(parsed.errors),
+        "failed": failed,
+        "results": results,
+    }
 
 
 def _reply(reply: Reply) -> ResponseValue:

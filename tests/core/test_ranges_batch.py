@@ -87,3 +87,42 @@ def test_batch_verdicts_name_the_problem() -> None:
     ok = parse_batch(f'{{"timestamp": "{NOW}", "user": "é", "event": "impression"}}'.encode(),
                      NOW, Limits())
     assert ok[0].event == Event(NOW, "é", EventKind.IMPRESSION)
+
+
+valid_lines = st.fixed_dictionaries(
+    {
+        "timestamp": st.integers(NOW - 30 * 24 * HOUR_MS, NOW + 600_000),
+        "user": st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E),
+                        min_size=1, max_size=8) | st.sampled_from(["é", "ü" * 200]),
+        "event": st.sampled_from(["click", "impression"]),
+    },
+    optional={"id": st.text(alphabet="abc-123", min_size=1, max_size=5)},
+)
+
+
+@given(st.lists(valid_lines, min_size=1, max_size=30))
+def test_all_valid_batches_take_the_fast_path_with_the_same_verdicts(
+    items: list[dict[str, object]],
+) -> None:
+    from urllib.parse import urlencode
+
+    from shardstats.core.batch import parse_batch_columns
+
+    body = "\n".join(json.dumps(item) for item in items).encode()
+    parsed = parse_batch_columns(body, NOW, Limits())
+    singles = []
+    for item in items:
+        try:
+            singles.append(event_from_query(urlencode(item).encode(), NOW, Limits()))
+        except InvalidInput:
+            singles.append(None)
+    accepted = [e for e in singles if e is not None]
+    assert parsed.events == accepted
+    assert len(parsed.errors) == singles.count(None)
+
+
+def test_lone_surrogates_are_rejected_not_crashed() -> None:
+    body = (b'{"timestamp": %d, "user": "a\\ud800", "event": "click"}\n'
+            b'{"timestamp": %d, "user": "b", "event": "click", "id": "\\udfff"}' % (NOW, NOW))
+    verdicts = parse_batch(body, NOW, Limits())
+    assert [v.error for v in verdicts] == ["user is not valid Unicode", "id is not valid Unicode"]
