@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -62,7 +63,7 @@ Exit 0: done; 1: some hour was skipped (reason printed); 2: usage error.
 
 EXPORT_EPILOG = """\
 examples:
-  shardstats export --data-dir snapshots --from 2026-11-01 --to 2026-11-02 > day.csv
+  shardstats export --data-dir snapshots --from 2026-11-01 --to 2026-11-01T23:59Z > day.csv
   shardstats export --format jsonl --bitmaps out/            # + <hour>.roaring, users.csv
 
 Writes hour, hour_start, unique_users, clicks, impressions per hour with data. --bitmaps DIR
@@ -157,6 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataDirLocked as exc:
         print(f"shardstats {args.command}: {exc}", file=sys.stderr)
         return EXIT_LOCKED
+    except BrokenPipeError:  # `shardstats verify --json | head`: the reader has left
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return EXIT_OK
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -189,6 +194,8 @@ def _hours(args: argparse.Namespace, datadir: Any) -> list[int]:
 
     if args.hour and (args.start or args.end):
         raise InvalidInput("give --hour or --from/--to, not both")
+    if args.start and args.end and parse_time(args.end) < parse_time(args.start):
+        raise InvalidInput("--to is before --from")
     return select_hours(
         datadir,
         hour=parse_hour(args.hour) if args.hour else None,
@@ -262,8 +269,11 @@ def _export(args: argparse.Namespace) -> int:
     hours = _hours(args, datadir)
     bitmaps = Path(args.bitmaps) if args.bitmaps else None
     with contextlib.ExitStack() as stack:
-        out = (stack.enter_context(open(args.output, "w", newline="", encoding="utf-8"))
-               if args.output else sys.stdout)
+        try:
+            out = (stack.enter_context(open(args.output, "w", newline="", encoding="utf-8"))
+                   if args.output else sys.stdout)
+        except OSError as exc:
+            raise InvalidInput(f"cannot write {args.output}: {exc.strerror}") from None
         try:
             count = export(datadir, hours, out, args.format, bitmaps, _progress("export"))
         except StorageError as exc:

@@ -7,7 +7,6 @@ releases the data-dir lock; the process exits 0.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
@@ -22,35 +21,12 @@ from shardstats.core.validation import query_limit
 from shardstats.errors import DataDirLocked
 from shardstats.http.app import create_app, lean_front
 from shardstats.http.hot import LeanFront
+from shardstats.logs import configure_logging
 from shardstats.shards.service import Service
 
 log = logging.getLogger("shardstats")
 
 EXIT_LOCKED = 3
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log shippers."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def configure_logging(level: str, fmt: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter() if fmt == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
 def hypercorn_config(settings: Settings) -> HypercornConfig:
@@ -86,9 +62,29 @@ def run_server(settings: Settings) -> int:
         trio.run(_serve, app, hypercorn_config(settings), settings)
     except KeyboardInterrupt:  # a second Ctrl-C: give up on graceful shutdown
         return 130
+    except BaseExceptionGroup as group:
+        unusable = group.subgroup(lambda exc: isinstance(exc, OSError))
+        if unusable is None:
+            raise
+        first = _first_leaf(unusable)
+        print(f"shardstats: cannot listen on {settings.bind}: {first.strerror or first}",
+              file=sys.stderr)
+        return 1
     finally:
+        # Shutdown is complete (or abandoned): a late SIGTERM must not turn exit 0 into a
+        # death by signal while the interpreter tears down.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         service.datadir.lock.release()
     return 0
+
+
+def _first_leaf(group: BaseExceptionGroup[OSError]) -> OSError:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    assert isinstance(exc, OSError)
+    return exc
 
 
 async def _serve(app: LeanFront, config: HypercornConfig, settings: Settings) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from shardstats.server import JsonFormatter
+from shardstats.logs import JsonFormatter
 
 
 def test_json_lines_carry_level_logger_message_and_exception() -> None:

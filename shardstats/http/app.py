@@ -13,6 +13,7 @@ Run it with ``shardstats serve`` or ``hypercorn -k trio 'shardstats.http.app:asg
 from __future__ import annotations
 
 import logging
+import os
 import time
 from importlib import resources
 from typing import Any
@@ -23,9 +24,9 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from shardstats.config import Settings, load_settings
 from shardstats.core.batch import ParsedBatch, parse_batch_columns
-from shardstats.core.events import HOUR_MS
+from shardstats.core.events import HOUR_MS, MAX_TIMESTAMP_MS
 from shardstats.core.ranges import range_from_query
-from shardstats.errors import ShardstatsError
+from shardstats.errors import DataDirLocked, ShardstatsError
 from shardstats.http.hot import (
     BEARER_INGEST,
     BEARER_QUERY,
@@ -36,10 +37,12 @@ from shardstats.http.hot import (
 )
 from shardstats.http.metrics import CONTENT_TYPE, Metrics, reason_label
 from shardstats.http.openapi import DOCUMENT, docs_page
+from shardstats.logs import configure_logging
 from shardstats.shards.service import Service
 
 log = logging.getLogger("shardstats.http")
 
+EXIT_LOCKED = 3  # as `shardstats serve`
 ERROR_HEADER = "X-Shardstats-Error"
 ResponseValue = tuple[Any, int, dict[str, str]] | tuple[Any, int]
 
@@ -57,7 +60,15 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     @app.before_serving
     async def start_service() -> None:
         # Returns once the lock is held; recovery goes on while /healthz says 503.
-        await app.nursery.start(service.run)
+        try:
+            await app.nursery.start(service.run)
+        except DataDirLocked as exc:
+            if not app.config.get("SHARDSTATS_EXIT_WHEN_LOCKED"):
+                raise
+            # Under the hypercorn command a failed lifespan start still exits 0, which a
+            # supervisor reads as a clean stop. Nothing is open yet: leave now, and say why.
+            log.critical("%s", exc)
+            os._exit(EXIT_LOCKED)
 
     @app.after_serving
     async def stop_service() -> None:
@@ -103,7 +114,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
             return _reply(json_error(exc))
         return {
             "from": wanted.first_hour * HOUR_MS,
-            "to": (wanted.last_hour + 1) * HOUR_MS - 1,
+            "to": min((wanted.last_hour + 1) * HOUR_MS - 1, MAX_TIMESTAMP_MS),
             "step": wanted.step,
             "total": total.as_json(),
             "series": [segment.as_json() for segment in segments],
@@ -210,7 +221,10 @@ def asgi_app(settings: Settings | None = None) -> LeanFront:
     ``hypercorn -k trio 'shardstats.http.app:asgi_app()'`` runs it with settings from
     ``$SHARDSTATS_CONFIG`` and ``SHARDSTATS_*``.
     """
+    settings = settings or load_settings()
+    configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
+    app.config["SHARDSTATS_EXIT_WHEN_LOCKED"] = True
     return lean_front(app)
 
 

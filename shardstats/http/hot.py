@@ -52,7 +52,7 @@ def token_checker(token: str) -> Callable[[str | None], bool]:
 def json_error(exc: ShardstatsError) -> Reply:
     if exc.status == 500:
         log.error("GET failed: %s", exc)
-    message = str(exc) if exc.status < 500 else "internal error"
+    message = "internal error" if exc.status == 500 else str(exc)
     body = json.dumps({"error": message}, separators=(",", ":")).encode()
     return exc.status, [_JSON, *retry_after(exc)], body
 

@@ -41,7 +41,9 @@ def prune(datadir: DataDir, results: list[PruneResult], archive: Path | None) ->
         if archive is not None and datadir.journal_path(result.hour).exists():
             # Fold the WAL into the journal so the archived file stands on its own.
             Journal(datadir.journal_path(result.hour), create=False).close()
-        for path in sorted(result.files, key=lambda p: p.suffix == ".sqlite"):
+        # The checkpoint above may have removed the -wal/-shm files: move what is there now.
+        present = [p for p in result.files if p.exists()]
+        for path in sorted(present, key=lambda p: p.suffix == ".sqlite"):
             if archive is None:
                 path.unlink(missing_ok=True)
             else:
