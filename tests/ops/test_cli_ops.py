@@ -223,3 +223,15 @@ def test_every_command_is_documented_with_an_example() -> None:
     for name, sub in subparsers.choices.items():
         assert "examples:" in sub.format_help(), name
         assert f"shardstats {name}" in readme, f"README does not show `shardstats {name}`"
+
+
+def test_prune_archive_with_wal_files_present(tmp_path: Path) -> None:
+    """verify leaves the -wal/-shm companions a reader needs; archiving must cope."""
+    populate(tmp_path / "data", hours=2, events_per_hour=30)
+    assert run("verify", "--data-dir", str(tmp_path / "data"))[0] == 0
+    archive = tmp_path / "archive"
+    code, out, err = run("prune", "--data-dir", str(tmp_path / "data"), "--older-than", "30d",
+                         "--archive", str(archive))
+    assert code == 0, err
+    assert len(list((archive / "journals").glob("*.sqlite"))) == 2
+    assert not list((tmp_path / "data" / "journals").iterdir())
