@@ -230,7 +230,7 @@ def test_prune_archive_with_wal_files_present(tmp_path: Path) -> None:
     populate(tmp_path / "data", hours=2, events_per_hour=30)
     assert run("verify", "--data-dir", str(tmp_path / "data"))[0] == 0
     archive = tmp_path / "archive"
-    code, out, err = run("prune", "--data-dir", str(tmp_path / "data"), "--older-than", "30d",
+    code, _, err = run("prune", "--data-dir", str(tmp_path / "data"), "--older-than", "30d",
                          "--archive", str(archive))
     assert code == 0, err
     assert len(list((archive / "journals").glob("*.sqlite"))) == 2
