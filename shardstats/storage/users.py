@@ -58,12 +58,19 @@ class UserStore:
         conn = self._conn
         with immediate(conn, self.path):
             ids = self._lookup(names)
-            for name in names:
-                if name not in ids:
-                    uid = conn.execute("INSERT INTO users(name) VALUES (?)", (name,)).lastrowid
-                    if uid is None or uid > MAX_UID:
-                        raise StorageError("user dictionary is full (2**32 ids)")
-                    ids[name] = uid
+            missing = [name for name in dict.fromkeys(names) if name not in ids]
+            if missing:
+                (before,) = conn.execute("SELECT coalesce(max(id), 0) FROM users").fetchone()
+                if before + len(missing) > MAX_UID:
+                    raise StorageError("user dictionary is full (2**32 ids)")
+                conn.executemany("INSERT INTO users(name) VALUES (?)", ((n,) for n in missing))
+                # One writer, no deletions: SQLite gives new rowids max+1, max+2, ... in
+                # insertion order. Checked, and looked up instead if it ever did not hold.
+                (after,) = conn.execute("SELECT max(id) FROM users").fetchone()
+                if after == before + len(missing):
+                    ids.update(zip(missing, range(before + 1, after + 1), strict=True))
+                else:
+                    ids.update(self._lookup(missing))
         return ids
 
     def _lookup(self, names: Sequence[str]) -> dict[str, int]:
