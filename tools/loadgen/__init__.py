@@ -1,16 +1,18 @@
 """Load generator for shardstats (issue 3): realistic traffic, honest latencies, read-back.
 
 Run ``python -m tools.loadgen --help``. Layout: ``workload`` (traffic model), ``stats``
-(percentiles, rates), ``ledger`` (read-back check) and ``wire`` (HTTP/1.1 parsing) are pure;
-``client`` (sockets) and ``runner`` (open/closed loop, pre-population) do the I/O; ``cli``
-is the command line.
+(percentiles, rates), ``ledger`` (read-back check), ``batch`` (batch bodies, chunks and
+verdicts), ``ranges`` (range answers and their exact expectation) and ``wire`` (HTTP/1.1
+parsing) are pure; ``client`` (sockets) and ``runner`` (open/closed loop, batch loop, range
+loop, pre-population) do the I/O; ``cli`` is the command line.
 """
 
 from tools.loadgen.ledger import CheckResult, Counts, Ledger, check
-from tools.loadgen.runner import FillReport, LoadReport, LoadSession, fill_plans
+from tools.loadgen.runner import BatchReport, FillReport, LoadReport, LoadSession, fill_plans
 from tools.loadgen.workload import FillPlan, RequestClass, Workload, WorkloadConfig
 
 __all__ = [
+    "BatchReport",
     "CheckResult",
     "Counts",
     "FillPlan",

@@ -70,7 +70,7 @@ class Connection:
             self._sock.close()
             self._sock = None
 
-    async def request(self, method: str, target: str) -> Response:
+    async def request(self, method: str, target: str, body: bytes | None = None) -> Response:
         """Send one request and read its response; on any failure the connection is closed."""
         if self._sock is None:
             await self.connect()
@@ -78,7 +78,10 @@ class Connection:
         sock = self._sock
         head = method == "HEAD"
         try:
-            await sock.send(request_bytes(method, target, self.endpoint.authority))
+            out = memoryview(request_bytes(method, target, self.endpoint.authority, body))
+            while out:  # a large body takes several sends
+                sent = await sock.send(out)
+                out = out[sent:]
             while True:
                 data = await sock.recv(RECV_SIZE)
                 if not data:

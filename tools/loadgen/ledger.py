@@ -12,13 +12,16 @@ lower bound the server **lost** acknowledged events; above the upper bound it **
 events. When nothing failed the two bounds meet and the answer must be exact.
 
 Unique users add up only if the run's users are new to the hour, which is why the load
-generator names its users with a per-run prefix.
+generator names its users with a per-run prefix. User sets are roaring bitmaps of the users'
+integer ranks (0 .. 2**32-1), so a ledger of millions of users per hour stays small.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+from pyroaring import BitMap
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +66,7 @@ FIELDS = ("unique_users", "clicks", "impressions")
 class Tally:
     clicks: int = 0
     impressions: int = 0
-    users: set[int] = field(default_factory=set)
+    users: BitMap = field(default_factory=BitMap)
 
     def add(self, user: int, click: bool) -> None:
         if click:
@@ -71,6 +74,11 @@ class Tally:
         else:
             self.impressions += 1
         self.users.add(user)
+
+    def add_many(self, users: Iterable[int], clicks: int, impressions: int) -> None:
+        self.clicks += clicks
+        self.impressions += impressions
+        self.users.update(users)
 
     @property
     def events(self) -> int:
@@ -100,15 +108,32 @@ class Ledger:
         self.hours: dict[int, HourLedger] = {}
         self.in_flight = 0
 
-    def sent(self) -> None:
-        self.in_flight += 1
+    def sent(self, events: int = 1) -> None:
+        self.in_flight += events
 
-    def settle(self, hour: int, user: int, click: bool, acknowledged: bool) -> None:
-        self.in_flight -= 1
+    def _hour(self, hour: int) -> HourLedger:
         entry = self.hours.get(hour)
         if entry is None:
             entry = self.hours[hour] = HourLedger()
+        return entry
+
+    def settle(self, hour: int, user: int, click: bool, acknowledged: bool) -> None:
+        self.in_flight -= 1
+        entry = self._hour(hour)
         (entry.acknowledged if acknowledged else entry.unacknowledged).add(user, click)
+
+    def settle_many(self, hour: int, users: Iterable[int], clicks: int, impressions: int,
+                    acknowledged: bool) -> None:
+        """``clicks + impressions`` events of one hour by ``users``, all with one outcome."""
+        self.in_flight -= clicks + impressions
+        entry = self._hour(hour)
+        (entry.acknowledged if acknowledged else entry.unacknowledged).add_many(
+            users, clicks, impressions)
+
+    def refused(self, events: int = 1) -> None:
+        """Events the server refused outright (rejected as invalid, or a 413 for the whole
+        body): certainly not stored, so they widen no bound."""
+        self.in_flight -= events
 
     @property
     def acknowledged(self) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tools.loadgen.ledger import CheckResult
-from tools.loadgen.runner import FillReport, LoadReport
+from tools.loadgen.runner import BatchReport, FillReport, LoadReport
 from tools.loadgen.stats import ClassSummary
 
 
@@ -72,14 +72,48 @@ def format_fill(report: FillReport) -> str:
         span = f"hour {hours[0]}"
     else:
         span = f"hours {hours[0]}..{hours[-1]}"
+    if report.method == "batch":
+        how = (f"POST /analytics/batch, {report.chunk_events:,} events per request, "
+               f"{report.connections} connections, {report.requests:,} requests")
+    else:
+        how = f"single POSTs, {report.connections} connections"
     lines = [
         f"{report.url}: pre-populated {len(hours)} hour{'s' if len(hours) != 1 else ''} "
-        f"({span}): {report.sent} events in "
-        f"{report.seconds:.1f} s = {report.rate:.0f} events/s, "
-        f"{report.acknowledged} acknowledged, {report.retried_503} retries after 503, "
-        f"errors {report.errors or 0}; load generator {report.client_cpu:.0%} of one core",
+        f"({span}) by {how}: {report.sent:,} events in "
+        f"{report.seconds:.1f} s = {report.rate:,.0f} events/s, "
+        f"{report.acknowledged:,} acknowledged, {report.rejected:,} rejected, "
+        f"{report.retried_503} retries after 503, {report.split_413} splits after 413, "
+        f"errors {report.errors or 0}; "
+        f"load generator {report.client_cpu:.0%} of one core",
     ]
+    lat = report.request_latency
+    if lat is not None and lat.ok:
+        lines.append(f"  request latency: p50 {ms(lat.p50_ms)} ms, p99 {ms(lat.p99_ms)} ms, "
+                     f"max {ms(lat.max_ms)} ms")
     for example in report.error_examples:
         lines.append(f"  error: {example}")
     lines += format_check(report.check)
+    return "\n".join(lines)
+
+
+def format_batch(report: BatchReport) -> str:
+    load, t = report.load, report.tally
+    lines = [f"{report.load.url}: {load.description}", HEADER]
+    for cls, summary in load.classes.items():
+        if summary.requests:
+            lines.append(class_row(cls.value, summary))
+    lines.append(
+        f"durable events: {report.event_rate:,.0f}/s in the measured window "
+        f"({t.accepted_in_window:,} acknowledged in {load.window_s:.1f} s); overall "
+        f"{t.sent:,} sent, {t.accepted:,} acknowledged, {t.rejected:,} rejected, "
+        f"{t.unacknowledged:,} unacknowledged, {t.retried_503} retries after 503")
+    lines.append(
+        f"users: pool of {report.pool:,}; {report.distinct_in_window:,} distinct users in the "
+        f"window's {report.events_in_window:,} events, {report.new_in_window:,} of them new "
+        f"(not sent before the window)")
+    lines.append(f"load generator: {load.client_cpu:.0%} of one core, "
+                 f"{load.connections_opened} connections")
+    for example in load.error_examples:
+        lines.append(f"  error: {example}")
+    lines += format_check(load.check)
     return "\n".join(lines)

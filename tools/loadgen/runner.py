@@ -20,13 +20,28 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import trio
+from pyroaring import BitMap
 
+from tools.loadgen.batch import (
+    BATCH_PATH,
+    BatchSource,
+    Chunk,
+    Verdict,
+    Verdicts,
+    fill_chunk,
+    json_safe_prefix,
+    parse_verdicts,
+    plan_chunks,
+    settle,
+)
 from tools.loadgen.client import Connection, Endpoint, TransportError
 from tools.loadgen.ledger import CheckResult, Counts, Ledger, check
+from tools.loadgen.ranges import RangeAnswer, range_target
 from tools.loadgen.stats import ClassSummary, Recorder, percentile, summarize
 from tools.loadgen.wire import Response
 from tools.loadgen.workload import (
     HOUR_MS,
+    RANGE_CLASSES,
     FillPlan,
     HourTemperature,
     PlannedEvent,
@@ -79,20 +94,45 @@ class Outcome:
     response: Response | None
 
 
-async def execute(conn: Connection, method: Method, target: str, limit: float) -> Outcome:
-    """One request; any failure becomes an error kind (``HTTP 503``, ``timeout``...)."""
+async def execute(conn: Connection, method: Method, target: str, limit: float,
+                  body: bytes | None = None, expected: int | None = None) -> Outcome:
+    """One request; any failure becomes an error kind (``HTTP 503``, ``timeout``...).
+
+    Success is ``expected`` (by default 204 for a POST, 200 for a GET); an error status
+    keeps its response (``Outcome.response``) so callers can tell 4xx from 5xx."""
     with trio.move_on_after(limit):
         try:
-            response = await conn.request(method, target)
+            response = await conn.request(method, target, body)
         except TransportError as exc:
             return Outcome("connection", str(exc), None)
-        expected = 204 if method == "POST" else 200
+        if expected is None:
+            expected = 204 if method == "POST" else 200
         if response.status != expected:
             detail = response.headers.get(b"x-shardstats-error", response.body[:200])
             return Outcome(f"HTTP {response.status}", detail.decode("utf-8", "replace"),
                            response)
         return Outcome(None, None, response)
     return Outcome("timeout", f"no answer within {limit} s", None)
+
+
+def parse_range_total(response: Response) -> Counts:
+    """The ``total`` of a range answer, checking only that much (the series is parsed and
+    compared once per scenario by ``fetch_range``; parsing 720 steps per answer would make
+    the load generator the bottleneck)."""
+    try:
+        data = json.loads(response.body)
+        if not isinstance(data, dict) or not isinstance(data.get("series"), list):
+            raise ValueError("not a range answer")
+        return Counts.from_json(data.get("total"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"unreadable range body {response.body[:120]!r}: {exc}") from None
+
+
+def parse_range(response: Response) -> RangeAnswer:
+    try:
+        return RangeAnswer.from_json(json.loads(response.body))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"unreadable range body {response.body[:120]!r}: {exc}") from None
 
 
 def parse_counts(response: Response) -> Counts:
@@ -164,6 +204,75 @@ class LoadReport:
 
 
 @dataclass
+class BatchTally:
+    """Running totals of batch requests and their events (one per fill or batch run)."""
+
+    sent: int = 0  # events, first sends only
+    requests: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    unacknowledged: int = 0
+    resent: int = 0  # events sent again after a 'failed' verdict
+    retried_503: int = 0
+    split: int = 0  # requests split in two after a 413
+    errors: dict[str, int] = field(default_factory=dict)
+    window_start: float = -math.inf
+    window_end: float = math.inf
+    accepted_in_window: int = 0
+
+
+@dataclass
+class BatchReport:
+    """A batch throughput run: request latencies in ``load``, event figures here."""
+
+    load: LoadReport
+    connections: int
+    batch_events: int
+    pool: int
+    tally: BatchTally
+    events_in_window: int  # events of batches sent in the window
+    distinct_in_window: int  # distinct users in those batches
+    new_in_window: int  # ... of which not sent before the window
+
+    @property
+    def event_rate(self) -> float:
+        """Events acknowledged (durable) by answers that arrived in the window, per second."""
+        return self.tally.accepted_in_window / self.load.window_s
+
+    @property
+    def check(self) -> CheckResult | None:
+        return self.load.check
+
+    @property
+    def passed(self) -> bool:
+        return self.load.passed
+
+    @property
+    def errors(self) -> int:
+        return self.load.errors
+
+    def as_dict(self) -> dict[str, object]:
+        t = self.tally
+        return {
+            **self.load.as_dict(),
+            "connections": self.connections,
+            "batch_events": self.batch_events,
+            "user_pool": self.pool,
+            "events_per_s": round(self.event_rate, 1),
+            "events_sent": t.sent,
+            "events_accepted": t.accepted,
+            "events_rejected": t.rejected,
+            "events_unacknowledged": t.unacknowledged,
+            "events_resent": t.resent,
+            "retried_503": t.retried_503,
+            "batch_errors": t.errors,
+            "events_in_window": self.events_in_window,
+            "distinct_users_in_window": self.distinct_in_window,
+            "new_users_in_window": self.new_in_window,
+        }
+
+
+@dataclass
 class FillReport:
     url: str
     hours: list[int]
@@ -176,6 +285,14 @@ class FillReport:
     error_examples: list[str]
     check: CheckResult | None
     counts: dict[int, Counts]
+    method: str = "single"  # "batch" or "single"
+    connections: int = 0
+    chunk_events: int = 1
+    requests: int = 0
+    rejected: int = 0
+    resent: int = 0
+    split_413: int = 0
+    request_latency: ClassSummary | None = None
 
     @property
     def rate(self) -> float:
@@ -194,9 +311,18 @@ class FillReport:
         return {
             "mode": "prepopulate",
             "url": self.url,
+            "method": self.method,
+            "connections": self.connections,
+            "chunk_events": self.chunk_events,
+            "requests": self.requests,
             "hours": self.hours,
             "sent": self.sent,
             "acknowledged": self.acknowledged,
+            "rejected": self.rejected,
+            "resent": self.resent,
+            "split_413": self.split_413,
+            "request_latency": (self.request_latency.as_dict() if self.request_latency
+                                else None),
             "retried_503": self.retried_503,
             "errors": self.errors,
             "seconds": round(self.seconds, 3),
@@ -292,7 +418,10 @@ class LoadSession:
         error = outcome.error
         if error is None and job.method == "GET" and outcome.response is not None:
             try:
-                parse_counts(outcome.response)
+                if job.cls in RANGE_CLASSES:
+                    parse_range_total(outcome.response)
+                else:
+                    parse_counts(outcome.response)
             except ValueError as exc:
                 error, outcome = "bad body", Outcome("bad body", str(exc), None)
         if error is not None:
@@ -569,12 +698,275 @@ class LoadSession:
 
     def fixed_get(self, hour: int, cls: RequestClass) -> Callable[[float], Job]:
         """A job source for ``closed_loop``: GETs of one hour, filed under ``cls``."""
-        target = query_target(hour * HOUR_MS + HOUR_MS // 2)
+        return self.fixed_job("GET", query_target(hour * HOUR_MS + HOUR_MS // 2), cls)
+
+    def fixed_job(self, method: Method, target: str, cls: RequestClass
+                  ) -> Callable[[float], Job]:
+        """A job source for ``closed_loop``: one request, again and again, filed under ``cls``."""
 
         def make(t: float) -> Job:
-            return Job(cls, "GET", target, t)
+            return Job(cls, method, target, t)
 
         return make
+
+    def current_get(self, t: float, is_get: bool = True) -> Job:
+        """A GET of the current hour (at the current instant), filed under ``GET current``;
+        usable as ``open_loop``'s ``job``."""
+        return Job(RequestClass.GET_CURRENT, "GET", query_target(now_ms()), t)
+
+    # -- range queries ---------------------------------------------------------------------
+
+    async def fetch_range(self, first_hour: int, last_hour: int, step: str) -> RangeAnswer:
+        """One range query; raises RuntimeError if it fails or its answer is unreadable."""
+        conn = self._connection()
+        target = range_target(first_hour, last_hour, step)
+        try:
+            outcome = await execute(conn, "GET", target, self.timeout)
+        finally:
+            conn.close()
+        if outcome.error is not None or outcome.response is None:
+            raise RuntimeError(f"GET {target}: {outcome.error}: {outcome.detail}")
+        try:
+            return parse_range(outcome.response)
+        except ValueError as exc:
+            raise RuntimeError(f"GET {target}: {exc}") from None
+
+    async def range_loop(
+        self,
+        first_hour: int,
+        last_hour: int,
+        step: str,
+        duration: float,
+        *,
+        connections: int = 1,
+        warmup: float = 0.5,
+        get_rate: float = 0.0,
+        label: str = "range",
+    ) -> tuple[LoadReport, LoadReport | None]:
+        """Range queries over ``first_hour .. last_hour`` back to back (closed loop over
+        ``connections``); with ``get_rate``, GETs of the current hour at that rate (open loop,
+        Poisson) during the same time, to show whether the unions hold up other requests."""
+        cls = RequestClass.RANGE_HOUR if step == "hour" else RequestClass.RANGE_DAY
+        job = self.fixed_job("GET", range_target(first_hour, last_hour, step), cls)
+        ranges: list[LoadReport] = []
+        gets: list[LoadReport] = []
+
+        async def run_ranges() -> None:
+            ranges.append(await self.closed_loop(connections, duration, warmup=warmup, job=job,
+                                                 check_after=False, label=label))
+
+        async def run_gets() -> None:
+            gets.append(await self.open_loop(0.0, get_rate, duration, warmup=warmup,
+                                             connections=2, job=self.current_get,
+                                             check_after=False, label=f"{label} + GET"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_ranges)
+            if get_rate > 0:
+                nursery.start_soon(run_gets)
+        return ranges[0], (gets[0] if gets else None)
+
+    # -- batch ingest ----------------------------------------------------------------------
+
+    async def batch_supported(self) -> bool:
+        """Probe ``POST /analytics/batch`` with an empty body: 200 yes, 404 no, else raise."""
+        conn = self._connection()
+        try:
+            outcome = await execute(conn, "POST", BATCH_PATH, self.timeout, body=b"",
+                                    expected=200)
+        finally:
+            conn.close()
+        if outcome.error is None:
+            return True
+        if outcome.error == "HTTP 404":
+            return False
+        raise RuntimeError(f"POST {BATCH_PATH} (empty body) answered {outcome.error}: "
+                           f"{outcome.detail}")
+
+    async def send_batch(self, conn: Connection, chunk: Chunk, tally: BatchTally,
+                         recorder: Recorder | None = None, retries: int = 20) -> None:
+        """Send one chunk (whose events the ledger was told were ``sent``) until every line
+        has an outcome, and file each in the ledger.
+
+        - 503 for the whole request (nothing was taken): retried after a pause, up to
+          ``retries`` times;
+        - 413: split in halves, each sent on its own;
+        - other 4xx: refused, nothing stored; 5xx, timeout, broken connection or an
+          unreadable answer: every line unacknowledged (it may have been stored);
+        - 200: per line, from ``results``; lines that ``failed`` are unacknowledged and are
+          sent again (as a new, smaller batch) up to 3 times.
+
+        ``recorder`` gets one latency sample per request, under ``POST batch``.
+        """
+        todo: list[tuple[Chunk, int]] = [(chunk, 0)]
+        while todo:
+            part, resent = todo.pop()
+            for attempt in range(retries + 1):
+                t_sent = trio.current_time()
+                outcome = await execute(conn, "POST", BATCH_PATH, self.timeout, body=part.body,
+                                        expected=200)
+                t_done = trio.current_time()
+                tally.requests += 1
+                if outcome.error == "HTTP 503" and attempt < retries:
+                    tally.retried_503 += 1
+                    if recorder is not None:
+                        recorder.record(RequestClass.BATCH, t_sent, t_done, outcome.error)
+                    await trio.sleep(min(1.0, 0.02 * 2**attempt))
+                    continue
+                break
+            error = outcome.error
+            verdicts: Verdicts | None = None
+            if error is None and outcome.response is not None:
+                try:
+                    verdicts = parse_verdicts(outcome.response.body, len(part))
+                except ValueError as exc:
+                    error, outcome = "bad body", Outcome("bad body", str(exc), None)
+            if error == "HTTP 413":
+                # The server may not have read the body, and then cannot take another request
+                # on this connection (hypercorn answers 413 without "Connection: close" and
+                # closes the connection when the next request arrives): start afresh.
+                conn.close()
+            if error == "HTTP 413" and len(part) > 1:
+                tally.split += 1
+                todo += [(half, resent) for half in part.split()]
+                continue
+            if recorder is not None:
+                recorder.record(RequestClass.BATCH, t_sent, t_done, error)
+            if error is not None:
+                tally.errors[error] = tally.errors.get(error, 0) + 1
+                self.examples.add("POST", BATCH_PATH, error, outcome.detail)
+                status = outcome.response.status if outcome.response is not None else 0
+                if 400 <= status < 500:  # refused as a whole: nothing was stored
+                    self.ledger.refused(len(part))
+                    tally.rejected += len(part)
+                    continue
+            settled = settle(self.ledger, part, verdicts)
+            tally.accepted += settled.accepted
+            tally.rejected += settled.rejected
+            tally.unacknowledged += settled.unacknowledged
+            if tally.window_start <= t_done <= tally.window_end:
+                tally.accepted_in_window += settled.accepted
+            if verdicts is not None:
+                for kind, reason in verdicts.reasons.items():
+                    self.examples.add("POST", BATCH_PATH, f"line {kind}", reason)
+                    tally.errors[f"lines {kind}"] = (tally.errors.get(f"lines {kind}", 0)
+                                                     + getattr(verdicts, kind))
+                if verdicts.failed and resent < 3:
+                    failed = [i for i, v in enumerate(verdicts.lines) if v is Verdict.FAILED]
+                    again = part.subset(failed)
+                    self.ledger.sent(len(again))
+                    tally.resent += len(again)
+                    await trio.sleep(0.05 * 2**resent)
+                    todo.append((again, resent + 1))
+
+    async def batch_loop(
+        self,
+        connections: int,
+        duration: float,
+        *,
+        warmup: float = 0.0,
+        batch_events: int = 10_000,
+        pool: int = 1_000_000,
+        zipf_s: float = 1.1,
+        check_after: bool = True,
+        label: str = "batch",
+    ) -> BatchReport:
+        """Closed loop of ``POST /analytics/batch``: ``connections`` clients, each sending its
+        next batch of ``batch_events`` live events as soon as the last one is answered.
+
+        The event rate counts events acknowledged (durable) by responses that arrived in the
+        measured window; request latencies are those of batches sent in it. Users come from
+        a Zipf-like law over ``pool`` users; those not sent before the window are *new* to
+        the server (its user dictionary must add them), if it was empty when the run began.
+        """
+        if connections < 1 or batch_events < 1:
+            raise ValueError("connections and batch_events must be at least 1")
+        source = BatchSource(self.rng, pool, zipf_s=zipf_s,
+                             click_share=self.config.click_share,
+                             late_share=self.config.late_share,
+                             late_mean_ms=self.config.late_mean_ms,
+                             late_max_ms=self.config.late_max_ms,
+                             jitter_ms=self.config.jitter_ms)
+        prefix = json_safe_prefix(self.prefix)
+        conns = [self._connection() for _ in range(connections)]
+        await preconnect(conns)
+        cpu0, t0 = time.process_time(), trio.current_time()
+        start, end = t0 + warmup, t0 + warmup + duration
+        recorder = Recorder(start, end)
+        tally = BatchTally(window_start=start, window_end=end)
+        before, during = BitMap(), BitMap()
+        events_in_window = 0
+
+        async def worker(conn: Connection) -> None:
+            nonlocal events_in_window
+            try:
+                while trio.current_time() < end:
+                    chunk = source.chunk(now_ms(), batch_events, prefix)
+                    self.ledger.sent(len(chunk))
+                    t_sent = trio.current_time()
+                    if t_sent >= start:
+                        during.update(chunk.users)
+                        events_in_window += len(chunk)
+                    else:
+                        before.update(chunk.users)
+                    tally.sent += len(chunk)
+                    await self.send_batch(conn, chunk, tally, recorder if t_sent >= start
+                                          else None)
+            finally:
+                conn.close()
+
+        async with trio.open_nursery() as nursery:
+            progress_scope = trio.CancelScope()
+
+            async def progress() -> None:
+                if self.progress is None:
+                    return
+                with progress_scope:
+                    last, last_t = 0, t0
+                    while True:
+                        await trio.sleep(self.progress_interval)
+                        now = trio.current_time()
+                        self.progress(
+                            f"[{label} {now - t0:6.1f}s] {tally.accepted} events acknowledged "
+                            f"{(tally.accepted - last) / max(1e-9, now - last_t):9.0f}/s  "
+                            f"requests {tally.requests}  errors {sum(tally.errors.values())}")
+                        last, last_t = tally.accepted, now
+
+            nursery.start_soon(progress)
+            async with trio.open_nursery() as workers:
+                for conn in conns:
+                    workers.start_soon(worker, conn)
+            progress_scope.cancel()
+        cpu = time.process_time() - cpu0
+        wall = max(1e-9, trio.current_time() - t0)
+        load = LoadReport(
+            mode="batch",
+            url=self.url,
+            description=(f"closed loop of POST {BATCH_PATH}: {connections} connections, "
+                         f"{batch_events:,} events per request, users from a pool of "
+                         f"{pool:,}, {duration:g} s (+{warmup:g} s warm-up)"),
+            warmup_s=warmup,
+            window_s=recorder.window,
+            classes=recorder.summary(),
+            total=recorder.total(),
+            past=recorder.merged(PAST_CLASSES),
+            client_cpu=cpu / wall,
+            connections_opened=len(conns),
+            error_examples=self.examples.items,
+        )
+        report = BatchReport(
+            load=load,
+            connections=connections,
+            batch_events=batch_events,
+            pool=pool,
+            tally=tally,
+            events_in_window=events_in_window,
+            distinct_in_window=len(during),
+            new_in_window=len(during - before),
+        )
+        if check_after:
+            load.check = await self.read_back()
+        return report
 
     # -- pre-population --------------------------------------------------------------------
 
@@ -582,26 +974,32 @@ class LoadSession:
         self,
         plans: Sequence[FillPlan],
         *,
-        connections: int = 64,
+        connections: int = 4,
+        chunk_events: int = 25_000,
+        max_hours_per_chunk: int = 8,
+        single_connections: int = 64,
+        use_batch: bool = True,
         check_after: bool = True,
         retries_503: int = 20,
         label: str = "fill",
     ) -> FillReport:
-        """Send every planned event, hour after hour, over ``connections`` keep-alive clients.
+        """Send every planned event, oldest plan first, and read the hours back.
 
-        The server has no batch endpoint, so this is as fast as it gets over HTTP: all
-        connections busy on one hour at a time (one open shard, group commits of up to
-        ``connections`` events). A 503 (queue full) is retried after a short pause; any other
-        failure leaves the event unacknowledged, which the read-back accounts for.
+        Through ``POST /analytics/batch`` in chunks of ``chunk_events`` over ``connections``
+        connections (``send_batch`` says how each answer is filed); if the server answers 404
+        there (or ``use_batch`` is off), with single POSTs over ``single_connections``.
         """
-        errors: dict[str, int] = {}
+        method = "single"
+        if use_batch:
+            if await self.batch_supported():
+                method = "batch"
+            elif self.progress is not None:
+                self.progress(f"[{label}] POST {BATCH_PATH} answered 404: single POSTs instead")
         acknowledged_before = self.ledger.acknowledged
-        retried = 0
-        sent = 0
-        conns = [self._connection() for _ in range(connections)]
-        await preconnect(conns)
-        cpu0, t0 = time.process_time(), trio.current_time()
+        tally = BatchTally()
         total = sum(p.events for p in plans)
+        cpu0, t0 = time.process_time(), trio.current_time()
+        recorder = Recorder(t0, t0 + 1e9)
 
         async def progress() -> None:
             if self.progress is None:
@@ -611,11 +1009,11 @@ class LoadSession:
                 await trio.sleep(self.progress_interval)
                 now = trio.current_time()
                 self.progress(
-                    f"[{label} {now - t0:6.1f}s] {sent}/{total} events  "
-                    f"{(sent - last) / max(1e-9, now - last_t):7.0f}/s  "
-                    f"errors {sum(errors.values())}"
+                    f"[{label} {now - t0:6.1f}s] {tally.sent}/{total} events  "
+                    f"{(tally.sent - last) / max(1e-9, now - last_t):8.0f}/s  "
+                    f"errors {sum(tally.errors.values())}"
                 )
-                last, last_t = sent, now
+                last, last_t = tally.sent, now
 
         async with trio.open_nursery() as outer:
             progress_scope = trio.CancelScope()
@@ -625,40 +1023,14 @@ class LoadSession:
                     await progress()
 
             outer.start_soon(run_progress)
-            for plan in plans:
-                stride = plan.stride
-                position = 0
-
-                async def filler(conn: Connection, plan: FillPlan = plan,
-                                 stride: int = stride) -> None:
-                    nonlocal position, sent, retried
-                    while position < plan.events:
-                        event = plan.event(position, stride)
-                        position += 1
-                        target = event_target(self.prefix, event)
-                        self.ledger.sent()
-                        for attempt in range(retries_503 + 1):
-                            outcome = await execute(conn, "POST", target, self.timeout)
-                            if outcome.error != "HTTP 503" or attempt == retries_503:
-                                break
-                            retried += 1
-                            await trio.sleep(min(1.0, 0.02 * 2**attempt))
-                        sent += 1
-                        if outcome.error is not None:
-                            errors[outcome.error] = errors.get(outcome.error, 0) + 1
-                            self.examples.add("POST", target, outcome.error, outcome.detail)
-                        self.ledger.settle(event.hour, event.user, event.click,
-                                           acknowledged=outcome.error is None)
-
-                async with trio.open_nursery() as nursery:
-                    for conn in conns:
-                        nursery.start_soon(filler, conn)
+            if method == "batch":
+                await self._fill_batch(plans, connections, chunk_events, max_hours_per_chunk,
+                                       tally, recorder, retries_503)
+            else:
+                await self._fill_single(plans, single_connections, tally, retries_503)
             progress_scope.cancel()
         seconds = trio.current_time() - t0
         cpu = time.process_time() - cpu0
-        for conn in conns:
-            conn.close()
-        hours = [p.hour for p in plans]
         result: CheckResult | None = None
         counts: dict[int, Counts] = {}
         if check_after:
@@ -667,19 +1039,97 @@ class LoadSession:
             if failures:
                 result = CheckResult(result.hours, result.acknowledged, result.unacknowledged,
                                      result.unreadable + tuple(failures))
+        latency = recorder.summary()[RequestClass.BATCH] if method == "batch" else None
         return FillReport(
             url=self.url,
-            hours=hours,
-            sent=sent,
+            hours=[p.hour for p in plans],
+            sent=tally.sent,
             acknowledged=self.ledger.acknowledged - acknowledged_before,
-            retried_503=retried,
-            errors=errors,
+            retried_503=tally.retried_503,
+            errors=tally.errors,
             seconds=seconds,
             client_cpu=cpu / max(1e-9, seconds),
             error_examples=self.examples.items,
             check=result,
             counts=counts,
+            method=method,
+            connections=connections if method == "batch" else single_connections,
+            chunk_events=chunk_events if method == "batch" else 1,
+            requests=tally.requests,
+            rejected=tally.rejected,
+            resent=tally.resent,
+            split_413=tally.split,
+            request_latency=latency,
         )
+
+    async def _fill_batch(self, plans: Sequence[FillPlan], connections: int,
+                          chunk_events: int, max_hours: int, tally: BatchTally,
+                          recorder: Recorder, retries: int) -> None:
+        chunks = plan_chunks(plans, chunk_events, max_hours)
+        prefix = json_safe_prefix(self.prefix)
+        position = 0
+        conns = [self._connection() for _ in range(max(1, min(connections, len(chunks))))]
+        await preconnect(conns)
+
+        async def filler(conn: Connection) -> None:
+            nonlocal position
+            try:
+                while position < len(chunks):
+                    pieces = chunks[position]
+                    position += 1
+                    chunk = fill_chunk(plans, pieces, prefix)
+                    self.ledger.sent(len(chunk))
+                    tally.sent += len(chunk)
+                    await self.send_batch(conn, chunk, tally, recorder, retries)
+            finally:
+                conn.close()
+
+        async with trio.open_nursery() as nursery:
+            for conn in conns:
+                nursery.start_soon(filler, conn)
+
+    async def _fill_single(self, plans: Sequence[FillPlan], connections: int,
+                           tally: BatchTally, retries_503: int) -> None:
+        """One POST per event, all connections busy on one hour at a time (one open shard,
+        group commits of up to ``connections`` events). A 503 (queue full) is retried after
+        a short pause; any other failure leaves the event unacknowledged."""
+        conns = [self._connection() for _ in range(connections)]
+        await preconnect(conns)
+        for plan in plans:
+            stride = plan.stride
+            position = 0
+
+            async def filler(conn: Connection, plan: FillPlan = plan,
+                             stride: int = stride) -> None:
+                nonlocal position
+                while position < plan.events:
+                    event = plan.event(position, stride)
+                    position += 1
+                    target = event_target(self.prefix, event)
+                    self.ledger.sent()
+                    tally.sent += 1
+                    for attempt in range(retries_503 + 1):
+                        outcome = await execute(conn, "POST", target, self.timeout)
+                        tally.requests += 1
+                        if outcome.error != "HTTP 503" or attempt == retries_503:
+                            break
+                        tally.retried_503 += 1
+                        await trio.sleep(min(1.0, 0.02 * 2**attempt))
+                    if outcome.error is not None:
+                        tally.errors[outcome.error] = tally.errors.get(outcome.error, 0) + 1
+                        self.examples.add("POST", target, outcome.error, outcome.detail)
+                    ok = outcome.error is None
+                    if ok:
+                        tally.accepted += 1
+                    else:
+                        tally.unacknowledged += 1
+                    self.ledger.settle(event.hour, event.user, event.click, acknowledged=ok)
+
+            async with trio.open_nursery() as nursery:
+                for conn in conns:
+                    nursery.start_soon(filler, conn)
+        for conn in conns:
+            conn.close()
 
 
 def fill_plans(
@@ -691,15 +1141,17 @@ def fill_plans(
     include_current: bool = False,
     first_age: int = 1,
     now: int | None = None,
+    scatter: bool = False,
 ) -> list[FillPlan]:
     """Plans for ages ``first_age .. first_age+past_hours-1`` (oldest first), then maybe now."""
     now = now_ms() if now is None else now
     current = now // HOUR_MS
     plans = [
-        FillPlan(current - age, events, users, click_share)
+        FillPlan(current - age, events, users, click_share, scatter=scatter)
         for age in range(first_age + past_hours - 1, first_age - 1, -1)
     ]
     if include_current:
         span = max(1, now - current * HOUR_MS)
-        plans.append(FillPlan(current, events, users, click_share, span_ms=span))
+        plans.append(FillPlan(current, events, users, click_share, span_ms=span,
+                              scatter=scatter))
     return plans

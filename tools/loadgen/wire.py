@@ -24,10 +24,16 @@ class Response:
     keep_alive: bool = True
 
 
-def request_bytes(method: str, target: str, host: str) -> bytes:
-    """A bodiless HTTP/1.1 request (``Content-Length: 0`` on POST, as curl sends it)."""
-    length = "Content-Length: 0\r\n" if method == "POST" else ""
-    return f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n{length}\r\n".encode("ascii")
+def request_bytes(method: str, target: str, host: str, body: bytes | None = None,
+                  content_type: str = "application/x-ndjson") -> bytes:
+    """An HTTP/1.1 request. Without ``body``: bodiless (``Content-Length: 0`` on POST, as
+    curl sends it); with one: ``Content-Type`` and ``Content-Length``, then the body."""
+    if body is None:
+        length = "Content-Length: 0\r\n" if method == "POST" else ""
+        return f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n{length}\r\n".encode("ascii")
+    head = (f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode("ascii")
+    return head + body
 
 
 class ResponseParser:

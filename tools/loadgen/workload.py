@@ -32,6 +32,12 @@ class RequestClass(enum.Enum):
     GET_CURRENT = "GET current"
     GET_PAST_COLD = "GET past cold"
     GET_PAST_WARM = "GET past warm"
+    BATCH = "POST batch"
+    RANGE_HOUR = "GET range hour"
+    RANGE_DAY = "GET range day"
+
+
+RANGE_CLASSES = (RequestClass.RANGE_HOUR, RequestClass.RANGE_DAY)
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,12 @@ class CumulativeSampler:
     def sample(self, rng: random.Random) -> int:
         index = bisect.bisect_right(self._cumulative, rng.random() * self._total)
         return min(index, len(self._cumulative) - 1)
+
+    def sample_many(self, rng: random.Random, n: int) -> list[int]:
+        """``n`` draws, the same as ``n`` calls of ``sample`` (only faster)."""
+        rnd, right, cumulative = rng.random, bisect.bisect_right, self._cumulative
+        total, last = self._total, len(cumulative) - 1
+        return [min(right(cumulative, rnd() * total), last) for _ in range(n)]
 
 
 class ZipfSampler(CumulativeSampler):
@@ -232,15 +244,34 @@ def coprime_stride(n: int) -> int:
     return step
 
 
+MASK64 = (1 << 64) - 1
+
+
+def scatter_user(hour: int, i: int, pool: int) -> int:
+    """A pseudo-random user in ``0 .. pool-1`` for event ``i`` of ``hour`` (a 64-bit mix of
+    both, so different hours draw independently from the same pool)."""
+    x = ((hour * 0x9E3779B97F4A7C15) ^ (i * 0xBF58476D1CE4E5B9)) & MASK64
+    x ^= x >> 31
+    x = (x * 0x94D049BB133111EB) & MASK64
+    x ^= x >> 29
+    return x % pool
+
+
 @dataclass(frozen=True)
 class FillPlan:
-    """``events`` events in ``hour``, over ``users`` distinct users, spread in time order.
+    """``events`` events in ``hour``, spread in time order over the hour.
 
     Event ``i`` is a pure function of ``i``: its timestamp steps evenly through the first
-    ``span_ms`` of the hour (the whole hour for a past one; up to "now" for the current one),
-    its user is ``(i * stride) % users`` — every user appears once in the first ``users``
-    events, so the hour ends with exactly ``min(events, users)`` distinct users — and a fixed
-    hash of ``i`` makes about ``click_share`` of the events clicks.
+    ``span_ms`` of the hour (the whole hour for a past one; up to "now" for the current one)
+    and a fixed hash of ``i`` makes about ``click_share`` of the events clicks. Its user:
+
+    - by default ``(i * stride) % users``: every user appears once in the first ``users``
+      events, so the hour ends with exactly ``min(events, users)`` distinct users, the same
+      users in every hour planned with the same ``users``;
+    - with ``scatter``: a pseudo-random draw from a pool of ``users`` that differs from hour to
+      hour (``scatter_user``), so hours overlap only partly and a range of hours holds many
+      more distinct users than one hour (about ``users * (1 - exp(-events / users))`` per
+      hour).
     """
 
     hour: int
@@ -248,6 +279,7 @@ class FillPlan:
     users: int
     click_share: float = 0.1
     span_ms: int = HOUR_MS
+    scatter: bool = False
 
     def __post_init__(self) -> None:
         if self.events < 0 or self.users < 1:
@@ -261,12 +293,35 @@ class FillPlan:
 
     @property
     def distinct_users(self) -> int:
+        """Exact for the default plan; an expectation (rounded) for a ``scatter`` one."""
+        if self.scatter:
+            return round(self.users * -math.expm1(-self.events / self.users))
         return min(self.events, self.users)
 
     def event(self, i: int, stride: int | None = None) -> PlannedEvent:
         step = self.stride if stride is None else stride
         offset = (i * self.span_ms) // self.events if self.events else 0
         timestamp = self.hour * HOUR_MS + offset
-        user = (i * step) % self.users
+        user = (scatter_user(self.hour, i, self.users) if self.scatter
+                else (i * step) % self.users)
         click = ((i * 0x9E3779B1) & 0xFFFFFFFF) < self.click_share * 2**32
         return PlannedEvent(self.hour, timestamp, user, click)
+
+    def block(self, start: int, stop: int) -> tuple[list[int], list[int], list[bool]]:
+        """Timestamps, users and click flags of events ``start .. stop-1``: the same as
+        ``event(i)`` for each, computed in bulk (millions of events go through here)."""
+        if not 0 <= start <= stop <= self.events:
+            raise ValueError(f"block {start}..{stop} outside 0..{self.events}")
+        span, n, base = self.span_ms, self.events, self.hour * HOUR_MS
+        indices = range(start, stop)
+        timestamps = [base + (i * span) // n for i in indices]
+        pool = self.users
+        if self.scatter:
+            hour = self.hour
+            users = [scatter_user(hour, i, pool) for i in indices]
+        else:
+            step = self.stride
+            users = [(i * step) % pool for i in indices]
+        threshold = self.click_share * 2**32
+        clicks = [((i * 0x9E3779B1) & 0xFFFFFFFF) < threshold for i in indices]
+        return timestamps, users, clicks
