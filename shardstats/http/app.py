@@ -38,6 +38,7 @@ from shardstats.http.hot import (
 from shardstats.http.metrics import CONTENT_TYPE, Metrics, reason_label
 from shardstats.http.openapi import DOCUMENT, docs_page
 from shardstats.logs import configure_logging
+from shardstats.runtime import tune_gc
 from shardstats.shards.service import Service
 
 log = logging.getLogger("shardstats.http")
@@ -167,6 +168,9 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         headers = {}
         if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
             headers["Allow"] = ", ".join(exc.valid_methods)
+        if exc.code == 413:
+            # The refused body is still on the connection: close it rather than read it.
+            headers["Connection"] = "close"
         return {"error": exc.description or exc.name}, exc.code or 500, headers
 
     @app.errorhandler(Exception)
@@ -200,7 +204,7 @@ def _batch_report(
                 results[number - 1] = "accepted"
             else:
                 failed += 1
-                why = error if error.status < 500 else "storage error"
+                why = "storage error" if error.status == 500 else str(error)
                 results[number - 1] = f"failed: {why}"
     return {
         "accepted": len(parsed.events) - failed,
@@ -225,6 +229,7 @@ def asgi_app(settings: Settings | None = None) -> LeanFront:
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     app.config["SHARDSTATS_EXIT_WHEN_LOCKED"] = True
+    tune_gc()
     return lean_front(app)
 
 

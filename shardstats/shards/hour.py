@@ -145,6 +145,7 @@ class HourShard:
                 except trio.EndOfChannel:
                     return
                 batch = [first]
+                item = first
                 size = len(first[0])
                 while size < self._max_batch:
                     try:
@@ -155,6 +156,9 @@ class HourShard:
                     size += len(item[0])
                 with trio.CancelScope(shield=True):
                     await self._commit(batch)
+                # Do not keep the last batch (up to max_batch events) alive while idle: every
+                # open hour would hold one, and the garbage collector would keep walking them.
+                del batch, first, item
             if trio.current_time() >= next_snapshot:
                 await self.snapshot()
                 next_snapshot = trio.current_time() + self._snapshot_interval
