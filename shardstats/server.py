@@ -22,7 +22,6 @@ from shardstats.errors import DataDirLocked
 from shardstats.http.app import create_app, lean_front
 from shardstats.http.hot import LeanFront
 from shardstats.logs import configure_logging
-from shardstats.runtime import tune_gc
 from shardstats.shards.service import Service
 
 log = logging.getLogger("shardstats")
@@ -59,7 +58,6 @@ def run_server(settings: Settings) -> int:
         print(f"shardstats: cannot use data directory {settings.data_dir}: {exc}", file=sys.stderr)
         return 1
     app = lean_front(create_app(settings, service))
-    tune_gc()
     try:
         trio.run(_serve, app, hypercorn_config(settings), settings)
     except KeyboardInterrupt:  # a second Ctrl-C: give up on graceful shutdown

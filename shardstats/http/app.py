@@ -38,7 +38,6 @@ from shardstats.http.hot import (
 from shardstats.http.metrics import CONTENT_TYPE, Metrics, reason_label
 from shardstats.http.openapi import DOCUMENT, docs_page
 from shardstats.logs import configure_logging
-from shardstats.runtime import tune_gc
 from shardstats.shards.service import Service
 
 log = logging.getLogger("shardstats.http")
@@ -229,7 +228,6 @@ def asgi_app(settings: Settings | None = None) -> LeanFront:
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     app.config["SHARDSTATS_EXIT_WHEN_LOCKED"] = True
-    tune_gc()
     return lean_front(app)
 
 
