@@ -88,7 +88,8 @@ async def bare_app(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _serve(app: Any, bind: str) -> None:
+async def serve_until_signal(app: Any, bind: str) -> None:
+    """Serve ``app`` under the shardstats hypercorn settings until SIGTERM/SIGINT."""
     config = hypercorn_config(Settings(bind=bind))
     stop = trio.Event()
 
@@ -119,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app: Any = create_hello_app() if args.app == "hello" else bare_app
-    trio.run(_serve, app, args.bind)
+    trio.run(serve_until_signal, app, args.bind)
     return 0
 
 

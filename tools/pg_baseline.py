@@ -38,15 +38,13 @@ from types import TracebackType
 from typing import Any
 
 import trio
-from hypercorn.trio import serve
 from quart import request
 from quart_trio import QuartTrio
 
-from shardstats.config import Settings
 from shardstats.core.events import HOUR_MS, hour_of
 from shardstats.core.validation import Limits, event_from_query, timestamp_from_query
 from shardstats.errors import InvalidInput
-from shardstats.server import hypercorn_config
+from tools.bench_apps import serve_until_signal
 
 log = logging.getLogger("pg_baseline")
 
@@ -275,27 +273,6 @@ def create_app(dsn: str, pool_size: int = 16, limits: Limits | None = None) -> Q
     return app
 
 
-async def _serve(app: QuartTrio, bind: str) -> None:
-    config = hypercorn_config(Settings(bind=bind))
-    stop = trio.Event()
-
-    async def on_signals() -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
-                stop.set()
-                return
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(on_signals)
-        binds = await nursery.start(
-            lambda task_status: serve(
-                app, config, shutdown_trigger=stop.wait, task_status=task_status
-            )
-        )
-        log.info("listening on %s", ", ".join(binds))
-        await stop.wait()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.pg_baseline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -310,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
-        trio.run(_serve, create_app(args.dsn, args.pool), args.bind)
+        trio.run(serve_until_signal, create_app(args.dsn, args.pool), args.bind)
         return 0
     with PgCluster(cpus=args.cpus) as pg:
         print(f"{pg.version}: {pg.dsn} (data in {pg.base}); Ctrl-C stops and deletes it",
