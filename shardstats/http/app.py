@@ -43,7 +43,6 @@ from shardstats.shards.service import Service
 log = logging.getLogger("shardstats.http")
 
 EXIT_LOCKED = 3  # as `shardstats serve`
-ERROR_HEADER = "X-Shardstats-Error"
 ResponseValue = tuple[Any, int, dict[str, str]] | tuple[Any, int]
 
 

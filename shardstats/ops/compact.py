@@ -27,7 +27,8 @@ from shardstats.errors import StorageError
 from shardstats.ops.common import dictionary_disagreements, hour_iso, journal_files, size_of
 from shardstats.shards import loader
 from shardstats.storage.datadir import DataDir
-from shardstats.storage.journal import Journal, immediate
+from shardstats.storage.journal import Journal
+from shardstats.storage.sqlite import immediate
 
 
 @dataclass

@@ -116,7 +116,7 @@ class Registry:
         for hour in hours:
             if hour in self._known:
                 try:
-                    await self._ensure_loaded(hour)
+                    await self.aggregate(hour)
                 except ShardstatsError as exc:
                     # One unreadable hour must not keep the others from being served: it
                     # answers 500 on use, and says why in the log each time.
@@ -185,9 +185,6 @@ class Registry:
         finally:
             del self._busy[hour]
             done.set()
-
-    async def _ensure_loaded(self, hour: int) -> None:
-        await self.aggregate(hour)
 
     async def _open_shard(self, hour: int) -> None:
         assert self._nursery is not None, "registry is not running"

@@ -96,7 +96,3 @@ class DataDir:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-
-    def remove_snapshot(self, hour: int) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.snapshot_path(hour).unlink()

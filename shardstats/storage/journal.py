@@ -16,60 +16,17 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import sqlite_utils
 
 from shardstats.core.aggregate import JournalRow
-from shardstats.errors import CorruptFile, StorageError
+from shardstats.errors import CorruptFile
+from shardstats.storage.sqlite import classify, connect, immediate
 
 SCHEMA_VERSION = 1
 InsertRow = tuple[int, str, int, int, str | None]  # (timestamp_ms, user, uid, kind, event id)
-
-
-def connect(path: Path, *, create: bool, readonly: bool = False) -> sqlite3.Connection:
-    mode = "ro" if readonly else "rwc" if create else "rw"
-    try:
-        conn = sqlite3.connect(
-            f"file:{path}?mode={mode}",
-            uri=True,
-            check_same_thread=False,
-            isolation_level=None,
-            timeout=10.0,
-        )
-        if not readonly:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-    except sqlite3.DatabaseError as exc:
-        raise _classify(exc, path) from exc
-    return conn
-
-
-def _classify(exc: sqlite3.Error, path: Path) -> StorageError:
-    if isinstance(exc, sqlite3.DatabaseError) and (
-        "not a database" in str(exc) or "malformed" in str(exc) or "no such table" in str(exc)
-    ):
-        return CorruptFile(f"{path}: {exc}")
-    return StorageError(f"{path}: {exc}")
-
-
-@contextmanager
-def immediate(conn: sqlite3.Connection, path: Path) -> Iterator[None]:
-    """One write transaction: BEGIN IMMEDIATE, COMMIT on success, ROLLBACK on anything else;
-    SQLite errors come out as ``StorageError``/``CorruptFile`` naming the file."""
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-    except sqlite3.Error as exc:
-        raise _classify(exc, path) from exc
 
 
 class Journal:
@@ -83,7 +40,7 @@ class Journal:
         except (sqlite3.Error, ValueError, TypeError) as exc:
             self._conn.close()
             if isinstance(exc, sqlite3.Error):
-                raise _classify(exc, path) from exc
+                raise classify(exc, path) from exc
             raise CorruptFile(f"{path}: bad journal id: {exc}") from exc
 
     @property
@@ -167,13 +124,13 @@ class Journal:
                 "SELECT seq, uid, kind FROM events WHERE seq > ? ORDER BY seq", (seq,)
             ).fetchall()
         except sqlite3.Error as exc:
-            raise _classify(exc, self.path) from exc
+            raise classify(exc, self.path) from exc
 
     def max_seq(self) -> int:
         try:
             (last,) = self._conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
         except sqlite3.Error as exc:
-            raise _classify(exc, self.path) from exc
+            raise classify(exc, self.path) from exc
         return int(last)
 
     def close(self, *, checkpoint: bool = True) -> None:

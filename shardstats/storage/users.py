@@ -25,7 +25,7 @@ from pathlib import Path
 import sqlite_utils
 
 from shardstats.errors import StorageError
-from shardstats.storage.journal import _classify, connect, immediate
+from shardstats.storage.sqlite import classify, connect, immediate
 
 MAX_UID = 2**32 - 1
 _CHUNK = 500  # names per IN (...) query, well under SQLite's parameter limit
@@ -51,7 +51,7 @@ class UserStore:
             )
         except sqlite3.Error as exc:
             self._conn.close()
-            raise _classify(exc, path) from exc
+            raise classify(exc, path) from exc
 
     def assign(self, names: Sequence[str]) -> dict[str, int]:
         """Return the id of every name, creating and durably committing missing ones."""
@@ -94,10 +94,6 @@ class UserStore:
             yield from self._conn.execute(
                 f"SELECT id, name FROM users WHERE id IN ({marks})", chunk
             )
-
-    def max_id(self) -> int:
-        (last,) = self._conn.execute("SELECT coalesce(max(id), 0) FROM users").fetchone()
-        return int(last)
 
     def close(self) -> None:
         try:
