@@ -6,12 +6,9 @@ import logging
 from pathlib import Path
 
 import pytest
-import trio
 
-from shardstats.clock import FixedClock
 from shardstats.config import Settings
-from shardstats.http.app import create_app
-from shardstats.shards.service import Service
+from tests.http.apps import ready_client
 
 NOW = 1_780_000_000_000
 POST = f"/analytics?timestamp={NOW}&user=alice&event=click"
@@ -26,13 +23,8 @@ async def test_tokens_guard_each_side_separately(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = Settings(data_dir=str(tmp_path), ingest_token="in-s3cret", query_token="q-s3cret")
-    service = Service(settings, clock=FixedClock(NOW))
-    app = create_app(settings, service)
     caplog.set_level(logging.DEBUG)
-    async with app.test_app() as test_app:
-        client = test_app.test_client()
-        with trio.fail_after(10):
-            await service.wait_ready()
+    async with ready_client(settings, NOW) as client:
         for headers in ({}, bearer("wrong"), bearer("q-s3cret"), {"Authorization": "in-s3cret"}):
             response = await client.post(POST, headers=headers)
             assert response.status_code == 401
@@ -53,10 +45,6 @@ async def test_tokens_guard_each_side_separately(
 
 async def test_no_tokens_configured_means_open(tmp_path: Path) -> None:
     settings = Settings(data_dir=str(tmp_path))
-    service = Service(settings, clock=FixedClock(NOW))
-    async with create_app(settings, service).test_app() as test_app:
-        client = test_app.test_client()
-        with trio.fail_after(10):
-            await service.wait_ready()
+    async with ready_client(settings, NOW) as client:
         assert (await client.post(POST)).status_code == 204
         assert (await client.post(POST, headers=bearer("anything"))).status_code == 204

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from shardstats.clock import FixedClock
 from shardstats.config import Settings
-from shardstats.http.app import create_app
 from shardstats.http.metrics import reason_label
-from shardstats.shards.service import Service
+from tests.http.apps import ready_client
 
 NOW = 1_780_000_000_000
 
@@ -26,11 +23,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 async def test_metrics_follow_traffic(tmp_path: Path) -> None:
     settings = Settings(data_dir=str(tmp_path))
-    service = Service(settings, clock=FixedClock(NOW))
-    async with create_app(settings, service).test_app() as test_app:
-        client = test_app.test_client()
-        with trio.fail_after(10):
-            await service.wait_ready()
+    async with ready_client(settings, NOW) as client:
         for user in ("a", "b", "c"):
             await client.post(f"/analytics?timestamp={NOW}&user={user}&event=click")
         await client.post("/analytics?timestamp=soon&user=a&event=click")

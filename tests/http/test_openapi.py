@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import trio
 from openapi_spec_validator import validate
 
 from shardstats.config import Settings
 from shardstats.http.app import create_app
 from shardstats.http.openapi import DOCUMENT
 from shardstats.shards.service import Service
+from tests.http.apps import ready_client
 
 
 def test_document_validates() -> None:
@@ -34,11 +34,7 @@ def test_every_route_and_method_is_documented(tmp_path: Path) -> None:
 
 async def test_served_document_and_docs_page(tmp_path: Path) -> None:
     settings = Settings(data_dir=str(tmp_path))
-    service = Service(settings)
-    async with create_app(settings, service).test_app() as test_app:
-        client = test_app.test_client()
-        with trio.fail_after(10):
-            await service.wait_ready()
+    async with ready_client(settings) as client:
         response = await client.get("/openapi.json")
         assert response.status_code == 200
         assert await response.get_json() == DOCUMENT

@@ -4,22 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import trio
-
 from shardstats.config import Settings
 from shardstats.http.app import create_app
 from shardstats.shards.service import Service
+from tests.http.apps import ready_client
 
 MAX = 2**63 - 1
 
 
 async def test_range_end_never_exceeds_the_largest_timestamp(tmp_path: Path) -> None:
     settings = Settings(data_dir=str(tmp_path))
-    service = Service(settings)
-    async with create_app(settings, service).test_app() as test_app:
-        client = test_app.test_client()
-        with trio.fail_after(10):
-            await service.wait_ready()
+    async with ready_client(settings) as client:
         response = await client.get(f"/analytics/range?from={MAX}&to={MAX}")
         assert response.status_code == 200
         body = await response.get_json()
