@@ -8,6 +8,7 @@ trio event loop and feeds the outcomes to those pure parts.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import random
@@ -15,7 +16,8 @@ import secrets
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -76,6 +78,15 @@ def event_target(prefix: str, event: PlannedEvent) -> str:
 
 def query_target(timestamp_ms: int) -> str:
     return f"/analytics?timestamp={timestamp_ms}"
+
+
+@asynccontextmanager
+async def alongside(task: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
+    """Run ``task`` (progress reporting) in the background for the length of the block."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(task)
+        yield
+        nursery.cancel_scope.cancel()
 
 
 @dataclass(slots=True)
@@ -561,41 +572,34 @@ class LoadSession:
             finally:
                 conn.close()
 
-        async with trio.open_nursery() as outer:
-            progress_scope = trio.CancelScope()
-
-            async def progress() -> None:
-                with progress_scope:
-                    await self._report_progress(label, recorder, t0, lambda: len(conns))
-
-            outer.start_soon(progress)
-            async with trio.open_nursery() as nursery:
-                for conn in conns:
-                    nursery.start_soon(worker, conn)
-                async with send:
-                    for offset, is_get in schedule:
-                        t_sched = t0 + offset
-                        # Only sleep when early: a dispatcher that is late sends every job
-                        # that is due without yielding, rather than one per trio scheduling
-                        # round (a round can take many ms when hundreds of responses land
-                        # at once, e.g. after a group commit).
+        async with alongside(functools.partial(
+            self._report_progress, label, recorder, t0, lambda: len(conns)
+        )), trio.open_nursery() as nursery:
+            for conn in conns:
+                nursery.start_soon(worker, conn)
+            async with send:
+                for offset, is_get in schedule:
+                    t_sched = t0 + offset
+                    # Only sleep when early: a dispatcher that is late sends every job
+                    # that is due without yielding, rather than one per trio scheduling
+                    # round (a round can take many ms when hundreds of responses land
+                    # at once, e.g. after a group commit).
+                    now = trio.current_time()
+                    if t_sched > now:
+                        await trio.sleep_until(t_sched)
                         now = trio.current_time()
-                        if t_sched > now:
-                            await trio.sleep_until(t_sched)
-                            now = trio.current_time()
-                        lags.append(now - t_sched)
-                        if job is not None:
-                            send.send_nowait(job(t_sched, is_get))
-                        elif is_get:
-                            send.send_nowait(self.get_job(t_sched))
-                        else:
-                            send.send_nowait(self.post_job(t_sched))
-                        backlog = receive.statistics().current_buffer_used
-                        if backlog and len(conns) < max_connections:
-                            conns.append(self._connection())
-                            nursery.start_soon(worker, conns[-1])
+                    lags.append(now - t_sched)
+                    if job is not None:
+                        send.send_nowait(job(t_sched, is_get))
+                    elif is_get:
+                        send.send_nowait(self.get_job(t_sched))
+                    else:
+                        send.send_nowait(self.post_job(t_sched))
+                    backlog = receive.statistics().current_buffer_used
+                    if backlog and len(conns) < max_connections:
+                        conns.append(self._connection())
+                        nursery.start_soon(worker, conns[-1])
                 # Closing the channel lets each worker finish what is queued, then return.
-            progress_scope.cancel()
         cpu = time.process_time() - cpu0
         wall = max(1e-9, trio.current_time() - t0)
         lags.sort()
@@ -662,18 +666,11 @@ class LoadSession:
             finally:
                 conn.close()
 
-        async with trio.open_nursery() as nursery:
-            progress_scope = trio.CancelScope()
-
-            async def progress() -> None:
-                with progress_scope:
-                    await self._report_progress(label, recorder, t0, lambda: len(conns))
-
-            nursery.start_soon(progress)
-            async with trio.open_nursery() as workers:
-                for conn in conns:
-                    workers.start_soon(worker, conn)
-            progress_scope.cancel()
+        async with alongside(functools.partial(
+            self._report_progress, label, recorder, t0, lambda: len(conns)
+        )), trio.open_nursery() as workers:
+            for conn in conns:
+                workers.start_soon(worker, conn)
         cpu = time.process_time() - cpu0
         wall = max(1e-9, trio.current_time() - t0)
         what = "custom requests" if job else f"{get_share:.0%} GET"
@@ -915,28 +912,22 @@ class LoadSession:
             finally:
                 conn.close()
 
-        async with trio.open_nursery() as nursery:
-            progress_scope = trio.CancelScope()
+        async def progress() -> None:
+            if self.progress is None:
+                return
+            last, last_t = 0, t0
+            while True:
+                await trio.sleep(self.progress_interval)
+                now = trio.current_time()
+                self.progress(
+                    f"[{label} {now - t0:6.1f}s] {tally.accepted} events acknowledged "
+                    f"{(tally.accepted - last) / max(1e-9, now - last_t):9.0f}/s  "
+                    f"requests {tally.requests}  errors {sum(tally.errors.values())}")
+                last, last_t = tally.accepted, now
 
-            async def progress() -> None:
-                if self.progress is None:
-                    return
-                with progress_scope:
-                    last, last_t = 0, t0
-                    while True:
-                        await trio.sleep(self.progress_interval)
-                        now = trio.current_time()
-                        self.progress(
-                            f"[{label} {now - t0:6.1f}s] {tally.accepted} events acknowledged "
-                            f"{(tally.accepted - last) / max(1e-9, now - last_t):9.0f}/s  "
-                            f"requests {tally.requests}  errors {sum(tally.errors.values())}")
-                        last, last_t = tally.accepted, now
-
-            nursery.start_soon(progress)
-            async with trio.open_nursery() as workers:
-                for conn in conns:
-                    workers.start_soon(worker, conn)
-            progress_scope.cancel()
+        async with alongside(progress), trio.open_nursery() as workers:
+            for conn in conns:
+                workers.start_soon(worker, conn)
         cpu = time.process_time() - cpu0
         wall = max(1e-9, trio.current_time() - t0)
         load = LoadReport(
@@ -1015,20 +1006,12 @@ class LoadSession:
                 )
                 last, last_t = tally.sent, now
 
-        async with trio.open_nursery() as outer:
-            progress_scope = trio.CancelScope()
-
-            async def run_progress() -> None:
-                with progress_scope:
-                    await progress()
-
-            outer.start_soon(run_progress)
+        async with alongside(progress):
             if method == "batch":
                 await self._fill_batch(plans, connections, chunk_events, max_hours_per_chunk,
                                        tally, recorder, retries_503)
             else:
                 await self._fill_single(plans, single_connections, tally, retries_503)
-            progress_scope.cancel()
         seconds = trio.current_time() - t0
         cpu = time.process_time() - cpu0
         result: CheckResult | None = None
