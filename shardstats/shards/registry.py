@@ -18,12 +18,12 @@ Rules:
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import trio
 
@@ -37,6 +37,7 @@ from shardstats.shards.observer import NULL_OBSERVER, Observer
 from shardstats.storage.datadir import DataDir
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -160,11 +161,9 @@ class Registry:
                 return None
             if await self._wait_busy(hour):
                 continue
-            loaded: list[HourAggregate | None] = []
-            await self._guarded(hour, functools.partial(self._load_into, out=loaded))
             # Answer from what was loaded even if the cache could not keep it
             # (max_cached_hours = 0, or evicted at once by a flood of other hours).
-            return loaded[0]
+            return await self._guarded(hour, self._load_cached)
 
     def has_data(self, hour: int) -> bool:
         return hour in self._known
@@ -178,10 +177,10 @@ class Registry:
         await done.wait()
         return True
 
-    async def _guarded(self, hour: int, action: Callable[[int], Awaitable[None]]) -> None:
+    async def _guarded(self, hour: int, action: Callable[[int], Awaitable[T]]) -> T:
         done = self._busy[hour] = trio.Event()
         try:
-            await action(hour)
+            return await action(hour)
         finally:
             del self._busy[hour]
             done.set()
@@ -270,9 +269,6 @@ class Registry:
             self._closing -= 1
             self._notify_slots()
         self._cache(hour, shard.aggregate)
-
-    async def _load_into(self, hour: int, *, out: list[HourAggregate | None]) -> None:
-        out.append(await self._load_cached(hour))
 
     async def _load_cached(self, hour: int) -> HourAggregate | None:
         started = time.perf_counter()
