@@ -8,12 +8,13 @@ every other line gets exactly one verdict, in order. Pure: ``now_ms`` is an argu
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import msgspec
 
-from shardstats.core.events import MAX_TIMESTAMP_MS, Event, EventKind
+from shardstats.core.events import MAX_TIMESTAMP_MS, Event, EventColumns, EventKind
 from shardstats.core.validation import (
     _CONTROL,
     MAX_ID_BYTES,
@@ -35,12 +36,16 @@ class BatchLine(NamedTuple):
 
 @dataclass(slots=True)
 class ParsedBatch:
-    """Valid events with their line numbers, and the rejected lines with their reasons.
-    Columns rather than one object per line: a batch holds up to hundreds of thousands."""
+    """The valid events as columns with their line numbers, and the rejected lines with their
+    reasons."""
 
-    events: list[Event]
-    event_lines: list[int]
+    columns: EventColumns
+    event_lines: Sequence[int]
     errors: list[tuple[int, str]]
+
+    @property
+    def events(self) -> list[Event]:
+        return self.columns.events()
 
     def lines(self) -> list[BatchLine]:
         """Every non-blank line's verdict, in body order (for tests and small batches)."""
@@ -55,26 +60,31 @@ def parse_batch(body: bytes, now_ms: int, limits: Limits) -> list[BatchLine]:
 
 
 def parse_batch_columns(body: bytes, now_ms: int, limits: Limits) -> ParsedBatch:
-    numbered = [(n, raw) for n, raw in enumerate(body.split(b"\n"), start=1) if raw.strip()]
     low = now_ms - limits.accept_past_ms if limits.accept_past_ms else 0
     high = now_ms + limits.accept_future_ms if limits.accept_future_ms else MAX_TIMESTAMP_MS
-    fast = _all_valid_fast(numbered, low, high, limits.max_user_bytes)
+    lines = body.split(b"\n")
+    if not lines[-1].strip():
+        lines.pop()  # the usual final newline, or trailing blanks
+    fast = _all_valid_fast(lines, low, high, limits.max_user_bytes)
     if fast is not None:
         return fast
+    numbered = [(n, raw) for n, raw in enumerate(lines, start=1) if raw.strip()]
     items = _decode_all([raw for _, raw in numbered])
-    parsed = ParsedBatch([], [], [])
+    events: list[Event] = []
+    event_lines: list[int] = []
+    errors: list[tuple[int, str]] = []
     for (number, raw), item in zip(numbered, items, strict=True):
         try:
             event = _event(raw if item is _UNPARSED else item, now_ms, limits)
         except InvalidInput as exc:
-            parsed.errors.append((number, str(exc)))
+            errors.append((number, str(exc)))
             continue
-        parsed.events.append(event)
-        parsed.event_lines.append(number)
-    return parsed
+        events.append(event)
+        event_lines.append(number)
+    return ParsedBatch(EventColumns.of(events), event_lines, errors)
 
 
-class _Line(msgspec.Struct):
+class _Line(msgspec.Struct, gc=False):  # str and int fields only: no cycles to collect
     timestamp: int
     user: str
     event: Literal["click", "impression"]
@@ -84,27 +94,36 @@ class _Line(msgspec.Struct):
 _DECODER = msgspec.json.Decoder(list[_Line])
 
 
-def _all_valid_fast(
-    numbered: list[tuple[int, bytes]], low: int, high: int, max_user: int
-) -> ParsedBatch | None:
-    """The common case, a batch of valid lines, decoded and type-checked by msgspec in C;
-    None as soon as anything is unusual (the full rules then judge every line and say why)."""
+def _all_valid_fast(lines: list[bytes], low: int, high: int, max_user: int) -> ParsedBatch | None:
+    """The common case, a batch of valid lines with no blank ones, decoded and type-checked by
+    msgspec in C and checked a column at a time; None as soon as anything is unusual (the full
+    rules then judge every line and say why)."""
+    if not lines or b"" in lines:
+        return None
     try:
-        items = _DECODER.decode(b"[" + b",".join(raw for _, raw in numbered) + b"]")
+        items = _DECODER.decode(b"[" + b",".join(lines) + b"]")
     except msgspec.DecodeError:  # broken JSON, or a line of a shape the fast path skips
         return None
-    if len(items) != len(numbered):
+    if len(items) != len(lines):  # a whitespace-only line, or one holding two values
         return None
-    control = _CONTROL.search
+    timestamps = [item.timestamp for item in items]
+    users = [item.user for item in items]
+    if min(timestamps) < low or max(timestamps) > high:
+        return None
+    # Per user: non-empty, ASCII (so characters are bytes), short enough, no control
+    # characters; checked over the whole column by C loops rather than line by line.
+    if (min(map(len, users)) == 0 or max(map(len, users)) > max_user
+            or not all(map(str.isascii, users)) or _CONTROL.search("".join(users))):
+        return None
+    ids: list[str | None] | None = [item.id for item in items]
+    assert ids is not None
+    if ids.count(None) == len(ids):
+        ids = None
+    elif not all(eid is None or _valid_id(eid) for eid in ids):
+        return None
     kinds = _KINDS
-    events = []
-    for item in items:
-        ts, user, eid = item.timestamp, item.user, item.id
-        if not (low <= ts <= high and user and user.isascii() and len(user) <= max_user
-                and not control(user)) or (eid is not None and not _valid_id(eid)):
-            return None
-        events.append(Event(ts, user, kinds[item.event], eid))
-    return ParsedBatch(events, [n for n, _ in numbered], [])
+    return ParsedBatch(EventColumns(timestamps, users, [kinds[item.event] for item in items],
+                                    ids), range(1, len(lines) + 1), [])
 
 
 def _valid_id(eid: str) -> bool:
@@ -112,7 +131,7 @@ def _valid_id(eid: str) -> bool:
 
 
 _UNPARSED = object()
-_KINDS = {"click": EventKind.CLICK, "impression": EventKind.IMPRESSION}
+_KINDS = {"click": int(EventKind.CLICK), "impression": int(EventKind.IMPRESSION)}
 
 
 def _decode_all(lines: list[bytes]) -> list[object]:

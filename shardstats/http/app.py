@@ -93,7 +93,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         assert isinstance(body, bytes)
         parsed = parse_batch_columns(body, service.clock.now_ms(), service.limits)
         try:
-            outcome = await service.submit_batch(parsed.events)
+            outcome = await service.submit_batch(parsed.columns)
         except ShardstatsError as exc:
             return _reply(json_error(exc))
         report = _batch_report(body.count(b"\n") + 1, parsed, outcome)
@@ -196,8 +196,9 @@ def _batch_report(
         for number in parsed.event_lines:
             results[number - 1] = "accepted"
     else:
-        for number, event in zip(parsed.event_lines, parsed.events, strict=True):
-            error = outcome.get(event.timestamp_ms // HOUR_MS)
+        for number, timestamp in zip(parsed.event_lines, parsed.columns.timestamps,
+                                     strict=True):
+            error = outcome.get(timestamp // HOUR_MS)
             if error is None:
                 results[number - 1] = "accepted"
             else:
@@ -205,7 +206,7 @@ def _batch_report(
                 why = "storage error" if error.status == 500 else str(error)
                 results[number - 1] = f"failed: {why}"
     return {
-        "accepted": len(parsed.events) - failed,
+        "accepted": len(parsed.columns) - failed,
         "rejected": len(parsed.errors),
         "failed": failed,
         "results": results,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import trio
@@ -45,15 +44,19 @@ class UserDictionary:
     def statistics(self) -> DictionaryStatistics:
         return DictionaryStatistics(len(self._cache), self._commits, self._failed)
 
-    async def ids_for(self, names: Sequence[str]) -> dict[str, int]:
-        get = self._cache.get
-        ids = {name: get(name) for name in names}
-        missing = [name for name, uid in ids.items() if uid is None]
-        if missing:
+    async def uids_for(self, names: list[str]) -> list[int]:
+        """The id of each name (``result[i]`` is the id of ``names[i]``), assigning and
+        durably committing ids for names never seen before."""
+        uids = list(map(self._cache.get, names))  # a C loop: a batch is mostly known users
+        if None in uids:
+            missing = list(dict.fromkeys(name for name, uid in zip(names, uids, strict=True)
+                                         if uid is None))
             pending: Pending[dict[str, int]] = Pending()
             await self._send.send((missing, pending))
-            ids.update(await pending.wait())
-        return ids  # type: ignore[return-value]  # every None was replaced just above
+            assigned = await pending.wait()
+            uids = [assigned[name] if uid is None else uid
+                    for name, uid in zip(names, uids, strict=True)]
+        return uids  # type: ignore[return-value]  # every None was replaced just above
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._store = await trio.to_thread.run_sync(self._datadir.open_users)

@@ -28,7 +28,7 @@ import trio
 
 from shardstats.core import snapshot as codec
 from shardstats.core.aggregate import HourAggregate
-from shardstats.core.events import Event
+from shardstats.core.events import EventColumns
 from shardstats.errors import ShardstatsError, StorageError
 from shardstats.shards import loader
 from shardstats.shards.dictionary import UserDictionary
@@ -39,7 +39,7 @@ from shardstats.storage.journal import Journal
 
 log = logging.getLogger(__name__)
 
-Submission = tuple[list[Event], Pending[None]]
+Submission = tuple[EventColumns, Pending[None]]
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class HourShard:
             self._snapshot_seq,
         )
 
-    def submit_nowait(self, events: list[Event]) -> Pending[None]:
+    def submit_nowait(self, events: EventColumns) -> Pending[None]:
         """Queue events; raises ``trio.WouldBlock`` when the inbox is full."""
         pending: Pending[None] = Pending()
         self.inbox.send_nowait((events, pending))
@@ -164,17 +164,12 @@ class HourShard:
                 next_snapshot = trio.current_time() + self._snapshot_interval
 
     async def _commit(self, batch: list[Submission]) -> None:
-        events = batch[0][0] if len(batch) == 1 else [e for events, _ in batch for e in events]
+        events = EventColumns.concat([columns for columns, _ in batch])
         started = time.perf_counter()
         try:
-            users = [e.user for e in events]
-            ids = await self._dictionary.ids_for(users)
-            uids = [ids[user] for user in users]
-            kinds = [int(e.kind) for e in events]
-            rows = list(zip([e.timestamp_ms for e in events], users, uids, kinds,
-                            [e.id for e in events], strict=True))
+            uids = await self._dictionary.uids_for(events.users)
             journal = await self._journal_for_write()
-            last, kept = await trio.to_thread.run_sync(journal.append, rows)
+            last, kept = await trio.to_thread.run_sync(journal.append, events, uids)
         except Exception as exc:
             self._failed += 1
             self._observer.commit(len(events), time.perf_counter() - started, False)
@@ -184,12 +179,13 @@ class HourShard:
             for _, pending in batch:
                 pending.fail(error)
             return
+        kinds = events.kinds
         if kept is not None:  # repeated event ids: acknowledged, not counted again
             uids, kinds = [uids[i] for i in kept], [kinds[i] for i in kept]
         self.aggregate.apply_block(last - len(uids) + 1, uids, kinds)
         self._batches += 1
-        self._events += len(rows)
-        self._observer.commit(len(rows), time.perf_counter() - started, True)
+        self._events += len(events)
+        self._observer.commit(len(events), time.perf_counter() - started, True)
         for _, pending in batch:
             pending.set(None)
 

@@ -28,7 +28,7 @@ from typing import TypeVar
 import trio
 
 from shardstats.core.aggregate import HourAggregate
-from shardstats.core.events import ZERO_COUNTS, Event, HourCounts
+from shardstats.core.events import HOUR_MS, ZERO_COUNTS, EventColumns, HourCounts
 from shardstats.errors import Overloaded, ShardstatsError
 from shardstats.shards import loader
 from shardstats.shards.dictionary import UserDictionary
@@ -125,9 +125,9 @@ class Registry:
 
     # -- requests --------------------------------------------------------------------------
 
-    async def submit(self, events: list[Event]) -> None:
+    async def submit(self, events: EventColumns) -> None:
         """Make events of one hour durable; returns once they are committed."""
-        hour = events[0].hour
+        hour = events.timestamps[0] // HOUR_MS
         while True:
             shard = self._open.get(hour)
             if shard is not None:

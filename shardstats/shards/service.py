@@ -17,7 +17,7 @@ from pyroaring import BitMap
 from shardstats.clock import Clock, SystemClock
 from shardstats.config import Settings
 from shardstats.core.aggregate import HourAggregate
-from shardstats.core.events import HOUR_MS, Event, HourCounts
+from shardstats.core.events import HOUR_MS, Event, EventColumns, HourCounts
 from shardstats.core.ranges import RangeQuery, Segment, combine
 from shardstats.core.validation import Limits
 from shardstats.errors import NotReady, ShardstatsError
@@ -135,26 +135,17 @@ class Service:
     async def submit(self, event: Event) -> None:
         if not self.ready:
             raise NotReady("recovering; retry shortly")
-        await self.registry.submit([event])
+        await self.registry.submit(EventColumns.of([event]))
 
-    async def submit_batch(self, events: list[Event]) -> dict[int, ShardstatsError | None]:
+    async def submit_batch(self, events: EventColumns) -> dict[int, ShardstatsError | None]:
         """Commit events of any hours (one submission per hour, concurrently); the outcome
         of each hour: None when durable, else the error every event of that hour got."""
         if not self.ready:
             raise NotReady("recovering; retry shortly")
-        if not events:
-            return {}
-        by_hour: dict[int, list[Event]] = {}
-        first_hour = events[0].timestamp_ms // HOUR_MS
-        if all(first_hour * HOUR_MS <= e.timestamp_ms < (first_hour + 1) * HOUR_MS
-               for e in events):
-            by_hour[first_hour] = events  # the common case: one hour, no regrouping
-        else:
-            for event in events:
-                by_hour.setdefault(event.timestamp_ms // HOUR_MS, []).append(event)
+        by_hour = events.by_hour()
         outcome: dict[int, ShardstatsError | None] = {}
 
-        async def one(hour: int, group: list[Event]) -> None:
+        async def one(hour: int, group: EventColumns) -> None:
             try:
                 await self.registry.submit(group)
                 outcome[hour] = None

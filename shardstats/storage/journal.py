@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import sqlite_utils
 
 from shardstats.core.aggregate import JournalRow
+from shardstats.core.events import EventColumns
 from shardstats.errors import CorruptFile
 from shardstats.storage.sqlite import classify, connect, immediate
 
@@ -79,24 +80,29 @@ class Journal:
             )
         return self._read_id()
 
-    def append(self, rows: Sequence[InsertRow]) -> tuple[int, list[int] | None]:
-        """Commit rows in one durable transaction.
+    def append(self, events: EventColumns, uids: Sequence[int]) -> tuple[int, list[int] | None]:
+        """Commit events (with their users' ids) in one durable transaction.
 
-        Returns the seq of the last row written and, when some rows carry an event id, the
-        indices of the rows written: a row whose id the journal (or an earlier row of this
-        batch) already holds is skipped — acknowledged by the caller but not counted again.
-        ``None`` means every row was written. Written rows get consecutive seqs.
+        Returns the seq of the last row written and, when some events carry an event id, the
+        indices of the events written: an event whose id the journal (or an earlier event of
+        this batch) already holds is skipped — acknowledged by the caller but not counted
+        again. ``None`` means every event was written. Written rows get consecutive seqs.
         """
         conn = self._conn
         kept: list[int] | None = None
+        ids = events.ids if events.ids is not None else [None] * len(events)
+        rows: Iterable[InsertRow] = zip(events.timestamps, events.users, uids, events.kinds,
+                                        ids, strict=True)
+        # ``rows`` stays a generator in the common case (no ids): each row tuple is freed as
+        # soon as SQLite has bound it, so a 10,000-event commit does not wake the collector.
         with immediate(conn, self.path):
-            if any(row[4] is not None for row in rows):
-                kept = self._new_ids(rows)
-                rows = [rows[i] for i in kept]
-            if rows:
-                conn.executemany(
-                    "INSERT INTO events(ts, user, uid, kind, eid) VALUES (?, ?, ?, ?, ?)", rows
-                )
+            if events.ids is not None:
+                listed = list(rows)
+                kept = self._new_ids(listed)
+                rows = [listed[i] for i in kept]
+            conn.executemany(
+                "INSERT INTO events(ts, user, uid, kind, eid) VALUES (?, ?, ?, ?, ?)", rows
+            )
             (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
         return int(last), kept
 

@@ -707,11 +707,11 @@ class BlockedJournal:
     def patch(self, monkeypatch: pytest.MonkeyPatch) -> None:
         original = Journal.append
 
-        def append(journal: Journal, rows: Any) -> Any:
+        def append(journal: Journal, events: Any, uids: Any) -> Any:
             self.entered.set()
             if not self.release.wait(timeout=10):
                 raise RuntimeError("the test never released the journal")
-            return original(journal, rows)
+            return original(journal, events, uids)
 
         monkeypatch.setattr(Journal, "append", append)
 

@@ -16,7 +16,7 @@ import pytest
 from pyroaring import BitMap
 
 from shardstats.cli import build_parser, main
-from shardstats.core.events import HOUR_MS
+from shardstats.core.events import HOUR_MS, EventColumns
 from shardstats.ops.export import load_readonly
 from shardstats.storage.datadir import DataDir
 
@@ -40,8 +40,10 @@ def populate(root: Path, hours: int, events_per_hour: int, seed: int = 7) -> dic
             journal = datadir.open_journal(hour, create=True)
             for start in range(0, len(names), 500):
                 chunk = range(start, min(start + 500, len(names)))
-                journal.append([(hour * HOUR_MS + i, names[i], ids[names[i]], kinds[i], None)
-                                for i in chunk])
+                journal.append(EventColumns([hour * HOUR_MS + i for i in chunk],
+                                            [names[i] for i in chunk],
+                                            [kinds[i] for i in chunk]),
+                               [ids[names[i]] for i in chunk])
             journal.close()
             model[hour] = (set(names), kinds.count(1), kinds.count(2))
     finally:

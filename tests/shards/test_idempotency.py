@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from shardstats.clock import FixedClock
 from shardstats.config import Settings
-from shardstats.core.events import HOUR_MS, Event, EventKind, HourCounts
+from shardstats.core.events import HOUR_MS, Event, EventColumns, EventKind, HourCounts
 from shardstats.shards.service import Service
 from tests.model import Model
 from tests.shards.conftest import running
@@ -35,8 +35,8 @@ async def test_retries_count_once_and_survive_restart(tmp_path: Path) -> None:
         assert await service.query(hour) == HourCounts(2, 3, 0)
     async with running(service_for(tmp_path)) as service:
         await service.submit(first)  # remembered across a restart: it is in the journal
-        outcome = await service.submit_batch([first, first, Event(NOW, "carol",
-                                              EventKind.IMPRESSION, "evt-2")] * 2)
+        outcome = await service.submit_batch(EventColumns.of(
+            [first, first, Event(NOW, "carol", EventKind.IMPRESSION, "evt-2")] * 2))
         assert outcome == {hour: None}
         assert await service.query(hour) == HourCounts(3, 3, 1)
 
@@ -54,7 +54,7 @@ async def test_any_retry_pattern_counts_each_event_once(
         half = len(order) // 2
         for event in order[:half]:
             await service.submit(event)
-        await service.submit_batch(list(order[half:]))
+        await service.submit_batch(EventColumns.of(order[half:]))
         model = Model().add_all(with_ids)
         for hour in range(BASE_HOUR, BASE_HOUR + 3):
             assert await service.query(hour) == model.counts(hour)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from shardstats.clock import FixedClock
 from shardstats.config import Settings
-from shardstats.core.events import HOUR_MS, Event, HourCounts
+from shardstats.core.events import HOUR_MS, Event, EventColumns, HourCounts
 from shardstats.core.ranges import RangeQuery
 from shardstats.shards.service import Service
 from tests.model import Model
@@ -50,7 +50,7 @@ async def test_range_is_the_exact_union(
 ) -> None:
     first, last = (BASE_HOUR + b for b in sorted(bounds))
     async with running(service_for(tmp_path_factory.mktemp("d"), max_cached_hours=5)) as svc:
-        outcome = await svc.submit_batch(evts)
+        outcome = await svc.submit_batch(EventColumns.of(evts))
         assert all(error is None for error in outcome.values())
         total, series = await svc.range_counts(RangeQuery(first, last, step))
     assert total == expected_range(evts, first, last)
@@ -75,7 +75,7 @@ async def test_batches_and_single_posts_give_identical_aggregates(
         singles = {h: await svc.query(h) for h in hours}
     async with running(service_for(tmp_path_factory.mktemp("batch"))) as svc:
         for start in range(0, len(evts), chunk):
-            await svc.submit_batch(evts[start : start + chunk])
+            await svc.submit_batch(EventColumns.of(evts[start : start + chunk]))
         batched = {h: await svc.query(h) for h in hours}
     model = Model().add_all(evts)
     assert singles == batched == {h: model.counts(h) for h in hours}

@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 
 from shardstats.clock import FixedClock
 from shardstats.config import Settings
-from shardstats.core.events import HOUR_MS, Event, EventKind, HourCounts
+from shardstats.core.events import HOUR_MS, Event, EventColumns, EventKind, HourCounts
 from shardstats.errors import StorageError
 from shardstats.shards.service import Service
 from shardstats.storage.datadir import DataDir
-from shardstats.storage.journal import InsertRow, Journal
+from shardstats.storage.journal import Journal
 from tests.model import Model
 from tests.shards.conftest import running
 from tests.strategies import BASE_HOUR, events
@@ -87,10 +87,11 @@ class FaultyJournal(Journal):
 
     fail: str | None = None  # None, "before" or "after"
 
-    def append(self, rows: Sequence[InsertRow]) -> tuple[int, list[int] | None]:
+    def append(self, events: EventColumns, uids: Sequence[int]
+               ) -> tuple[int, list[int] | None]:
         if FaultyJournal.fail == "before":
             raise StorageError("injected: disk full")
-        last = super().append(rows)
+        last = super().append(events, uids)
         if FaultyJournal.fail == "after":
             raise StorageError("injected: fsync reported failure")
         return last
@@ -179,9 +180,10 @@ async def test_full_inbox_is_overload_not_growth(tmp_path: Path) -> None:
     gate = threading.Event()
 
     class SlowJournal(Journal):
-        def append(self, rows: Sequence[InsertRow]) -> tuple[int, list[int] | None]:
+        def append(self, events: EventColumns, uids: Sequence[int]
+                   ) -> tuple[int, list[int] | None]:
             gate.wait(10)
-            return super().append(rows)
+            return super().append(events, uids)
 
     class SlowDataDir(DataDir):
         def open_journal(self, hour: int, *, create: bool) -> Journal:
