@@ -5,13 +5,16 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import re
-import sqlite3
+from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from shardstats.core.events import HOUR_MS
 from shardstats.errors import InvalidInput
 from shardstats.storage.datadir import DataDir
+from shardstats.storage.journal import Journal
+from shardstats.storage.users import UserStore
 
 
 def hour_iso(hour: int) -> str:
@@ -71,22 +74,33 @@ def select_hours(
     return [h for h in hours if (low is None or h >= low) and (high is None or h <= high)]
 
 
-def dictionary_disagreements(conn: sqlite3.Connection, users: Path) -> tuple[int, int]:
-    """Rows of the journal on ``conn`` whose id the dictionary lacks, and rows whose user
-    string (where the journal still holds it) the dictionary names differently."""
-    conn.execute("ATTACH DATABASE ? AS dict", (f"file:{users}?mode=ro",))
+@dataclass(frozen=True)
+class DictionaryCheck:
+    missing: int  # events whose user id the dictionary lacks
+    renamed: int  # events whose user string (where kept) the dictionary names differently
+    named: int  # events whose user string the journal still holds
+
+
+def dictionary_disagreements(journal: Journal, users: Path) -> DictionaryCheck:
+    """Check every event's user id against the dictionary (and its user string, where the
+    journal still holds it)."""
+    pairs: Counter[tuple[int, str]] = Counter()
+    for block in journal.blocks_after(0, full=True):
+        pairs.update(zip(block.uids, block.users or [""] * len(block.uids), strict=True))
+    store = UserStore(users, readonly=True)
     try:
-        (missing,) = conn.execute(
-            "SELECT count(*) FROM events e LEFT JOIN dict.users u ON u.id = e.uid "
-            "WHERE u.id IS NULL"
-        ).fetchone()
-        (renamed,) = conn.execute(
-            "SELECT count(*) FROM events e JOIN dict.users u ON u.id = e.uid "
-            "WHERE e.user != '' AND e.user != u.name"
-        ).fetchone()
+        names = dict(store.names({uid for uid, _ in pairs}))
     finally:
-        conn.execute("DETACH DATABASE dict")
-    return int(missing), int(renamed)
+        store.close()
+    missing = renamed = named = 0
+    for (uid, user), count in pairs.items():
+        if user:
+            named += count
+        if uid not in names:
+            missing += count
+        elif user and names[uid] != user:
+            renamed += count
+    return DictionaryCheck(missing, renamed, named)
 
 
 def journal_files(datadir: DataDir, hour: int) -> list[Path]:

@@ -28,7 +28,6 @@ from shardstats.ops.common import dictionary_disagreements, hour_iso, journal_fi
 from shardstats.shards import loader
 from shardstats.storage.datadir import DataDir
 from shardstats.storage.journal import Journal
-from shardstats.storage.sqlite import immediate
 
 
 @dataclass
@@ -69,36 +68,29 @@ def compact_hour(datadir: DataDir, hour: int) -> CompactResult:
 
 
 def _compact_journal(datadir: DataDir, journal: Journal, result: CompactResult) -> None:
-    conn = journal.connection
-    mismatched = _rows_disagreeing_with_dictionary(datadir, conn)
-    if mismatched:
-        result.status = f"skipped: {mismatched} rows disagree with the user dictionary"
+    users = datadir.root / "users.sqlite"
+    if not users.exists():
+        raise StorageError("user dictionary missing; refusing to drop user strings")
+    check = dictionary_disagreements(journal, users)
+    if check.missing or check.renamed:
+        result.status = (f"skipped: {check.missing + check.renamed} events disagree with the "
+                         "user dictionary")
         return
     aggregate = HourAggregate(result.hour)
-    aggregate.apply(journal.rows_after(0))
+    loader.replay(aggregate, journal)
     result.events = aggregate.events
-    (named,) = conn.execute("SELECT count(*) FROM events WHERE user != ''").fetchone()
     snapshot_current = _snapshot_covers(datadir, journal, aggregate.last_seq)
-    if not named and snapshot_current:
+    if not check.named and snapshot_current:
         result.status = "already compact"
         return
     if not snapshot_current:
         loader.write_snapshot(datadir, aggregate, journal.journal_id)
-    if named:
-        with immediate(conn, journal.path):
-            conn.execute("UPDATE events SET user = '' WHERE user != ''")
-            conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('compacted', '1')")
+    if check.named:
+        journal.drop_user_strings()
+    conn = journal.connection
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.execute("VACUUM")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-
-
-def _rows_disagreeing_with_dictionary(datadir: DataDir, conn: sqlite3.Connection) -> int:
-    users = datadir.root / "users.sqlite"
-    if not users.exists():
-        raise StorageError("user dictionary missing; refusing to drop user strings")
-    missing, renamed = dictionary_disagreements(conn, users)
-    return missing + renamed
 
 
 def _snapshot_covers(datadir: DataDir, journal: Journal, last_seq: int) -> bool:

@@ -180,8 +180,10 @@ def _check_ids(journal: Journal, datadir: DataDir, report: HourReport) -> None:
         if report.events:
             report.problems.append("user dictionary missing")
         return
-    missing, renamed = dictionary_disagreements(journal.connection, users)
-    if missing:
-        report.problems.append(f"{missing} rows use user ids missing from the dictionary")
-    if renamed:
-        report.problems.append(f"{renamed} rows disagree with the dictionary on a user string")
+    check = dictionary_disagreements(journal, users)
+    if check.missing:
+        report.problems.append(f"{check.missing} events use user ids missing from the "
+                               "dictionary")
+    if check.renamed:
+        report.problems.append(f"{check.renamed} events disagree with the dictionary on a "
+                               "user string")

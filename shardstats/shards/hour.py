@@ -198,7 +198,7 @@ class HourShard:
             try:
                 if journal.journal_id != self._journal_id:
                     raise StorageError(f"journal of hour {self.hour} was replaced on disk")
-                return journal, self.aggregate.apply(journal.rows_after(self.aggregate.last_seq))
+                return journal, loader.replay(self.aggregate, journal)
             except BaseException:
                 journal.close()
                 raise

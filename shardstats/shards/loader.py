@@ -58,8 +58,14 @@ def load(
         snapshot_used = base is not None
         if base is None:
             base = HourAggregate(hour)
-    replayed = base.apply(journal.rows_after(base.last_seq))
+    replayed = replay(base, journal)
     return LoadResult(base, replayed, snapshot_used)
+
+
+def replay(aggregate: HourAggregate, journal: Journal) -> int:
+    """Fold the journal's events after ``aggregate.last_seq`` in; return how many."""
+    return sum(aggregate.apply_block(block.first_seq, block.uids, block.kinds)
+               for block in journal.blocks_after(aggregate.last_seq))
 
 
 def write_snapshot(datadir: DataDir, aggregate: HourAggregate, journal_id: bytes) -> None:

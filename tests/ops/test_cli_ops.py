@@ -101,11 +101,11 @@ def test_verify_json_and_hour_selection(tmp_path: Path) -> None:
 
 
 def damage_page(path: Path) -> None:
-    """Overwrite the cell-content end of the events table's root page."""
+    """Overwrite the cell-content end of the blocks table's root page."""
     import sqlite3
 
     conn = sqlite3.connect(path)
-    (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'events'").fetchone()
+    (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'blocks'").fetchone()
     (page_size,) = conn.execute("PRAGMA page_size").fetchone()
     conn.close()
     data = bytearray(path.read_bytes())

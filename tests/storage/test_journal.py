@@ -1,0 +1,171 @@
+"""The block journal: what goes in comes out, ids count once, format 1 is read and upgraded."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shardstats.core.aggregate import HourAggregate
+from shardstats.core.events import EventColumns
+from shardstats.errors import CorruptFile
+from shardstats.shards import loader
+from shardstats.storage.journal import Journal
+
+HOUR = 493_000
+T0 = HOUR * 3_600_000
+
+event = st.tuples(st.integers(0, 3_599_999), st.sampled_from(["ann", "bob", "cy", "dé"]),
+                  st.sampled_from([1, 2]), st.none() | st.sampled_from(["e1", "e2", "e3"]))
+
+
+def columns(batch: list[tuple[int, str, int, str | None]]) -> EventColumns:
+    ids = [e[3] for e in batch]
+    return EventColumns([T0 + e[0] for e in batch], [e[1] for e in batch],
+                        [e[2] for e in batch], None if ids.count(None) == len(ids) else ids)
+
+
+UIDS = {"ann": 1, "bob": 2, "cy": 3, "dé": 4}
+
+
+@settings(max_examples=60)
+@given(st.lists(st.lists(event, max_size=12), max_size=8), st.integers(0, 40))
+def test_append_then_read_back_with_ids_counted_once(
+    tmp_path_factory: pytest.TempPathFactory,
+    batches: list[list[tuple[int, str, int, str | None]]],
+    cut: int,
+) -> None:
+    path = tmp_path_factory.mktemp("j") / "j.sqlite"
+    journal = Journal(path, create=True)
+    expected: list[tuple[int, str, int, str | None]] = []
+    seen: set[str] = set()
+    for batch in batches:
+        kept_model = []
+        for i, e in enumerate(batch):
+            if e[3] is None or e[3] not in seen:
+                kept_model.append(i)
+                if e[3] is not None:
+                    seen.add(e[3])
+        last, kept = journal.append(columns(batch), [UIDS[e[1]] for e in batch])
+        assert (kept if kept is not None else list(range(len(batch)))) == kept_model
+        expected += [batch[i] for i in kept_model]
+        assert last == len(expected)
+    journal.close()
+
+    journal = Journal(path, create=False, readonly=True)
+    try:
+        assert journal.max_seq() == len(expected)
+        rows = journal.rows_after(cut)
+        assert rows == [(seq, UIDS[e[1]], e[2]) for seq, e in enumerate(expected, start=1)
+                        if seq > cut]
+        full = [(seq, ts, user, uid, kind, eid)
+                for b in journal.blocks_after(0, full=True)
+                for seq, ts, user, uid, kind, eid in zip(
+                    range(b.first_seq, b.last_seq + 1), b.timestamps or [], b.users or [],
+                    b.uids, b.kinds, b.ids or [None] * len(b.uids), strict=True)]
+        assert full == [(seq, T0 + e[0], e[1], UIDS[e[1]], e[2], e[3])
+                        for seq, e in enumerate(expected, start=1)]
+    finally:
+        journal.close(checkpoint=False)
+
+
+def test_user_strings_can_be_dropped_ids_stay(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite", create=True)
+    journal.append(columns([(1, "ann", 1, None), (2, "bob", 2, "x")]), [1, 2])
+    assert journal.drop_user_strings() == 1
+    (block,) = journal.blocks_after(0, full=True)
+    assert block.users is None and block.uids == [1, 2] and block.ids == [None, "x"]
+    assert journal.append(columns([(3, "cy", 1, "x")]), [3]) == (2, [])  # id still known
+    journal.close()
+
+
+def test_a_newline_in_a_user_is_refused_not_stored(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite", create=True)
+    with pytest.raises(ValueError):
+        journal.append(EventColumns([T0], ["a\nb"], [1]), [1])
+    assert journal.max_seq() == 0
+    journal.close()
+
+
+def test_a_damaged_block_is_reported_as_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path, create=True)
+    journal.append(columns([(1, "ann", 1, None), (2, "bob", 2, None)]), [1, 2])
+    journal.connection.execute("UPDATE blocks SET uid = x'0100'")
+    with pytest.raises(CorruptFile, match="block ending at seq 2"):
+        list(journal.blocks_after(0))
+    journal.close()
+
+
+def make_format_1(path: Path, rows: list[tuple[int, int, str, int, int, str | None]],
+                  *, with_eid: bool = True) -> None:
+    """A journal as shardstats wrote it before blocks: one row per event."""
+    conn = sqlite3.connect(path)
+    eid = ", eid TEXT" if with_eid else ""
+    conn.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY, ts INTEGER NOT NULL, "
+                 f"user TEXT NOT NULL, uid INTEGER NOT NULL, kind INTEGER NOT NULL{eid})")
+    if with_eid:
+        conn.execute("CREATE UNIQUE INDEX events_by_eid ON events(eid) WHERE eid IS NOT NULL")
+        conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)
+    else:
+        conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", [r[:5] for r in rows])
+    conn.execute("CREATE TABLE meta ([key] TEXT PRIMARY KEY, [value] TEXT)")
+    conn.execute("INSERT INTO meta VALUES ('journal_id', ?), ('schema_version', '1')",
+                 ("ab12" * 8,))
+    conn.commit()
+    conn.close()
+
+
+OLD_ROWS = [(1, T0 + 5, "ann", 1, 1, None), (2, T0 + 6, "bob", 2, 2, "k1"),
+            (3, T0 + 7, "", 1, 2, None),  # a row compacted by the old tool
+            (7, T0 + 9, "cy", 3, 1, None)]  # seqs need not be consecutive
+
+
+@pytest.mark.parametrize("with_eid", [True, False])
+def test_format_1_is_read_as_is_and_upgraded_on_write_with_seqs_kept(
+    tmp_path: Path, with_eid: bool
+) -> None:
+    path = tmp_path / f"{HOUR}.sqlite"
+    make_format_1(path, OLD_ROWS, with_eid=with_eid)
+    readonly = Journal(path, create=False, readonly=True)
+    assert readonly.format == 1 and readonly.journal_id == bytes.fromhex("ab12" * 8)
+    assert readonly.max_seq() == 7
+    assert readonly.rows_after(1) == [(2, 2, 2), (3, 1, 2), (7, 3, 1)]
+    readonly.close(checkpoint=False)
+
+    journal = Journal(path, create=True)
+    assert journal.format == 2 and journal.journal_id == bytes.fromhex("ab12" * 8)
+    assert journal.rows_after(0) == [(r[0], r[3], r[4]) for r in OLD_ROWS]
+    blocks = list(journal.blocks_after(0, full=True))
+    assert [(b.first_seq, b.last_seq) for b in blocks] == [(1, 3), (7, 7)]
+    assert blocks[0].users == ["ann", "bob", ""] and blocks[0].timestamps == [T0 + 5, T0 + 6,
+                                                                                T0 + 7]
+    last, kept = journal.append(columns([(10, "dé", 1, "k1"), (11, "ann", 2, None)]), [4, 1])
+    assert (last, kept) == ((8, [1]) if with_eid else (9, [0, 1]))  # k1 was known
+    journal.close()
+    tables = {n for (n,) in sqlite3.connect(path).execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "events" not in tables
+
+
+def test_a_snapshot_of_a_format_1_journal_stays_valid_after_the_upgrade(tmp_path: Path) -> None:
+    from shardstats.storage.datadir import DataDir
+
+    datadir = DataDir(tmp_path)
+    datadir.prepare()
+    make_format_1(datadir.journal_path(HOUR), OLD_ROWS)
+    old = Journal(datadir.journal_path(HOUR), create=False, readonly=True)
+    aggregate = HourAggregate(HOUR)
+    loader.replay(aggregate, old)
+    loader.write_snapshot(datadir, aggregate, old.journal_id)
+    old.close(checkpoint=False)
+
+    journal = datadir.open_journal(HOUR, create=True)
+    assert loader.snapshot_base(datadir, HOUR, journal) == aggregate
+    result = loader.load(datadir, HOUR, journal, None)
+    assert result.snapshot_used and result.replayed == 0
+    assert result.aggregate.counts() == aggregate.counts()
+    journal.close()
