@@ -44,7 +44,7 @@ examples:
   shardstats verify --data-dir snapshots --hour 2026-11-27T14:00Z --json
   shardstats verify --from 2026-11-01 --to 2026-11-27T23:59Z
 
-Checks each hour's journal (SQLite integrity), recomputes its aggregate from the journal rows,
+Checks each hour's journal (SQLite integrity), recomputes its aggregate from the journal events,
 compares it with the snapshot (counters and bitmap), and checks the user dictionary holds every
 id. Never modifies anything; safe while the server runs.
 Exit 0: all hours agree; 1: some hour is corrupt or disagrees; 2: usage error.

@@ -1,18 +1,19 @@
 """``shardstats compact``: fold closed hours into fresh snapshots and shrink their journals.
 
 For every hour older than the current one by ``margin_hours``:
-1. check every journal row's (user, uid) against the user dictionary — an hour that
+1. check every journal event's (user, uid) against the user dictionary — an hour that
    disagrees is left untouched and reported;
 2. recompute the aggregate from the whole journal and write it as the hour's snapshot
    (atomic: temp file, fsync, rename, fsync the directory);
-3. blank the user strings (``user = ''``) in one transaction: the dictionary already holds
-   them durably (step 1 proved it) and the ids are all a rebuild needs;
+3. drop the blocks' user strings in one transaction: the dictionary already holds them
+   durably (step 1 proved it) and the ids are all a rebuild needs;
 4. checkpoint the WAL and ``VACUUM`` the journal, then report the bytes before and after.
 
 Safe while the server runs: every change to a journal is an SQLite transaction, so SQLite's
 own per-file write lock is the per-hour lock. A late event for a compacting hour waits for
-the lock (the server's busy timeout is 10 s) and is then committed as usual; ``seq`` values
-survive ``VACUUM`` (INTEGER PRIMARY KEY), so every snapshot position stays valid.
+the lock (the server's busy timeout is 10 s) and is then committed as usual; block keys
+survive ``VACUUM`` (INTEGER PRIMARY KEY), so every snapshot position stays valid. Opening a
+journal for writing upgrades a format-1 journal in place (see ``storage.journal``).
 Safe to interrupt: each step is atomic and idempotent, so a rerun finishes the job.
 """
 

@@ -2,7 +2,7 @@
 
 Per hour:
 1. SQLite ``integrity_check`` of the journal (read-only connection);
-2. the aggregate recomputed from the journal rows alone;
+2. the aggregate recomputed from the journal events alone;
 3. the snapshot, if any: checksum and structure, journal identity, position, and counters and
    bitmap equal to the journal's rows up to that position (a snapshot *behind* the journal is
    normal: the tail is replayed on load);

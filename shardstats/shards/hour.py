@@ -131,7 +131,7 @@ class HourShard:
         if result.snapshot_used and not result.replayed:
             self._snapshot_seq = result.aggregate.last_seq
         if result.replayed:
-            log.info("hour %d: replayed %d journal rows", self.hour, result.replayed)
+            log.info("hour %d: replayed %d journal events", self.hour, result.replayed)
         self._snapshot_soon = result.replayed > 0
 
     async def _serve(self) -> None:

@@ -15,7 +15,7 @@ class Observer:
         """A snapshot file was written (or failed) in ``seconds``."""
 
     def load(self, seconds: float, replayed: int) -> None:
-        """A past hour was loaded from disk, replaying ``replayed`` journal rows."""
+        """A past hour was loaded from disk, replaying ``replayed`` journal events."""
 
 
 NULL_OBSERVER = Observer()

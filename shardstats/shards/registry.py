@@ -283,7 +283,7 @@ class Registry:
                 result = loader.load(self._datadir, hour, journal, None)
                 replayed = result.replayed
                 if result.replayed:
-                    log.info("hour %d: replayed %d journal rows", hour, result.replayed)
+                    log.info("hour %d: replayed %d journal events", hour, result.replayed)
                     try:
                         loader.write_snapshot(self._datadir, result.aggregate, journal.journal_id)
                     except OSError as exc:

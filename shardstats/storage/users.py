@@ -3,10 +3,10 @@
 Where the user string lives, and why recovery never depends on anything not yet durable:
 
 1. An id is born in ``users.sqlite`` and committed there (WAL, ``synchronous=FULL``) *before*
-   the shard writes any journal row that carries it. So every id in a journal is already
+   the shard writes any journal event that carries it. So every id in a journal is already
    durable in the dictionary, and a snapshot (written only from applied, i.e. committed, rows)
    can only refer to durable ids.
-2. Each journal row stores the user string *and* its id. The string is the truth: if the
+2. Each journal event keeps the user string *and* its id. The string is the truth: if the
    dictionary were lost, it can be rebuilt from the journals' ``(user, uid)`` pairs, and the
    bitmaps in snapshots stay meaningful. The id is the fast path: replay needs no lookups.
 3. If the process dies after the dictionary commit but before the journal commit, the
