@@ -81,14 +81,15 @@ def _compact_journal(datadir: DataDir, journal: Journal, result: CompactResult) 
     loader.replay(aggregate, journal)
     result.events = aggregate.events
     snapshot_current = _snapshot_covers(datadir, journal, aggregate.last_seq)
-    if not check.named and snapshot_current:
+    conn = journal.connection
+    (free_pages,) = conn.execute("PRAGMA freelist_count").fetchone()
+    if not check.named and snapshot_current and not free_pages:
         result.status = "already compact"
         return
     if not snapshot_current:
         loader.write_snapshot(datadir, aggregate, journal.journal_id)
     if check.named:
         journal.drop_user_strings()
-    conn = journal.connection
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.execute("VACUUM")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -278,7 +278,8 @@ class Registry:
             nonlocal replayed
             if not self._datadir.journal_path(hour).exists():
                 return None  # pruned by an operator: the hour is empty now
-            journal = self._datadir.open_journal(hour, create=False)
+            # Read-only: a query never writes (nor upgrades) a journal; only a shard does.
+            journal = self._datadir.open_journal(hour, create=False, readonly=True)
             try:
                 result = loader.load(self._datadir, hour, journal, None)
                 replayed = result.replayed
@@ -290,7 +291,7 @@ class Registry:
                         log.warning("hour %d: snapshot failed: %s", hour, exc)
                 return result.aggregate
             finally:
-                journal.close()
+                journal.close(checkpoint=False)
 
         aggregate = await trio.to_thread.run_sync(load, limiter=self._load_limiter)
         self.observer.load(time.perf_counter() - started, replayed)

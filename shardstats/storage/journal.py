@@ -28,6 +28,7 @@ Blocking: call only from a worker thread, one thread at a time per journal.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sqlite3
 import sys
@@ -74,11 +75,14 @@ class Journal:
         self.format = SCHEMA_VERSION
         try:
             self.journal_id = self._read_id() if readonly else self._init_schema()
-        except (sqlite3.Error, ValueError, TypeError) as exc:
+        except (sqlite3.Error, ValueError, TypeError, OverflowError) as exc:
             self._conn.close()
             if isinstance(exc, sqlite3.Error):
                 raise classify(exc, path) from exc
-            raise CorruptFile(f"{path}: bad journal id: {exc}") from exc
+            raise CorruptFile(f"{path}: bad journal: {exc}") from exc
+        except BaseException:
+            self._conn.close()
+            raise
 
     @property
     def connection(self) -> sqlite3.Connection:
@@ -89,19 +93,23 @@ class Journal:
         return {name for (name,) in self._conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table'")}
 
-    def _read_id(self) -> bytes:
+    def _detect_format(self) -> None:
         tables = self._tables()
-        if "blocks" not in tables and "events" in tables:
-            self.format = 1
+        self.format = 1 if "blocks" not in tables and "events" in tables else SCHEMA_VERSION
+
+    def _read_id(self) -> bytes:
+        self._detect_format()
         row = self._conn.execute("SELECT value FROM meta WHERE key='journal_id'").fetchone()
         if row is None:
             raise CorruptFile(f"{self.path}: journal has no id")
         return bytes.fromhex(row[0])
 
     def _init_schema(self) -> bytes:
+        if {"blocks", "eids", "meta"} <= self._tables() and "events" not in self._tables():
+            return self._read_id()  # the usual open: nothing to write
         conn = self._conn
         with immediate(conn, self.path):
-            tables = self._tables()
+            tables = self._tables()  # again, under the write lock: another opener may have won
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS blocks (last_seq INTEGER PRIMARY KEY, "
                 "count INTEGER NOT NULL, ts BLOB NOT NULL, uid BLOB NOT NULL, "
@@ -115,6 +123,10 @@ class Journal:
             )
             if "events" in tables:
                 self._upgrade_from_format_1()
+            # An earlier build would create an empty ``events`` table here and write into it
+            # beside the blocks; with a view of that name in the way it fails loudly instead
+            # (a view cannot be indexed).
+            conn.execute("CREATE VIEW IF NOT EXISTS events AS SELECT NULL AS seq WHERE 0")
             conn.execute(
                 "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
@@ -130,10 +142,15 @@ class Journal:
         rows = conn.execute(f"SELECT seq, ts, user, uid, kind, {eid} FROM events ORDER BY seq")
         for run in _consecutive_runs(rows, _MIGRATE_BLOCK):
             ids = [r[5] for r in run]
-            events = EventColumns([r[1] for r in run], [r[2] for r in run], [r[4] for r in run],
-                                  None if ids.count(None) == len(ids) else ids)
-            self._insert_block(run[-1][0], events, [r[3] for r in run],
-                               keep_users=any(r[2] for r in run))
+            try:
+                events = EventColumns([r[1] for r in run], [r[2] for r in run],
+                                      [r[4] for r in run],
+                                      None if ids.count(None) == len(ids) else ids)
+                self._insert_block(run[-1][0], events, [r[3] for r in run],
+                                   keep_users=any(r[2] for r in run))
+            except (ValueError, TypeError, OverflowError) as exc:
+                raise CorruptFile(f"{self.path}: format-1 rows {run[0][0]}..{run[-1][0]} "
+                                  f"cannot be upgraded: {exc}") from exc
         conn.execute("DROP TABLE events")
 
     # -- writing ---------------------------------------------------------------------------
@@ -212,34 +229,58 @@ class Journal:
         users and ids."""
         try:
             if self.format == 1:
-                yield from self._format_1_blocks(seq, full)
-                return
-            extra = ", ts, users, eids" if full else ""
-            cursor = self._conn.execute(
-                f"SELECT last_seq, count, uid, kind{extra} FROM blocks WHERE last_seq > ? "
-                "ORDER BY last_seq", (seq,))
-            for row in cursor:
-                yield self._decode(row, full)
+                with self._snapshot():
+                    if self.format == 1:
+                        yield from self._format_1_blocks(seq, full)
+                    else:
+                        yield from self._blocks(seq, full)
+            else:
+                yield from self._blocks(seq, full)
         except sqlite3.Error as exc:
             raise classify(exc, self.path) from exc
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """A read transaction in which the format is checked again: a format-1 journal opened
+        read-only may have been upgraded by the server since (its seqs are kept, so reading
+        the blocks instead is reading the same journal)."""
+        self._conn.execute("BEGIN")
+        try:
+            self._detect_format()
+            yield
+        finally:
+            self._conn.execute("COMMIT")
+
+    def _blocks(self, seq: int, full: bool) -> Iterator[Block]:
+        extra = ", ts, users, eids" if full else ""
+        cursor = self._conn.execute(
+            f"SELECT last_seq, count, uid, kind{extra} FROM blocks WHERE last_seq > ? "
+            "ORDER BY last_seq", (seq,))
+        for row in cursor:
+            try:
+                yield self._decode(row, full)
+            except (ValueError, TypeError, AttributeError) as exc:
+                raise CorruptFile(f"{self.path}: block ending at seq {row[0]} is "
+                                  f"damaged: {exc}") from exc
 
     def _decode(self, row: tuple[object, ...], full: bool) -> Block:
         last, count, uid, kind = row[:4]
         if not (isinstance(last, int) and isinstance(count, int) and isinstance(uid, bytes)
                 and isinstance(kind, bytes) and len(uid) == 4 * count
                 and len(kind) == count and count > 0):
-            raise CorruptFile(f"{self.path}: block ending at seq {last} is damaged")
+            raise ValueError("column sizes do not match its count")
         block = Block(last - count + 1, _unpack("I", uid), list(kind))
         if not full:
             return block
         ts, users, eids = row[4:]
-        timestamps = _unpack("q", ts) if isinstance(ts, bytes) else []
+        if not isinstance(ts, bytes) or len(ts) != 8 * count:
+            raise ValueError("timestamps do not match its count")
         names = users.split("\n") if isinstance(users, str) else None
         ids = ([eid or None for eid in eids.split("\n")] if isinstance(eids, str) else None)
-        if (len(timestamps) != count or (names is not None and len(names) != count)
-                or (ids is not None and len(ids) != count)):
-            raise CorruptFile(f"{self.path}: block ending at seq {last} is damaged")
-        return block._replace(timestamps=timestamps, users=names, ids=ids)
+        if (names is not None and len(names) != count) or (ids is not None
+                                                           and len(ids) != count):
+            raise ValueError("users or ids do not match its count")
+        return block._replace(timestamps=_unpack("q", ts), users=names, ids=ids)
 
     def _format_1_blocks(self, seq: int, full: bool) -> Iterator[Block]:
         columns = {row[1] for row in self._conn.execute("PRAGMA table_info(events)")}
@@ -263,12 +304,17 @@ class Journal:
                 if row[0] > seq]
 
     def max_seq(self) -> int:
-        table, column = ("events", "seq") if self.format == 1 else ("blocks", "last_seq")
         try:
-            (last,) = self._conn.execute(
-                f"SELECT coalesce(max({column}), 0) FROM {table}").fetchone()
+            if self.format == 1:
+                with self._snapshot():
+                    return self._max_seq()
+            return self._max_seq()
         except sqlite3.Error as exc:
             raise classify(exc, self.path) from exc
+
+    def _max_seq(self) -> int:
+        table, column = ("events", "seq") if self.format == 1 else ("blocks", "last_seq")
+        (last,) = self._conn.execute(f"SELECT coalesce(max({column}), 0) FROM {table}").fetchone()
         return int(last)
 
     def close(self, *, checkpoint: bool = True) -> None:

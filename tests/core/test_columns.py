@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from shardstats.core import batch as batch_module
@@ -59,7 +59,7 @@ def test_valid_batches_take_the_fast_path(body: bytes, monkeypatch: pytest.Monke
     def slow(*args: object) -> object:
         raise AssertionError("the per-line rules ran for an all-valid batch")
 
-    monkeypatch.setattr(batch_module, "_decode_all", slow)
+    monkeypatch.setattr(batch_module, "_event", slow)
     parsed = parse_batch_columns(body, NOW, Limits())
     assert parsed.errors == []
     assert list(parsed.event_lines) == [1, 2]
@@ -84,3 +84,68 @@ def test_unusual_batches_get_per_line_verdicts(
     assert list(parsed.event_lines) == lines
     assert [number for number, _ in parsed.errors] == errors
     assert len(parsed.columns) == len(lines)
+
+
+def _valid_line(user: str, kind: str, eid: str | None, ts: int) -> bytes:
+    item: dict[str, object] = {"timestamp": ts, "user": user, "event": kind}
+    if eid is not None:
+        item["id"] = eid
+    return json.dumps(item, separators=(",", ":")).encode()
+
+
+valid_json_lines = st.builds(
+    _valid_line,
+    st.sampled_from(["a", "bob", "é", "x" * 300, "", "a,b", "q\"uote"]),
+    st.sampled_from(["click", "impression", "view"]),
+    st.none() | st.sampled_from(["e1", "", "é"]),
+    st.sampled_from([NOW, NOW - 1, 0, NOW + 10**9, NOW - 40 * 86_400_000]),
+)
+
+
+@st.composite
+def batch_bodies(draw: st.DrawFn) -> bytes:
+    """Mostly valid lines, mixed with the shapes that could fool a whole-batch decoder: a
+    line cut in two, two objects on one line, blank lines, extra keys, garbage."""
+    lines: list[bytes] = []
+    for _ in range(draw(st.integers(1, 8))):
+        line = draw(valid_json_lines)
+        shape = draw(st.sampled_from(["plain"] * 4 + ["split", "pair", "blank", "extra",
+                                                        "garbage", "crlf"]))
+        if shape == "split":
+            cut = draw(st.integers(1, len(line) - 1))
+            lines += [line[:cut], line[cut:]]
+        elif shape == "pair":
+            lines.append(line + b"," + draw(valid_json_lines))
+        elif shape == "blank":
+            lines += [line, draw(st.sampled_from([b"", b"  ", b"\r"]))]
+        elif shape == "extra":
+            lines.append(line[:-1] + b',"x":[1,2]}')
+        elif shape == "garbage":
+            lines.append(draw(st.binary(max_size=12)).replace(b"\n", b""))
+        elif shape == "crlf":
+            lines.append(line + b"\r")
+        else:
+            lines.append(line)
+    return b"\n".join(lines) + draw(st.sampled_from([b"", b"\n"]))
+
+
+_A = _valid_line("a", "click", None, NOW)
+
+
+@example(_A[:20] + b"\n" + _A[20:] + b"\n" + _A + b"," + _A)  # a cut line, a doubled line
+@example(_A[:-1] + b',"x":"\n"},' + _A)  # one value across two lines through a string
+@given(batch_bodies())
+def test_every_line_gets_the_verdict_it_gets_alone(body: bytes) -> None:
+    """Whatever path the batch takes, line n's verdict is the per-line rules' verdict."""
+    from shardstats.core.batch import _event
+    from shardstats.errors import InvalidInput
+
+    expected = []
+    for number, raw in enumerate(body.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            expected.append((number, _event(raw, NOW, Limits()), None))
+        except InvalidInput as exc:
+            expected.append((number, None, str(exc)))
+    assert [tuple(line) for line in parse_batch_columns(body, NOW, Limits()).lines()] == expected

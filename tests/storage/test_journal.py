@@ -169,3 +169,76 @@ def test_a_snapshot_of_a_format_1_journal_stays_valid_after_the_upgrade(tmp_path
     assert result.snapshot_used and result.replayed == 0
     assert result.aggregate.counts() == aggregate.counts()
     journal.close()
+
+
+def test_damaged_timestamps_or_users_are_corrupt_not_a_crash(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite", create=True)
+    journal.append(columns([(1, "ann", 1, None), (2, "bob", 2, None)]), [1, 2])
+    for damage in ("ts = x'0102'", "users = 'only-one'", "eids = 'a' || char(10) || 'b' "
+                   "|| char(10) || 'c'", "kind = 7"):
+        journal.connection.execute(f"UPDATE blocks SET {damage}")
+        with pytest.raises(CorruptFile, match="block ending at seq 2"):
+            list(journal.blocks_after(0, full=True))
+    journal.close()
+
+
+def test_a_format_1_row_that_cannot_be_upgraded_is_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    make_format_1(path, [(1, T0, "ann", 2**40, 1, None)])  # an id no bitmap can hold
+    with pytest.raises(CorruptFile, match="cannot be upgraded"):
+        Journal(path, create=True)
+    assert Journal(path, create=False, readonly=True).format == 1  # left as it was
+
+
+def test_a_reader_of_format_1_reads_on_after_the_server_upgrades(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    make_format_1(path, OLD_ROWS)
+    reader = Journal(path, create=False, readonly=True)
+    Journal(path, create=True).close()  # the server opens the hour for writing
+    assert reader.max_seq() == 7
+    assert reader.rows_after(0) == [(r[0], r[3], r[4]) for r in OLD_ROWS]
+    reader.close(checkpoint=False)
+
+
+def test_opening_a_current_journal_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    Journal(path, create=True).close()
+    before = path.read_bytes()
+    journal = Journal(path, create=False)
+    assert Path(f"{path}-wal").stat().st_size == 0  # no write transaction on open
+    journal.close()
+    assert path.read_bytes() == before
+
+
+def test_an_earlier_build_cannot_write_beside_the_blocks(tmp_path: Path) -> None:
+    """What the format-1 code ran on open; the ``events`` view makes it fail loudly."""
+    import sqlite_utils
+
+    path = tmp_path / "j.sqlite"
+    Journal(path, create=True).close()
+    db = sqlite_utils.Database(sqlite3.connect(path))
+    with pytest.raises(Exception, match="view"):
+        db.table("events").create({"seq": int, "ts": int, "user": str, "uid": int,
+                                   "kind": int, "eid": str}, pk="seq", if_not_exists=True)
+        db.execute("CREATE UNIQUE INDEX IF NOT EXISTS events_by_eid ON events(eid) "
+                   "WHERE eid IS NOT NULL")
+
+
+def test_compact_shrinks_an_upgraded_journal(tmp_path: Path) -> None:
+    from shardstats.ops.compact import compact_hour
+    from shardstats.storage.datadir import DataDir
+
+    datadir = DataDir(tmp_path)
+    datadir.prepare()
+    users = datadir.open_users()
+    ids = users.assign([f"user-{i}" for i in range(3000)])
+    users.close()
+    make_format_1(datadir.journal_path(HOUR), [
+        (seq, T0 + seq, "", ids[f"user-{seq % 3000}"], 1, None) for seq in range(1, 6001)])
+    journal = Journal(datadir.journal_path(HOUR), create=True)  # upgraded: free pages left
+    journal.close()
+    size = datadir.journal_path(HOUR).stat().st_size
+    result = compact_hour(datadir, HOUR)
+    assert result.status == "compacted" and result.events == 6000
+    assert datadir.journal_path(HOUR).stat().st_size < size
+    assert compact_hour(datadir, HOUR).status == "already compact"
