@@ -57,7 +57,9 @@ def run_server(settings: Settings) -> int:
     except OSError as exc:
         print(f"shardstats: cannot use data directory {settings.data_dir}: {exc}", file=sys.stderr)
         return 1
-    app = lean_front(create_app(settings, service))
+    quart_app = create_app(settings, service)
+    quart_app.config["SHARDSTATS_FREEZE_GC"] = True
+    app = lean_front(quart_app)
     try:
         trio.run(_serve, app, hypercorn_config(settings), settings)
     except KeyboardInterrupt:  # a second Ctrl-C: give up on graceful shutdown
