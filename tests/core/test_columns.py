@@ -134,7 +134,7 @@ _A = _valid_line("a", "click", None, NOW)
 
 @example(_A[:20] + b"\n" + _A[20:] + b"\n" + _A + b"," + _A)  # a cut line, a doubled line
 @example(_A[:-1] + b',"x":"\n"},' + _A)  # one value across two lines through a string
-@given(batch_bodies())
+@given(batch_bodies() | st.binary(max_size=300))
 def test_every_line_gets_the_verdict_it_gets_alone(body: bytes) -> None:
     """Whatever path the batch takes, line n's verdict is the per-line rules' verdict."""
     from shardstats.core.batch import _event
