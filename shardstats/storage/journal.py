@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import sqlite3
 import sys
+import time
 import uuid
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
@@ -42,6 +44,8 @@ from shardstats.core.aggregate import JournalRow
 from shardstats.core.events import EventColumns
 from shardstats.errors import CorruptFile
 from shardstats.storage.sqlite import classify, connect, immediate
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
 _SWAP = sys.byteorder == "big"  # blocks are little-endian on disk
@@ -122,7 +126,10 @@ class Journal:
                 (uuid.uuid4().hex,),
             )
             if "events" in tables:
-                self._upgrade_from_format_1()
+                started = time.monotonic()
+                upgraded = self._upgrade_from_format_1()
+                log.info("%s: upgraded to journal format 2 (%d events) in %.2f s", self.path,
+                         upgraded, time.monotonic() - started)
             # An earlier build would create an empty ``events`` table here and write into it
             # beside the blocks; with a view of that name in the way it fails loudly instead
             # (a view cannot be indexed).
@@ -133,14 +140,16 @@ class Journal:
             )
         return self._read_id()
 
-    def _upgrade_from_format_1(self) -> None:
+    def _upgrade_from_format_1(self) -> int:
         """Rewrite one-row-per-event journals as blocks of consecutive seqs (seqs kept, so
         snapshots stay valid), inside the caller's transaction."""
         conn = self._conn
         columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
         eid = "eid" if "eid" in columns else "NULL"
         rows = conn.execute(f"SELECT seq, ts, user, uid, kind, {eid} FROM events ORDER BY seq")
+        upgraded = 0
         for run in _consecutive_runs(rows, _MIGRATE_BLOCK):
+            upgraded += len(run)
             ids = [r[5] for r in run]
             try:
                 events = EventColumns([r[1] for r in run], [r[2] for r in run],
@@ -152,6 +161,7 @@ class Journal:
                 raise CorruptFile(f"{self.path}: format-1 rows {run[0][0]}..{run[-1][0]} "
                                   f"cannot be upgraded: {exc}") from exc
         conn.execute("DROP TABLE events")
+        return upgraded
 
     # -- writing ---------------------------------------------------------------------------
 
