@@ -122,6 +122,8 @@ class Registry:
                     # One unreadable hour must not keep the others from being served: it
                     # answers 500 on use, and says why in the log each time.
                     log.error("hour %d is unavailable: %s", hour, exc)
+                except Exception:
+                    log.exception("hour %d could not be loaded", hour)
 
     # -- requests --------------------------------------------------------------------------
 
@@ -278,8 +280,9 @@ class Registry:
             nonlocal replayed
             if not self._datadir.journal_path(hour).exists():
                 return None  # pruned by an operator: the hour is empty now
-            # Read-only: a query never writes (nor upgrades) a journal; only a shard does.
-            journal = self._datadir.open_journal(hour, create=False, readonly=True)
+            # A query never writes (nor upgrades) a journal; only a shard does. The connection
+            # is writable all the same so that closing it removes the -wal/-shm files.
+            journal = self._datadir.open_journal(hour, create=False, upgrade=False)
             try:
                 result = loader.load(self._datadir, hour, journal, None)
                 replayed = result.replayed

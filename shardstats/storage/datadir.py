@@ -60,8 +60,10 @@ class DataDir:
                 hours.add(int(stem))
         return hours
 
-    def open_journal(self, hour: int, *, create: bool, readonly: bool = False) -> Journal:
-        return Journal(self.journal_path(hour), create=create, readonly=readonly)
+    def open_journal(self, hour: int, *, create: bool, readonly: bool = False,
+                     upgrade: bool = True) -> Journal:
+        return Journal(self.journal_path(hour), create=create, readonly=readonly,
+                       upgrade=upgrade)
 
     def open_users(self) -> UserStore:
         return UserStore(self.root / "users.sqlite")

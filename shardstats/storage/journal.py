@@ -71,14 +71,18 @@ class Block(NamedTuple):
 
 
 class Journal:
-    """``readonly`` opens an existing journal for inspection: no schema changes, no writes."""
+    """``readonly`` opens an existing journal for inspection: no schema changes, no writes.
+    ``upgrade=False`` opens a writable connection that leaves a format-1 journal as it is (read
+    through the format-1 reader): for loads, which must not write, but whose writable
+    connection lets SQLite remove the ``-wal``/``-shm`` files when it closes."""
 
-    def __init__(self, path: Path, *, create: bool, readonly: bool = False) -> None:
+    def __init__(self, path: Path, *, create: bool, readonly: bool = False,
+                 upgrade: bool = True) -> None:
         self.path = path
         self._conn = connect(path, create=create, readonly=readonly)
         self.format = SCHEMA_VERSION
         try:
-            self.journal_id = self._read_id() if readonly else self._init_schema()
+            self.journal_id = self._read_id() if readonly else self._init_schema(upgrade)
         except (sqlite3.Error, ValueError, TypeError, OverflowError) as exc:
             self._conn.close()
             if isinstance(exc, sqlite3.Error):
@@ -108,9 +112,12 @@ class Journal:
             raise CorruptFile(f"{self.path}: journal has no id")
         return bytes.fromhex(row[0])
 
-    def _init_schema(self) -> bytes:
-        if {"blocks", "eids", "meta"} <= self._tables() and "events" not in self._tables():
+    def _init_schema(self, upgrade: bool) -> bytes:
+        tables = self._tables()
+        if {"blocks", "eids", "meta"} <= tables and "events" not in tables:
             return self._read_id()  # the usual open: nothing to write
+        if not upgrade and "events" in tables and "blocks" not in tables:
+            return self._read_id()  # format 1, to be read as it is
         conn = self._conn
         with immediate(conn, self.path):
             tables = self._tables()  # again, under the write lock: another opener may have won
@@ -239,11 +246,11 @@ class Journal:
         users and ids."""
         try:
             if self.format == 1:
+                # Read whole inside one read transaction (no generator left holding it open).
                 with self._snapshot():
-                    if self.format == 1:
-                        yield from self._format_1_blocks(seq, full)
-                    else:
-                        yield from self._blocks(seq, full)
+                    blocks = list(self._format_1_blocks(seq, full) if self.format == 1
+                                  else self._blocks(seq, full))
+                yield from blocks
             else:
                 yield from self._blocks(seq, full)
         except sqlite3.Error as exc:
@@ -300,6 +307,14 @@ class Journal:
             (seq,))
         for run in _consecutive_runs(rows, _MIGRATE_BLOCK):
             block = Block(run[0][0], [r[3] for r in run], [r[4] for r in run])
+            try:  # what the blocks' arrays would refuse, refused here too
+                _pack("I", block.uids)
+                bytes(block.kinds)
+                if full:
+                    _pack("q", [r[1] for r in run])
+            except (ValueError, TypeError, OverflowError) as exc:
+                raise CorruptFile(f"{self.path}: format-1 rows {run[0][0]}..{run[-1][0]} are "
+                                  f"damaged: {exc}") from exc
             if full:
                 users = [r[2] for r in run]
                 block = block._replace(timestamps=[r[1] for r in run],

@@ -98,8 +98,10 @@ class FaultyJournal(Journal):
 
 
 class FaultyDataDir(DataDir):
-    def open_journal(self, hour: int, *, create: bool, readonly: bool = False) -> Journal:
-        return FaultyJournal(self.journal_path(hour), create=create, readonly=readonly)
+    def open_journal(self, hour: int, *, create: bool, readonly: bool = False,
+                     upgrade: bool = True) -> Journal:
+        return FaultyJournal(self.journal_path(hour), create=create, readonly=readonly,
+                             upgrade=upgrade)
 
 
 def faulty_service(data_dir: Path) -> Service:
@@ -186,8 +188,10 @@ async def test_full_inbox_is_overload_not_growth(tmp_path: Path) -> None:
             return super().append(events, uids)
 
     class SlowDataDir(DataDir):
-        def open_journal(self, hour: int, *, create: bool, readonly: bool = False) -> Journal:
-            return SlowJournal(self.journal_path(hour), create=create, readonly=readonly)
+        def open_journal(self, hour: int, *, create: bool, readonly: bool = False,
+                         upgrade: bool = True) -> Journal:
+            return SlowJournal(self.journal_path(hour), create=create, readonly=readonly,
+                               upgrade=upgrade)
 
     service = make_service(tmp_path, SlowDataDir(tmp_path), inbox_size=2, max_batch=1)
     outcomes: list[str] = []

@@ -104,6 +104,7 @@ def make_format_1(path: Path, rows: list[tuple[int, int, str, int, int, str | No
                   *, with_eid: bool = True) -> None:
     """A journal as shardstats wrote it before blocks: one row per event."""
     conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")  # as the earlier build opened every journal
     eid = ", eid TEXT" if with_eid else ""
     conn.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY, ts INTEGER NOT NULL, "
                  f"user TEXT NOT NULL, uid INTEGER NOT NULL, kind INTEGER NOT NULL{eid})")
@@ -242,3 +243,32 @@ def test_compact_shrinks_an_upgraded_journal(tmp_path: Path) -> None:
     assert result.status == "compacted" and result.events == 6000
     assert datadir.journal_path(HOUR).stat().st_size < size
     assert compact_hour(datadir, HOUR).status == "already compact"
+
+
+@pytest.mark.parametrize("uid", [-1, "x", 2**40])
+def test_a_damaged_format_1_row_is_corrupt_when_read_as_it_is(tmp_path: Path, uid: object) -> None:
+    path = tmp_path / f"{HOUR}.sqlite"
+    make_format_1(path, [(1, T0, "ann", 1, 1, None), (2, T0, "bob", uid, 1, None)])  # type: ignore[list-item]
+    for journal in (Journal(path, create=False, readonly=True),
+                    Journal(path, create=False, upgrade=False)):
+        assert journal.format == 1
+        with pytest.raises(CorruptFile, match=f"{path}: format-1 rows 1..2"):
+            list(journal.blocks_after(0))
+        with pytest.raises(CorruptFile):
+            loader.replay(HourAggregate(HOUR), journal)
+        journal.close(checkpoint=False)
+
+
+def test_a_load_leaves_no_wal_files_behind_and_writes_nothing(tmp_path: Path) -> None:
+    current, old = tmp_path / "current.sqlite", tmp_path / "old.sqlite"
+    journal = Journal(current, create=True)
+    journal.append(columns([(1, "ann", 1, None)]), [1])
+    journal.close()
+    make_format_1(old, OLD_ROWS)
+    for path, fmt, last in ((current, 2, 1), (old, 1, 7)):
+        before = path.read_bytes()
+        journal = Journal(path, create=False, upgrade=False)  # how past hours are loaded
+        assert journal.format == fmt and journal.max_seq() == last
+        journal.close(checkpoint=False)
+        assert not Path(f"{path}-wal").exists() and not Path(f"{path}-shm").exists()
+        assert path.read_bytes() == before  # nothing written, nothing upgraded
