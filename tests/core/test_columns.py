@@ -149,3 +149,14 @@ def test_every_line_gets_the_verdict_it_gets_alone(body: bytes) -> None:
         except InvalidInput as exc:
             expected.append((number, None, str(exc)))
     assert [tuple(line) for line in parse_batch_columns(body, NOW, Limits()).lines()] == expected
+
+
+@pytest.mark.parametrize("timestamp", [-5, 2**63])
+def test_windows_wider_than_time_itself_still_refuse_impossible_timestamps(
+    timestamp: int,
+) -> None:
+    wide = Limits(accept_past_ms=10 * NOW, accept_future_ms=2**64)
+    body = _line("a") + b"\n" + json.dumps(
+        {"timestamp": timestamp, "user": "b", "event": "click"}).encode()
+    parsed = parse_batch_columns(body, NOW, wide)
+    assert list(parsed.event_lines) == [1] and [n for n, _ in parsed.errors] == [2]
