@@ -150,24 +150,20 @@ class Journal:
     def _upgrade_from_format_1(self) -> int:
         """Rewrite one-row-per-event journals as blocks of consecutive seqs (seqs kept, so
         snapshots stay valid), inside the caller's transaction."""
-        conn = self._conn
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
-        eid = "eid" if "eid" in columns else "NULL"
-        rows = conn.execute(f"SELECT seq, ts, user, uid, kind, {eid} FROM events ORDER BY seq")
         upgraded = 0
-        for run in _consecutive_runs(rows, _MIGRATE_BLOCK):
-            upgraded += len(run)
-            ids = [r[5] for r in run]
+        for block in self._format_1_blocks(0, full=True):
+            count = len(block.uids)
+            upgraded += count
+            ids = block.ids or []
+            events = EventColumns(block.timestamps or [], block.users or [""] * count,
+                                  block.kinds, None if ids.count(None) == len(ids) else ids)
             try:
-                events = EventColumns([r[1] for r in run], [r[2] for r in run],
-                                      [r[4] for r in run],
-                                      None if ids.count(None) == len(ids) else ids)
-                self._insert_block(run[-1][0], events, [r[3] for r in run],
-                                   keep_users=any(r[2] for r in run))
-            except (ValueError, TypeError, OverflowError) as exc:
-                raise CorruptFile(f"{self.path}: format-1 rows {run[0][0]}..{run[-1][0]} "
-                                  f"cannot be upgraded: {exc}") from exc
-        conn.execute("DROP TABLE events")
+                self._insert_block(block.last_seq, events, block.uids,
+                                   keep_users=block.users is not None)
+            except (ValueError, TypeError) as exc:
+                raise CorruptFile(f"{self.path}: format-1 rows {block.first_seq}.."
+                                  f"{block.last_seq} cannot be upgraded: {exc}") from exc
+        self._conn.execute("DROP TABLE events")
         return upgraded
 
     # -- writing ---------------------------------------------------------------------------
@@ -314,7 +310,7 @@ class Journal:
                     _pack("q", [r[1] for r in run])
             except (ValueError, TypeError, OverflowError) as exc:
                 raise CorruptFile(f"{self.path}: format-1 rows {run[0][0]}..{run[-1][0]} are "
-                                  f"damaged: {exc}") from exc
+                                  f"damaged and cannot be upgraded or read: {exc}") from exc
             if full:
                 users = [r[2] for r in run]
                 block = block._replace(timestamps=[r[1] for r in run],
