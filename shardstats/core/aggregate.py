@@ -8,6 +8,9 @@ Rules:
    any event in the hour.
 3. Two aggregates of disjoint event sets merge exactly (counters add, bitmaps union): the door
    for several nodes owning partitions of users.
+4. A frozen aggregate never changes again (``apply`` raises): it can be handed to any number
+   of readers, across awaits and threads, as one consistent view. ``copy()`` gives a mutable
+   one; ``view()`` gives a frozen one (itself when already frozen).
 
 Pure: no I/O, no clock.
 """
@@ -33,9 +36,23 @@ class HourAggregate:
     impressions: int = 0
     users: BitMap = field(default_factory=BitMap)
     last_seq: int = 0
+    frozen: bool = field(default=False, compare=False, repr=False)
+
+    def freeze(self) -> HourAggregate:
+        self.frozen = True
+        return self
+
+    def view(self) -> HourAggregate:
+        """A consistent, immutable view: itself if frozen, else a frozen copy."""
+        return self if self.frozen else self.copy().freeze()
+
+    def _check_mutable(self) -> None:
+        if self.frozen:
+            raise RuntimeError(f"hour {self.hour}: a frozen aggregate was about to change")
 
     def apply(self, rows: Iterable[JournalRow]) -> int:
         """Fold rows newer than ``last_seq`` in; return how many were applied."""
+        self._check_mutable()
         applied = 0
         clicks = impressions = 0
         last = self.last_seq
@@ -60,6 +77,7 @@ class HourAggregate:
     def apply_block(self, first_seq: int, uids: list[int], kinds: list[int]) -> int:
         """``apply`` for consecutive rows ``first_seq, first_seq+1, ...`` given as columns:
         what a group commit produces, folded without a per-row Python loop."""
+        self._check_mutable()
         skip = max(0, self.last_seq + 1 - first_seq)
         if skip:
             uids, kinds = uids[skip:], kinds[skip:]

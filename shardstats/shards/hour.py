@@ -15,7 +15,14 @@ Theory of operation:
   once more when it closes. Snapshots are encoded on the event loop (a consistent view) and
   written in a worker thread.
 - Readers on the same event loop read ``aggregate`` directly: it only changes synchronously,
-  after a commit, so a GET that starts after a 204 sees that event.
+  after a commit, so a GET that starts after a 204 sees that event. It is never changed from
+  a worker thread: a base handed over by the registry (frozen, other readers may hold it) and
+  the catch-up after a failed commit are folded into a copy, which then replaces it.
+- A running shard holds its hour's journal writer claim (``DataDir.journal_writer``) from
+  before it opens the journal until after it has closed it: a second shard of the same hour
+  fails loudly instead of writing beside it.
+- Cancellation of ``run`` (server shutdown) never interrupts an open, a commit or the final
+  snapshot half-way: those awaits are shielded; each is bounded by one disk operation.
 """
 
 from __future__ import annotations
@@ -74,7 +81,7 @@ class HourShard:
         self._base = base
         self._observer = observer
         self.inbox, self._receive = trio.open_memory_channel[Submission](inbox_size)
-        self.aggregate = base or HourAggregate(hour)
+        self.aggregate = HourAggregate(hour)
         self._journal: Journal | None = None
         self._journal_id = b""
         self._snapshot_seq = -1
@@ -107,25 +114,31 @@ class HourShard:
         self.inbox.close()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            await self._open()
-            self.started = True
-            task_status.started()
-            await self._serve()
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._finish()
+        with self._datadir.journal_writer(self.hour):
+            try:
+                await self._open()
+                self.started = True
+                task_status.started()
+                await self._serve()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._finish()
 
     async def _open(self) -> None:
+        base = self._base
+
         def open_and_load() -> tuple[Journal, loader.LoadResult]:
             journal = self._datadir.open_journal(self.hour, create=True)
             try:
-                return journal, loader.load(self._datadir, self.hour, journal, self._base)
+                start = None if base is None else base.copy()
+                return journal, loader.load(self._datadir, self.hour, journal, start)
             except BaseException:
                 journal.close()
                 raise
 
-        journal, result = await trio.to_thread.run_sync(open_and_load)
+        # Shielded: a cancelled wait would leave the opened journal with nobody to close it.
+        with trio.CancelScope(shield=True):
+            journal, result = await trio.to_thread.run_sync(open_and_load)
         self._journal, self._journal_id = journal, journal.journal_id
         self.aggregate = result.aggregate
         if result.snapshot_used and not result.replayed:
@@ -193,18 +206,22 @@ class HourShard:
         if self._journal is not None:
             return self._journal
 
-        def reopen() -> tuple[Journal, int]:
+        current = self.aggregate
+
+        def reopen() -> tuple[Journal, HourAggregate, int]:
             journal = self._datadir.open_journal(self.hour, create=True)
             try:
                 if journal.journal_id != self._journal_id:
                     raise StorageError(f"journal of hour {self.hour} was replaced on disk")
-                return journal, loader.replay(self.aggregate, journal)
+                fresh = current.copy()
+                return journal, fresh, loader.replay(fresh, journal)
             except BaseException:
                 journal.close()
                 raise
 
-        journal, caught_up = await trio.to_thread.run_sync(reopen)
+        journal, fresh, caught_up = await trio.to_thread.run_sync(reopen)
         if caught_up:
+            self.aggregate = fresh
             log.warning(
                 "hour %d: %d rows of a commit reported as failed are on disk; counted",
                 self.hour,

@@ -10,12 +10,17 @@ T = TypeVar("T")
 
 
 class Pending(Generic[T]):
-    __slots__ = ("_done", "_error", "_value")
+    __slots__ = ("_done", "_error", "_value", "abandoned")
 
     def __init__(self) -> None:
         self._done = trio.Event()
         self._value: T | None = None
         self._error: BaseException | None = None
+        self.abandoned = False  # the waiter was cancelled: nobody will see the outcome
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
 
     def set(self, value: T) -> None:
         self._value = value
@@ -26,7 +31,11 @@ class Pending(Generic[T]):
         self._done.set()
 
     async def wait(self) -> T:
-        await self._done.wait()
+        try:
+            await self._done.wait()
+        except trio.Cancelled:
+            self.abandoned = True
+            raise
         if self._error is not None:
             raise self._error
         return self._value  # type: ignore[return-value]

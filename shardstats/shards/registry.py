@@ -1,8 +1,10 @@
 """The router: maps an hour to its shard, opens and evicts shards, caches past hours.
 
 State (all touched only from the event loop, so no locks):
-- ``_open``: hour -> running ``HourShard`` (LRU order); at most ``max_open_shards``.
-- ``_cached``: hour -> read-only ``HourAggregate`` of a closed hour (LRU order); at most
+- ``_open``: hour -> running ``HourShard`` that accepts submissions (LRU order).
+- ``_live``: hour -> every shard whose task has not ended (open or closing); at most
+  ``max_open_shards`` together with the opens in progress.
+- ``_cached``: hour -> frozen ``HourAggregate`` of a closed hour (LRU order); at most
   ``max_cached_hours``.
 - ``_known``: hours that have a journal on disk. A GET for any other hour answers zeros
   without touching the disk, so queries never create files.
@@ -11,9 +13,19 @@ State (all touched only from the event loop, so no locks):
 Rules:
 1. An hour is in at most one of ``_open`` and ``_cached``, and while it is in ``_busy``
    nobody else opens, loads or closes it: the one-owner-per-hour invariant.
-2. A closing shard leaves ``_open`` before its inbox closes, so no submission can reach a
-   closed inbox; the aggregate it leaves behind goes to ``_cached``.
-3. The current hour is never evicted for being idle (it is snapshotted periodically instead).
+2. Opens, loads and closes run in tasks the registry owns (``_delegate``); a request only
+   waits for their outcome. A cancelled request (a client hung up) abandons its wait, never
+   the work, so no bookkeeping is left half-done. Only the registry's own shutdown cancels
+   that work, and every await on those paths that holds a resource is shielded.
+3. A shard leaves ``_live`` (and its aggregate reaches ``_cached``) only from its own task,
+   once ``run`` has returned and its journal is closed: a new shard of the hour cannot start
+   before that (``_start_shard`` refuses loudly, and ``DataDir.journal_writer`` refuses a
+   second writer of the journal even if this bookkeeping were wrong).
+4. A closing shard leaves ``_open`` before its inbox closes, so no submission can reach a
+   closed inbox.
+5. Cached aggregates are frozen: readers may hold them across awaits; a shard that reopens
+   the hour works on a copy.
+6. The current hour is never evicted for being idle (it is snapshotted periodically instead).
 """
 
 from __future__ import annotations
@@ -29,15 +41,23 @@ import trio
 
 from shardstats.core.aggregate import HourAggregate
 from shardstats.core.events import HOUR_MS, ZERO_COUNTS, EventColumns, HourCounts
-from shardstats.errors import Overloaded, ShardstatsError
+from shardstats.errors import NotReady, Overloaded, ShardstatsError
 from shardstats.shards import loader
 from shardstats.shards.dictionary import UserDictionary
 from shardstats.shards.hour import HourShard
 from shardstats.shards.observer import NULL_OBSERVER, Observer
+from shardstats.shards.pending import Pending
 from shardstats.storage.datadir import DataDir
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class _Retry:
+    """Returned by ``_delegate`` when it waited for someone else's work on the hour."""
+
+
+_RETRY = _Retry()
 
 
 @dataclass(frozen=True)
@@ -75,12 +95,13 @@ class Registry:
         self._current_hour = current_hour
         self.observer = observer
         self._open: OrderedDict[int, HourShard] = OrderedDict()
+        self._live: dict[int, HourShard] = {}
         self._cached: OrderedDict[int, HourAggregate] = OrderedDict()
         self._known: set[int] = set()
         self._busy: dict[int, trio.Event] = {}
         self._loads = 0
         self._opening = 0
-        self._closing = 0
+        self._stopping = False
         self._slots_changed = trio.Event()
         # Cold loads of past hours each open a journal (3 descriptors) in a worker thread;
         # a flood of GETs for random hours must not open an unbounded number at once.
@@ -106,9 +127,12 @@ class Registry:
 
     async def aclose(self) -> None:
         """Close every shard (answering what is queued, snapshotting) and stop."""
+        self._stopping = True  # no new opens or loads from here on
+        while self._busy:  # let opens, loads and closes in progress finish
+            await next(iter(self._busy.values())).wait()
         async with trio.open_nursery() as nursery:
             for hour in list(self._open):
-                nursery.start_soon(self._close, hour)
+                nursery.start_soon(self._close_when_free, hour)
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
@@ -117,7 +141,7 @@ class Registry:
         for hour in hours:
             if hour in self._known:
                 try:
-                    await self.aggregate(hour)
+                    await self._aggregate(hour)
                 except ShardstatsError as exc:
                     # One unreadable hour must not keep the others from being served: it
                     # answers 500 on use, and says why in the log each time.
@@ -140,16 +164,19 @@ class Registry:
                     raise Overloaded(f"hour {hour} has too many queued requests") from None
                 await pending.wait()
                 return
-            if await self._wait_busy(hour):
-                continue
-            await self._guarded(hour, self._open_shard)
+            await self._delegate(hour, self._open_shard)
 
     async def query(self, hour: int) -> HourCounts:
-        aggregate = await self.aggregate(hour)
+        aggregate = await self._aggregate(hour)
         return ZERO_COUNTS if aggregate is None else aggregate.counts()
 
-    async def aggregate(self, hour: int) -> HourAggregate | None:
-        """The hour's live aggregate (read it before the next await), or None if empty."""
+    async def view(self, hour: int) -> HourAggregate | None:
+        """A frozen, consistent aggregate of the hour (safe to hold), or None if empty."""
+        aggregate = await self._aggregate(hour)
+        return None if aggregate is None else aggregate.view()
+
+    async def _aggregate(self, hour: int) -> HourAggregate | None:
+        """The hour's aggregate, live if its shard is open (read it before the next await)."""
         while True:
             shard = self._open.get(hour)
             if shard is not None:
@@ -161,25 +188,60 @@ class Registry:
                 return cached
             if hour not in self._known:
                 return None
-            if await self._wait_busy(hour):
-                continue
             # Answer from what was loaded even if the cache could not keep it
             # (max_cached_hours = 0, or evicted at once by a flood of other hours).
-            return await self._guarded(hour, self._load_cached)
+            loaded = await self._delegate(hour, self._load_cached)
+            if not isinstance(loaded, _Retry):
+                return loaded
 
     def has_data(self, hour: int) -> bool:
         return hour in self._known
 
-    # -- opening, loading, closing ---------------------------------------------------------
+    # -- owned work: opening, loading, closing ---------------------------------------------
 
-    async def _wait_busy(self, hour: int) -> bool:
+    async def _delegate(
+        self, hour: int, action: Callable[[int], Awaitable[T]]
+    ) -> T | _Retry:
+        """Run ``action(hour)`` in a task the registry owns and wait for its result; if the
+        hour is busy, wait for that work instead and return ``_RETRY``. Cancelling the
+        caller abandons the wait only."""
         done = self._busy.get(hour)
-        if done is None:
-            return False
-        await done.wait()
-        return True
+        if done is not None:
+            await done.wait()
+            return _RETRY
+        if self._stopping or self._nursery is None:
+            raise NotReady("shutting down")
+        pending: Pending[T] = Pending()
+        self._busy[hour] = done = trio.Event()  # claimed now: nobody starts a second action
+        self._nursery.start_soon(self._owned, hour, action, pending, done)
+        return await pending.wait()
+
+    async def _owned(
+        self,
+        hour: int,
+        action: Callable[[int], Awaitable[T]],
+        pending: Pending[T],
+        done: trio.Event,
+    ) -> None:
+        try:
+            pending.set(await action(hour))
+        except ShardstatsError as exc:
+            pending.fail(exc)
+        except Exception as exc:
+            # A bug: the waiter re-raises it (and it is logged there); if the waiter is
+            # gone, log it here so it is not lost. It must not stop the registry's nursery.
+            pending.fail(exc)
+            if pending.abandoned:
+                log.exception("hour %d: unexpected error", hour)
+        finally:
+            if not pending.done:  # cancelled by the registry's own shutdown
+                pending.fail(NotReady("shutting down"))
+            del self._busy[hour]
+            done.set()
 
     async def _guarded(self, hour: int, action: Callable[[int], Awaitable[T]]) -> T:
+        """Run ``action`` in the calling (registry-owned) task with the hour marked busy."""
+        assert hour not in self._busy, f"hour {hour} is already busy"
         done = self._busy[hour] = trio.Event()
         try:
             return await action(hour)
@@ -188,7 +250,6 @@ class Registry:
             done.set()
 
     async def _open_shard(self, hour: int) -> None:
-        assert self._nursery is not None, "registry is not running"
         await self._make_room(hour)
         self._opening += 1
         try:
@@ -199,6 +260,8 @@ class Registry:
 
     async def _start_shard(self, hour: int) -> None:
         assert self._nursery is not None
+        if hour in self._live:
+            raise RuntimeError(f"hour {hour}: a shard is still running; refusing a second one")
         base = self._cached.pop(hour, None)
         shard = HourShard(
             hour,
@@ -210,10 +273,11 @@ class Registry:
             base=base,
             observer=self.observer,
         )
+        self._live[hour] = shard
         try:
             await self._nursery.start(self._run_shard, shard)
         except BaseException:
-            if base is not None:
+            if base is not None and hour not in self._cached:
                 self._cached[hour] = base
             raise
         self._known.add(hour)
@@ -231,14 +295,23 @@ class Registry:
             # A shard that dies must not take the server with it; its hour reopens on demand.
             log.exception("hour %d: shard stopped unexpectedly", shard.hour)
         finally:
-            if self._open.get(shard.hour) is shard:
-                del self._open[shard.hour]
-                self._cache(shard.hour, shard.aggregate)
-                self._notify_slots()
+            self._retire(shard)
+
+    def _retire(self, shard: HourShard) -> None:
+        """The shard's task has ended (its journal is closed): free its slot, keep its
+        aggregate. Runs in the shard's own task, so no caller's cancellation can skip it."""
+        hour = shard.hour
+        if self._live.get(hour) is shard:
+            del self._live[hour]
+        if self._open.get(hour) is shard:
+            del self._open[hour]
+        if shard.started:
+            self._cache(hour, shard.aggregate)
+        self._notify_slots()
 
     async def _make_room(self, hour: int) -> None:
         """Close idle shards (LRU, the current hour last) until a slot is free for ``hour``."""
-        while len(self._open) + self._opening + self._closing >= self._limits.max_open_shards:
+        while len(self._live) + self._opening >= self._limits.max_open_shards:
             idle = [h for h in self._open if h not in self._busy]
             if idle:
                 current = self._current_hour()
@@ -252,25 +325,18 @@ class Registry:
         self._slots_changed.set()
         self._slots_changed = trio.Event()
 
-    async def _guarded_close(self, hour: int) -> None:
-        if hour in self._busy:
-            await self._wait_busy(hour)
-            return
-        await self._guarded(hour, self._close)
-
     async def _close(self, hour: int) -> None:
         shard = self._open.pop(hour, None)
         if shard is None:
             return
-        # Until its journal is closed the shard still holds its descriptors: keep its slot.
-        self._closing += 1
-        try:
-            shard.close()
-            await shard.closed.wait()
-        finally:
-            self._closing -= 1
-            self._notify_slots()
-        self._cache(hour, shard.aggregate)
+        shard.close()
+        await shard.closed.wait()
+        # ``_retire`` ran in the shard's task right after ``closed`` was set.
+
+    async def _close_when_free(self, hour: int) -> None:
+        while (done := self._busy.get(hour)) is not None:
+            await done.wait()
+        await self._guarded(hour, self._close)
 
     async def _load_cached(self, hour: int) -> HourAggregate | None:
         started = time.perf_counter()
@@ -292,7 +358,7 @@ class Registry:
                         loader.write_snapshot(self._datadir, result.aggregate, journal.journal_id)
                     except OSError as exc:
                         log.warning("hour %d: snapshot failed: %s", hour, exc)
-                return result.aggregate
+                return result.aggregate.freeze()
             finally:
                 journal.close(checkpoint=False)
 
@@ -306,6 +372,7 @@ class Registry:
         return aggregate
 
     def _cache(self, hour: int, aggregate: HourAggregate) -> None:
+        aggregate.freeze()
         if self._limits.max_cached_hours == 0:
             return
         self._cached[hour] = aggregate
@@ -323,5 +390,6 @@ class Registry:
             now = trio.current_time()
             current = self._current_hour()
             for hour, shard in list(self._open.items()):
-                if hour < current and now - shard.last_used >= self._limits.shard_idle:
-                    await self._guarded_close(hour)
+                if (hour < current and hour not in self._busy
+                        and now - shard.last_used >= self._limits.shard_idle):
+                    await self._guarded(hour, self._close)

@@ -162,6 +162,8 @@ class Service:
 
         Unions run on the event loop in slices (pyroaring holds the GIL, so a worker thread
         would not let other requests run anyway); between slices other tasks get a turn.
+        Every hour is read from one frozen view taken when it is reached, so ``total`` and
+        the series always describe the same events even while commits and loads go on.
         """
         if not self.ready:
             raise NotReady("recovering; retry shortly")
@@ -171,7 +173,7 @@ class Service:
             aggregates = []
             for hour in hours:
                 if self.registry.has_data(hour):
-                    aggregate = await self.registry.aggregate(hour)
+                    aggregate = await self.registry.view(hour)
                     if aggregate is not None:
                         aggregates.append(aggregate)
             if len(hours) == 1:  # an hour is its own partial: no union, no copy

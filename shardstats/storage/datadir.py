@@ -15,12 +15,23 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from shardstats.storage.journal import Journal
 from shardstats.storage.lock import DataDirLock
 from shardstats.storage.users import UserStore
+
+# Journals a shard of this process writes. Two writers of one journal would each number rows
+# from what they last saw and skip the other's, so a second claim is a bug, refused loudly.
+_writers: set[str] = set()
+_writers_lock = threading.Lock()
+
+
+class WriterConflict(RuntimeError):
+    """A second shard tried to write a journal another shard of this process holds (a bug)."""
 
 
 class DataDir:
@@ -64,6 +75,20 @@ class DataDir:
                      upgrade: bool = True) -> Journal:
         return Journal(self.journal_path(hour), create=create, readonly=readonly,
                        upgrade=upgrade)
+
+    @contextlib.contextmanager
+    def journal_writer(self, hour: int) -> Iterator[None]:
+        """Hold the right to write the hour's journal (one holder per process)."""
+        key = os.path.abspath(self.journal_path(hour))
+        with _writers_lock:
+            if key in _writers:
+                raise WriterConflict(f"hour {hour}: journal {key} already has a writer")
+            _writers.add(key)
+        try:
+            yield
+        finally:
+            with _writers_lock:
+                _writers.discard(key)
 
     def open_users(self) -> UserStore:
         return UserStore(self.root / "users.sqlite")

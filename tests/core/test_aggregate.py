@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pyroaring import BitMap
 
 from shardstats.core import snapshot as codec
 from shardstats.core.aggregate import HourAggregate, JournalRow
-from shardstats.core.events import Event
+from shardstats.core.events import Event, EventKind, HourCounts
 from tests.model import Model
 from tests.strategies import events
 
@@ -82,3 +83,18 @@ def test_copy_is_independent() -> None:
     clone = aggregate.copy()
     aggregate.apply([(2, 11, 1)])
     assert clone.counts().unique_users == 1 and aggregate.counts().unique_users == 2
+
+
+def test_a_frozen_aggregate_refuses_changes_and_is_its_own_view() -> None:
+    live = HourAggregate(7)
+    live.apply([(1, 10, EventKind.CLICK)])
+    view = live.view()
+    assert view is not live and view == live and view.frozen and not live.frozen
+    live.apply_block(2, [11], [EventKind.IMPRESSION])
+    assert view.counts() == HourCounts(1, 1, 0)  # the view did not move with the live one
+    assert view.view() is view
+    with pytest.raises(RuntimeError, match="frozen"):
+        view.apply_block(3, [12], [EventKind.CLICK])
+    with pytest.raises(RuntimeError, match="frozen"):
+        view.apply([(3, 12, EventKind.CLICK)])
+    assert not view.copy().frozen

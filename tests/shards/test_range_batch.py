@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 from pathlib import Path
 
 import pytest
+import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -79,3 +81,38 @@ async def test_batches_and_single_posts_give_identical_aggregates(
         batched = {h: await svc.query(h) for h in hours}
     model = Model().add_all(evts)
     assert singles == batched == {h: model.counts(h) for h in hours}
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(step=st.sampled_from(["hour", "day"]), writers=st.integers(1, 6), seed=st.integers(0, 99))
+async def test_range_total_is_the_fold_of_its_series_under_writes_and_evictions(
+    tmp_path_factory: pytest.TempPathFactory, step: str, writers: int, seed: int
+) -> None:
+    """Each event has its own user, so a consistent answer has total == sum of the series
+    in every field. Writers and cold loads (two open shards, one cached hour) run meanwhile."""
+    rng = random.Random(seed)
+    first, last = BASE_HOUR, BASE_HOUR + 30
+    serial = 0
+
+    async def write(count: int) -> None:
+        nonlocal serial
+        for _ in range(count):
+            serial += 1
+            hour = rng.randint(first, last)
+            event = Event(hour * HOUR_MS + serial % HOUR_MS, f"w{serial}", rng.choice((1, 2)))
+            await svc.submit(event)
+
+    data = tmp_path_factory.mktemp("d")
+    async with running(service_for(data, max_open_shards=2, max_cached_hours=1)) as svc:
+        await write(40)  # every hour of the range has a journal: reads are cold loads
+        async with trio.open_nursery() as nursery:
+            for _ in range(writers):
+                nursery.start_soon(write, 25)
+            for _ in range(15):
+                total, series = await svc.range_counts(RangeQuery(first, last, step))
+                folded = HourCounts(
+                    sum(s.counts.unique_users for s in series),
+                    sum(s.counts.clicks for s in series),
+                    sum(s.counts.impressions for s in series),
+                )
+                assert total == folded
