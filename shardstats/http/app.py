@@ -27,7 +27,7 @@ from shardstats.config import Settings, load_settings
 from shardstats.core.batch import ParsedBatch, parse_batch_columns
 from shardstats.core.events import HOUR_MS, MAX_TIMESTAMP_MS
 from shardstats.core.ranges import range_from_query
-from shardstats.errors import DataDirLocked, ShardstatsError
+from shardstats.errors import DataDirLocked, ShardstatsError, StorageError
 from shardstats.http.hot import (
     BEARER_INGEST,
     BEARER_QUERY,
@@ -221,7 +221,8 @@ def _batch_report(
                 results[number - 1] = "accepted"
             else:
                 failed += 1
-                why = "storage error" if error.status == 500 else str(error)
+                why = ("storage error" if isinstance(error, StorageError)
+                       else "internal error" if error.status == 500 else str(error))
                 results[number - 1] = f"failed: {why}"
     return {
         "accepted": len(parsed.columns) - failed,

@@ -83,11 +83,9 @@ class Journal:
         self.format = SCHEMA_VERSION
         try:
             self.journal_id = self._read_id() if readonly else self._init_schema(upgrade)
-        except (sqlite3.Error, ValueError, TypeError, OverflowError) as exc:
+        except sqlite3.Error as exc:
             self._conn.close()
-            if isinstance(exc, sqlite3.Error):
-                raise classify(exc, path) from exc
-            raise CorruptFile(f"{path}: bad journal: {exc}") from exc
+            raise classify(exc, path) from exc
         except BaseException:
             self._conn.close()
             raise
@@ -110,7 +108,10 @@ class Journal:
         row = self._conn.execute("SELECT value FROM meta WHERE key='journal_id'").fetchone()
         if row is None:
             raise CorruptFile(f"{self.path}: journal has no id")
-        return bytes.fromhex(row[0])
+        try:
+            return bytes.fromhex(row[0])
+        except (ValueError, TypeError) as exc:  # not text, or not hex digits
+            raise CorruptFile(f"{self.path}: bad journal id: {exc}") from exc
 
     def _init_schema(self, upgrade: bool) -> bytes:
         tables = self._tables()
@@ -272,7 +273,7 @@ class Journal:
         for row in cursor:
             try:
                 yield self._decode(row, full)
-            except (ValueError, TypeError, AttributeError) as exc:
+            except ValueError as exc:  # what ``_decode`` finds wrong with the row
                 raise CorruptFile(f"{self.path}: block ending at seq {row[0]} is "
                                   f"damaged: {exc}") from exc
 
