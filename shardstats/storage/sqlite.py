@@ -22,8 +22,14 @@ def connect(path: Path, *, create: bool, readonly: bool = False) -> sqlite3.Conn
             timeout=10.0,
         )
         if not readonly:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+            except BaseException:
+                # Otherwise every failed open (a corrupt file) holds a descriptor until the
+                # cyclic garbage collector happens to run.
+                conn.close()
+                raise
     except sqlite3.DatabaseError as exc:
         raise classify(exc, path) from exc
     return conn

@@ -1,7 +1,9 @@
-"""SQLite plumbing: errors are named by result code."""
+"""SQLite plumbing: failed opens release their descriptor; errors are named by result code."""
 
 from __future__ import annotations
 
+import gc
+import os
 import sqlite3
 from pathlib import Path
 
@@ -9,6 +11,28 @@ import pytest
 
 from shardstats.errors import CorruptFile, StorageError
 from shardstats.storage.sqlite import as_storage_error, classify, connect
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_a_failed_open_leaves_no_descriptor_behind(tmp_path: Path) -> None:
+    corrupt = tmp_path / "1.sqlite"
+    corrupt.write_bytes(b"this is not a database" * 200)
+    enabled = gc.isenabled()
+    gc.disable()  # only reference counting may close what a failed open left
+    try:
+        before = open_descriptors()
+        for _ in range(50):
+            with pytest.raises(CorruptFile):
+                connect(corrupt, create=False)
+        after = open_descriptors()
+    finally:
+        if enabled:
+            gc.enable()
+    assert after == before
 
 
 def test_corruption_is_recognised_by_result_code_not_wording(tmp_path: Path) -> None:
