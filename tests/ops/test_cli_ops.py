@@ -237,3 +237,23 @@ def test_prune_archive_with_wal_files_present(tmp_path: Path) -> None:
     assert code == 0, err
     assert len(list((archive / "journals").glob("*.sqlite"))) == 2
     assert not list((tmp_path / "data" / "journals").iterdir())
+
+
+def test_prune_archive_reports_a_damaged_journal_and_goes_on(tmp_path: Path) -> None:
+    populate(tmp_path, hours=3, events_per_hour=20)
+    datadir = DataDir(tmp_path)
+    damaged = BASE_HOUR + 1
+    datadir.journal_path(damaged).write_bytes(b"this is not a database" * 100)
+    archive = tmp_path / "archive"
+    code, out, err = run("prune", "--data-dir", str(tmp_path), "--older-than", "30d",
+                         "--archive", str(archive))
+    assert code == 1, (out, err)
+    assert "Traceback" not in err, err
+    from shardstats.ops.common import hour_iso
+
+    failed = [line for line in out.splitlines() if "FAILED" in line]
+    assert len(failed) == 1 and hour_iso(damaged) in failed[0], out
+    # The others are archived all the same; the damaged one stays where it is, for a look.
+    assert datadir.journal_hours() == {damaged}
+    archived = {p.name for p in (archive / "journals").glob("*.sqlite")}
+    assert archived == {f"{BASE_HOUR}.sqlite", f"{BASE_HOUR + 2}.sqlite"}
