@@ -120,12 +120,14 @@ class Journal:
         self.blank = True
         return b""
 
-    def _detect_format(self) -> None:
+    def _detect_format(self) -> set[str]:
         tables = self._tables()
         self.format = 1 if "blocks" not in tables and "events" in tables else SCHEMA_VERSION
+        return tables
 
     def _read_id(self) -> bytes:
-        self._detect_format()
+        if "meta" not in self._detect_format():  # SQLite would only say "no such table"
+            raise CorruptFile(f"{self.path}: journal has tables but no meta table")
         row = self._conn.execute("SELECT value FROM meta WHERE key='journal_id'").fetchone()
         if row is None:
             raise CorruptFile(f"{self.path}: journal has no id")
@@ -138,8 +140,8 @@ class Journal:
         tables = self._tables()
         if {"blocks", "eids", "meta"} <= tables and "events" not in tables:
             return self._read_id()  # the usual open: nothing to write
-        if not upgrade and "events" in tables and "blocks" not in tables:
-            return self._read_id()  # format 1, to be read as it is
+        if not upgrade:  # a load never writes: format 1 is read as it is, damage reported
+            return self._read_id()
         conn = self._conn
         with immediate(conn, self.path):
             tables = self._tables()  # again, under the write lock: another opener may have won

@@ -340,3 +340,16 @@ def test_temporaries_a_crash_left_are_removed_on_start(tmp_path: Path) -> None:
         os.utime(path, (0, 0))
     assert datadir.remove_stale_temporaries() == 3
     assert sorted(p.name for p in datadir.journals.iterdir()) == [fresh.name, f"{HOUR}.sqlite"]
+
+
+def test_a_journal_missing_its_meta_table_is_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / f"{HOUR}.sqlite"
+    Journal(path, create=True).close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE meta")
+    conn.close()
+    before = path.read_bytes()
+    for readonly in (True, False):  # verify, and a GET's load: neither writes the table back
+        with pytest.raises(CorruptFile, match="no meta table"):
+            Journal(path, create=False, readonly=readonly, upgrade=False)
+    assert path.read_bytes() == before
