@@ -78,7 +78,8 @@ examples:
 
 Removes (or moves into --archive) the journals and snapshots of hours older than the limit;
 a GET for a pruned hour then answers zeros. The server must be stopped (exit 3 otherwise).
-Exit 0: done; 2: usage error; 3: data directory locked by a running server.
+Exit 0: done; 1: some hour could not be pruned (reason printed; its files are left in
+place, the other hours are pruned); 2: usage error; 3: data directory locked by a running server.
 """
 
 
@@ -294,15 +295,21 @@ def _prune(args: argparse.Namespace) -> int:
     try:
         results = prunable(datadir, current, age)
         verb = "would remove" if args.dry_run else "archived" if args.archive else "removed"
+        failed = {} if args.dry_run else prune(
+            datadir, results, Path(args.archive) if args.archive else None)
         for r in results:
-            print(f"{verb} {r.iso} ({len(r.files)} files, {r.bytes} bytes)")
-        if not args.dry_run:
-            prune(datadir, results, Path(args.archive) if args.archive else None)
-        total = f"{len(results)} hours, {sum(r.bytes for r in results)} bytes"
+            if r.hour in failed:
+                print(f"FAILED {r.iso}: {failed[r.hour]} (its files are left in place)")
+            else:
+                print(f"{verb} {r.iso} ({len(r.files)} files, {r.bytes} bytes)")
+        done = [r for r in results if r.hour not in failed]
+        total = f"{len(done)} hours, {sum(r.bytes for r in done)} bytes"
         if args.dry_run:
             print(f"{total}: dry run, nothing removed")
         else:
             print(f"{total} {verb}" + (f" to {args.archive}" if args.archive else ""))
+        if failed:
+            print(f"{len(failed)} hours could not be pruned")
     finally:
         datadir.lock.release()
-    return EXIT_OK
+    return EXIT_FAIL if failed else EXIT_OK

@@ -7,6 +7,7 @@
     │   └── NotReady
     ├── StorageError                 500  a journal/dictionary/snapshot operation failed
     │   └── CorruptFile              500  a file is not what it should be
+    ├── InternalError                500  an unexpected error (a bug), logged with its traceback
     └── DataDirLocked                    another process owns the data directory (CLI exit 3)
 
 Pure code (``core``) raises only ``InvalidInput`` and ``CorruptFile``.
@@ -46,6 +47,11 @@ class StorageError(ShardstatsError):
 
 class CorruptFile(StorageError):
     pass
+
+
+class InternalError(ShardstatsError):
+    """What the waiters of an actor's operation get when it failed for no reason storage
+    explains (a programming mistake): the actor logged the original with its traceback."""
 
 
 class DataDirLocked(ShardstatsError):

@@ -27,7 +27,7 @@ from shardstats.config import Settings, load_settings
 from shardstats.core.batch import ParsedBatch, parse_batch_columns
 from shardstats.core.events import HOUR_MS, MAX_TIMESTAMP_MS
 from shardstats.core.ranges import range_from_query
-from shardstats.errors import DataDirLocked, ShardstatsError
+from shardstats.errors import DataDirLocked, ShardstatsError, StorageError
 from shardstats.http.hot import (
     BEARER_INGEST,
     BEARER_QUERY,
@@ -36,7 +36,7 @@ from shardstats.http.hot import (
     Reply,
     json_error,
 )
-from shardstats.http.metrics import CONTENT_TYPE, Metrics, reason_label
+from shardstats.http.metrics import CONTENT_TYPE, Metrics, method_label, reason_label
 from shardstats.http.openapi import DOCUMENT, docs_page
 from shardstats.logs import configure_logging
 from shardstats.shards.service import Service
@@ -155,8 +155,9 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         started = getattr(g, "started", None)
         if started is not None:
             rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
-            metrics.request_seconds.labels(rule, request.method, str(response.status_code)
-                                           ).observe(time.perf_counter() - started)
+            metrics.request_seconds.labels(
+                rule, method_label(request.method), str(response.status_code)
+            ).observe(time.perf_counter() - started)
         # Quart labels every response text/html; an empty body has nothing to describe, and a
         # 204 must not carry Content-Length either.
         if response.status_code == 204:
@@ -220,7 +221,8 @@ def _batch_report(
                 results[number - 1] = "accepted"
             else:
                 failed += 1
-                why = "storage error" if error.status == 500 else str(error)
+                why = ("storage error" if isinstance(error, StorageError)
+                       else "internal error" if error.status == 500 else str(error))
                 results[number - 1] = f"failed: {why}"
     return {
         "accepted": len(parsed.columns) - failed,

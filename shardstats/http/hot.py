@@ -169,6 +169,7 @@ class LeanFront:
             "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
         })
         await send({"type": "http.response.body", "body": body})
+        # Only GET and POST get here (checked above), so this cache and the labels stay small.
         observe = self._latency.get((method, status))
         if observe is None:
             observe = self._metrics.request_seconds.labels("/analytics", method, str(status))

@@ -69,6 +69,9 @@ def compact_hour(datadir: DataDir, hour: int) -> CompactResult:
 
 
 def _compact_journal(datadir: DataDir, journal: Journal, result: CompactResult) -> None:
+    if journal.blank:  # no tables, no events: nothing to compact (and nothing to write)
+        result.status = "already compact"
+        return
     users = datadir.root / "users.sqlite"
     if not users.exists():
         raise StorageError("user dictionary missing; refusing to drop user strings")

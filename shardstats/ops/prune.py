@@ -12,6 +12,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from shardstats.errors import StorageError
 from shardstats.ops.common import hour_iso, journal_files, size_of
 from shardstats.storage.datadir import DataDir
 from shardstats.storage.journal import Journal
@@ -35,18 +36,30 @@ def prunable(datadir: DataDir, current_hour: int, older_than_hours: int) -> list
     return results
 
 
-def prune(datadir: DataDir, results: list[PruneResult], archive: Path | None) -> None:
-    """Remove or move the files; the journal goes last so a half-done prune is re-run."""
+def prune(datadir: DataDir, results: list[PruneResult], archive: Path | None) -> dict[int, str]:
+    """Remove or move the files of each hour; return the hours that could not be pruned, with
+    why. Their files stay where they are (a damaged journal deserves a look before it goes);
+    one such hour does not stop the others."""
+    failed = {}
     for result in results:
-        if archive is not None and datadir.journal_path(result.hour).exists():
-            # Fold the WAL into the journal so the archived file stands on its own.
-            Journal(datadir.journal_path(result.hour), create=False).close()
-        # The checkpoint above may have removed the -wal/-shm files: move what is there now.
-        present = [p for p in result.files if p.exists()]
-        for path in sorted(present, key=lambda p: p.suffix == ".sqlite"):
-            if archive is None:
-                path.unlink(missing_ok=True)
-            else:
-                target = archive / path.parent.name / path.name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(path, target)
+        try:
+            _prune_hour(datadir, result, archive)
+        except (StorageError, OSError) as exc:
+            failed[result.hour] = str(exc)
+    return failed
+
+
+def _prune_hour(datadir: DataDir, result: PruneResult, archive: Path | None) -> None:
+    """The journal goes last, so a half-done prune is re-run."""
+    if archive is not None and datadir.journal_path(result.hour).exists():
+        # Fold the WAL into the journal so the archived file stands on its own.
+        Journal(datadir.journal_path(result.hour), create=False).close()
+    # The checkpoint above may have removed the -wal/-shm files: move what is there now.
+    present = [p for p in result.files if p.exists()]
+    for path in sorted(present, key=lambda p: p.suffix == ".sqlite"):
+        if archive is None:
+            path.unlink(missing_ok=True)
+        else:
+            target = archive / path.parent.name / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(path, target)

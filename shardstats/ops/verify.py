@@ -116,6 +116,9 @@ def _check_journal(journal: Journal, datadir: DataDir, report: HourReport) -> No
     if integrity != ["ok"]:
         report.problems.append(f"journal corrupt: {journal.path}: " + "; ".join(integrity[:3]))
         return
+    if journal.blank:
+        report.notes.append("journal has no tables (a crash while an earlier build created "
+                            "it): an empty hour")
     snap = _read_snapshot(datadir, report)
     prefix = HourAggregate(report.hour)
     full = HourAggregate(report.hour)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import trio
 
-from shardstats.errors import StorageError
+from shardstats.shards.failures import report_failure
 from shardstats.shards.pending import Pending
 from shardstats.storage.datadir import DataDir
 from shardstats.storage.users import UserStore
@@ -83,9 +83,8 @@ class UserDictionary:
             ids = await trio.to_thread.run_sync(self._store.assign, names)
         except Exception as exc:
             self._failed += 1
-            log.error("user dictionary commit failed, reopening it: %s", exc)
+            error = report_failure(exc, log, "user dictionary commit (reopening it)")
             await self._drop_store()
-            error = exc if isinstance(exc, StorageError) else StorageError(str(exc))
             for _, pending in batch:
                 pending.fail(error)
             return
@@ -102,7 +101,7 @@ class UserDictionary:
             try:
                 await trio.to_thread.run_sync(store.close)
             except Exception as exc:
-                log.warning("closing the user dictionary failed: %s", exc)
+                report_failure(exc, log, "closing the user dictionary", logging.WARNING)
 
     def _remember(self, ids: dict[str, int]) -> None:
         # Oldest-first eviction (insertion order) rather than strict LRU: a hit costs one

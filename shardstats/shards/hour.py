@@ -36,9 +36,10 @@ import trio
 from shardstats.core import snapshot as codec
 from shardstats.core.aggregate import HourAggregate
 from shardstats.core.events import EventColumns
-from shardstats.errors import ShardstatsError, StorageError
+from shardstats.errors import StorageError
 from shardstats.shards import loader
 from shardstats.shards.dictionary import UserDictionary
+from shardstats.shards.failures import report_failure
 from shardstats.shards.observer import NULL_OBSERVER, Observer
 from shardstats.shards.pending import Pending
 from shardstats.storage.datadir import DataDir
@@ -186,9 +187,8 @@ class HourShard:
         except Exception as exc:
             self._failed += 1
             self._observer.commit(len(events), time.perf_counter() - started, False)
-            log.error("hour %d: commit of %d events failed: %s", self.hour, len(events), exc)
+            error = report_failure(exc, log, f"hour {self.hour}: commit of {len(events)} events")
             await self._drop_journal()
-            error = exc if isinstance(exc, ShardstatsError) else StorageError(str(exc))
             for _, pending in batch:
                 pending.fail(error)
             return
@@ -237,7 +237,7 @@ class HourShard:
             try:
                 await trio.to_thread.run_sync(journal.close)
             except Exception as exc:
-                log.warning("hour %d: closing journal failed: %s", self.hour, exc)
+                report_failure(exc, log, f"hour {self.hour}: closing the journal", logging.WARNING)
 
     async def snapshot(self) -> None:
         aggregate = self.aggregate
@@ -250,8 +250,8 @@ class HourShard:
             await trio.to_thread.run_sync(self._datadir.write_snapshot, self.hour, data)
         except Exception as exc:
             self._observer.snapshot(time.perf_counter() - started, False)
-            log.warning("hour %d: snapshot failed (the journal still has it all): %s",
-                        self.hour, exc)
+            # The journal still has it all: the next snapshot or load covers it.
+            report_failure(exc, log, f"hour {self.hour}: snapshot", logging.WARNING)
             return
         self._observer.snapshot(time.perf_counter() - started, True)
         self._snapshot_seq = seq

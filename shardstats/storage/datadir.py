@@ -46,15 +46,18 @@ class DataDir:
             path.mkdir(parents=True, exist_ok=True)
 
     def remove_stale_temporaries(self, older_than: float = 60.0) -> int:
-        """Delete snapshot temp files left by a crash (never a fresh one: it may be in use)."""
+        """Delete the temporary snapshot and journal files (and a temporary journal's -wal and
+        -shm) a crash left behind; never a fresh one: it may be in use."""
         removed = 0
         cutoff = time.time() - older_than
-        for entry in os.scandir(self.snapshots):
-            if entry.name.startswith(".") and entry.name.endswith(".tmp"):
-                with contextlib.suppress(FileNotFoundError):
-                    if entry.stat().st_mtime < cutoff:
-                        os.unlink(entry.path)
-                        removed += 1
+        for folder in (self.snapshots, self.journals):
+            for entry in os.scandir(folder):
+                if entry.name.startswith(".") and entry.name.endswith((".tmp", ".tmp-wal",
+                                                                       ".tmp-shm")):
+                    with contextlib.suppress(FileNotFoundError):
+                        if entry.stat().st_mtime < cutoff:
+                            os.unlink(entry.path)
+                            removed += 1
         return removed
 
     def journal_path(self, hour: int) -> Path:

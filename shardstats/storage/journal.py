@@ -23,6 +23,11 @@ a retried id is recognised with one index probe.
 Format 1 (one row per event, table ``events``) is upgraded to format 2 in place, seqs kept,
 the first time a journal is opened for writing; read-only opens read either format.
 
+A journal is created whole: its tables are written under a temporary name, which is then
+linked into place, so a crash never leaves a journal file without tables. Earlier builds could
+(a crash between creating the file and its schema); such a *blank* journal reads as an empty
+hour to every opener but a creating one, and only a creating one (a shard) writes its tables.
+
 Blocking: call only from a worker thread, one thread at a time per journal.
 """
 
@@ -31,6 +36,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
+import secrets
 import sqlite3
 import sys
 import time
@@ -79,15 +86,21 @@ class Journal:
     def __init__(self, path: Path, *, create: bool, readonly: bool = False,
                  upgrade: bool = True) -> None:
         self.path = path
+        if create and not path.exists():
+            _create_whole(path)
+        elif not create and _is_zero_length(path):
+            readonly = True  # a writable open would write a header into it
         self._conn = connect(path, create=create, readonly=readonly)
         self.format = SCHEMA_VERSION
+        self.blank = False  # no tables: an empty hour (see the module docstring)
         try:
-            self.journal_id = self._read_id() if readonly else self._init_schema(upgrade)
-        except (sqlite3.Error, ValueError, TypeError, OverflowError) as exc:
+            if not create and not self._tables():
+                self.journal_id = self._blank()
+            else:
+                self.journal_id = self._read_id() if readonly else self._init_schema(upgrade)
+        except sqlite3.Error as exc:
             self._conn.close()
-            if isinstance(exc, sqlite3.Error):
-                raise classify(exc, path) from exc
-            raise CorruptFile(f"{path}: bad journal: {exc}") from exc
+            raise classify(exc, path) from exc
         except BaseException:
             self._conn.close()
             raise
@@ -101,23 +114,34 @@ class Journal:
         return {name for (name,) in self._conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table'")}
 
-    def _detect_format(self) -> None:
+    def _blank(self) -> bytes:
+        log.warning("%s has no tables (a crash while an earlier build created it): read as an "
+                    "empty hour; the next event for the hour creates them", self.path)
+        self.blank = True
+        return b""
+
+    def _detect_format(self) -> set[str]:
         tables = self._tables()
         self.format = 1 if "blocks" not in tables and "events" in tables else SCHEMA_VERSION
+        return tables
 
     def _read_id(self) -> bytes:
-        self._detect_format()
+        if "meta" not in self._detect_format():  # SQLite would only say "no such table"
+            raise CorruptFile(f"{self.path}: journal has tables but no meta table")
         row = self._conn.execute("SELECT value FROM meta WHERE key='journal_id'").fetchone()
         if row is None:
             raise CorruptFile(f"{self.path}: journal has no id")
-        return bytes.fromhex(row[0])
+        try:
+            return bytes.fromhex(row[0])
+        except (ValueError, TypeError) as exc:  # not text, or not hex digits
+            raise CorruptFile(f"{self.path}: bad journal id: {exc}") from exc
 
     def _init_schema(self, upgrade: bool) -> bytes:
         tables = self._tables()
         if {"blocks", "eids", "meta"} <= tables and "events" not in tables:
             return self._read_id()  # the usual open: nothing to write
-        if not upgrade and "events" in tables and "blocks" not in tables:
-            return self._read_id()  # format 1, to be read as it is
+        if not upgrade:  # a load never writes: format 1 is read as it is, damage reported
+            return self._read_id()
         conn = self._conn
         with immediate(conn, self.path):
             tables = self._tables()  # again, under the write lock: another opener may have won
@@ -240,6 +264,8 @@ class Journal:
         """Blocks holding events after ``seq``, in order (the first may start at or before
         ``seq``: ``HourAggregate.apply_block`` skips what it has). ``full`` adds timestamps,
         users and ids."""
+        if self.blank:
+            return
         try:
             if self.format == 1:
                 # Read whole inside one read transaction (no generator left holding it open).
@@ -272,7 +298,7 @@ class Journal:
         for row in cursor:
             try:
                 yield self._decode(row, full)
-            except (ValueError, TypeError, AttributeError) as exc:
+            except ValueError as exc:  # what ``_decode`` finds wrong with the row
                 raise CorruptFile(f"{self.path}: block ending at seq {row[0]} is "
                                   f"damaged: {exc}") from exc
 
@@ -325,6 +351,8 @@ class Journal:
                 if row[0] > seq]
 
     def max_seq(self) -> int:
+        if self.blank:
+            return 0
         try:
             if self.format == 1:
                 with self._snapshot():
@@ -346,6 +374,40 @@ class Journal:
             pass  # the WAL stays and is replayed by the next open; nothing is lost
         finally:
             self._conn.close()
+
+
+def _is_zero_length(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except FileNotFoundError:
+        return False
+
+
+def _create_whole(path: Path) -> None:
+    """Create an empty journal at ``path``: its tables are written and fsynced under a
+    temporary name first, then linked into place (a link never replaces a journal another
+    creator put there first: theirs is as good as ours)."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    try:
+        Journal(temp, create=True).close()  # the file exists, so its tables go straight in
+        _fsync(temp, os.O_RDONLY)
+        with contextlib.suppress(FileExistsError):
+            os.link(temp, path)
+        _fsync(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    finally:
+        for leftover in (temp, temp.with_name(temp.name + "-wal"),
+                         temp.with_name(temp.name + "-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _pack(code: str, values: Sequence[int]) -> bytes:

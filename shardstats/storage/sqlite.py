@@ -22,19 +22,39 @@ def connect(path: Path, *, create: bool, readonly: bool = False) -> sqlite3.Conn
             timeout=10.0,
         )
         if not readonly:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+            except BaseException:
+                # Otherwise every failed open (a corrupt file) holds a descriptor until the
+                # cyclic garbage collector happens to run.
+                conn.close()
+                raise
     except sqlite3.DatabaseError as exc:
         raise classify(exc, path) from exc
     return conn
 
 
+# Primary result codes (the low byte of ``sqlite_errorcode``) that say the file is damaged.
+_CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
 def classify(exc: sqlite3.Error, path: Path) -> StorageError:
-    if isinstance(exc, sqlite3.DatabaseError) and (
-        "not a database" in str(exc) or "malformed" in str(exc) or "no such table" in str(exc)
-    ):
+    """By SQLite's result code, not its message (the wording is not an interface)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in _CORRUPT_CODES:
         return CorruptFile(f"{path}: {exc}")
     return StorageError(f"{path}: {exc}")
+
+
+def as_storage_error(exc: BaseException) -> StorageError | None:
+    """The ``StorageError`` an exception from a storage operation stands for, or None when it
+    is none a storage operation is expected to raise: then it is a bug, not a disk problem."""
+    if isinstance(exc, StorageError):
+        return exc
+    if isinstance(exc, sqlite3.Error | OSError):
+        return StorageError(str(exc))
+    return None
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import quote_from_bytes
 
@@ -98,3 +99,27 @@ def test_fuzzed_requests_never_500(shardstats_server: ServerFactory, data_dir: P
     valid = build("POST", "/analytics", f"timestamp={NOW}&user=after-fuzz&event=click", [], b"")
     assert send_raw(server, valid) == 204
     assert 400 in seen and (204 in seen or 200 in seen), seen
+
+
+def test_invented_methods_do_not_grow_metrics(shardstats_server: ServerFactory,
+                                              data_dir: Path) -> None:
+    """hypercorn passes any token as a method; a label per method made /metrics unbounded."""
+    server = shardstats_server.start(data_dir)
+
+    def series() -> list[str]:
+        with urllib.request.urlopen(server.url + "/metrics", timeout=10) as response:
+            text: str = response.read().decode()
+        return [line.rpartition(" ")[0] for line in text.splitlines()
+                if not line.startswith("#")]
+
+    def invent(first: int, last: int) -> None:
+        for i in range(first, last):
+            method = f"M{i}" + "X" * 2000
+            for path in (f"/nope/{i}", "/analytics", "/metrics"):
+                assert send_raw(server, build(method, path, "", [], b"")) in {404, 405}
+
+    invent(0, 1)
+    series()
+    before = series()
+    invent(1, 200)
+    assert series() == before

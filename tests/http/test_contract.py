@@ -751,7 +751,7 @@ async def test_failed_commit_is_500_with_empty_body_and_not_counted(
 ) -> None:
     await harness.event(NOW_MS, "alice", "click")
 
-    def failing_append(journal: Journal, rows: Any) -> Any:
+    def failing_append(journal: Journal, events: Any, uids: Any) -> Any:
         raise sqlite3.OperationalError("disk I/O error")
 
     monkeypatch.setattr(Journal, "append", failing_append)

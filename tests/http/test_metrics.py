@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shardstats.config import Settings
 from shardstats.http.metrics import reason_label
 from tests.http.apps import ready_client
+from tests.http.conftest import raw_asgi, running_app
 
 NOW = 1_780_000_000_000
 
@@ -58,3 +59,51 @@ def test_reason_labels_are_bounded() -> None:
     assert reason_label("parameter 'user' given more than once") == "duplicate"
     assert reason_label("user is 300 bytes long; the maximum is 256") == "user"
     assert reason_label("something new") == "other"
+
+
+def hostile_round(i: int) -> list[tuple[str, str, bytes]]:
+    """Requests whose method, path and query a client invents; ``i`` makes each round new."""
+    junk = f"INVENTED{i}" + "X" * 200
+    ts = f"timestamp={NOW}"
+    return [
+        (junk, f"/nowhere/{i}", b""),
+        (junk, "/analytics", ts.encode()),
+        (junk, "/metrics", b""),
+        (junk, "/analytics/batch", b""),
+        (junk.lower(), "/healthz", b""),
+        ("GET", f"/nowhere/{i}/{junk}", b""),
+        ("POST", f"/analytics/{junk}", b""),
+        ("DELETE", "/analytics", ts.encode()),
+        ("GET", "/analytics", f"timestamp={junk}".encode()),
+        ("POST", "/analytics", f"{ts}&user=u{i}&event={junk}".encode()),
+        ("POST", "/analytics", f"{ts}&user=u{i}&event=click&{junk}=1&{junk}=2".encode()),
+        ("POST", "/analytics", f"timestamp={i}&user=u{i}&event=click".encode()),
+        ("GET", "/analytics/range", f"from={junk}&to=1".encode()),
+    ]
+
+
+async def test_metrics_do_not_grow_with_what_clients_invent(tmp_path: Path) -> None:
+    """Every label comes from a fixed set: however many methods, paths and bad queries
+    clients invent, a scrape has the same series after the first round as after the last."""
+    async with running_app(tmp_path / "data", front="lean", now_ms=NOW) as harness:
+        app = harness.asgi
+
+        async def scrape() -> list[str]:
+            response = await raw_asgi(app, "GET", "/metrics", b"")
+            assert response.status_code == 200
+            return [line.rpartition(" ")[0] for line in response.body.decode().splitlines()
+                    if not line.startswith("#")]
+
+        async def hostile(first: int, last: int) -> None:
+            for i in range(first, last):
+                for method, path, query in hostile_round(i):
+                    response = await raw_asgi(app, method, path, query)
+                    assert response.status_code < 500, (method[:20], path[:40])
+
+        await hostile(0, 1)
+        await scrape()  # the scrape's own series now exist too
+        before = await scrape()
+        await hostile(1, 150)
+        after = await scrape()
+    assert after == before
+    assert len("\n".join(after)) < 50_000

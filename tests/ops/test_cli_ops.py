@@ -7,6 +7,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -237,3 +238,46 @@ def test_prune_archive_with_wal_files_present(tmp_path: Path) -> None:
     assert code == 0, err
     assert len(list((archive / "journals").glob("*.sqlite"))) == 2
     assert not list((tmp_path / "data" / "journals").iterdir())
+
+
+def test_prune_archive_reports_a_damaged_journal_and_goes_on(tmp_path: Path) -> None:
+    populate(tmp_path, hours=3, events_per_hour=20)
+    datadir = DataDir(tmp_path)
+    damaged = BASE_HOUR + 1
+    datadir.journal_path(damaged).write_bytes(b"this is not a database" * 100)
+    archive = tmp_path / "archive"
+    code, out, err = run("prune", "--data-dir", str(tmp_path), "--older-than", "30d",
+                         "--archive", str(archive))
+    assert code == 1, (out, err)
+    assert "Traceback" not in err, err
+    from shardstats.ops.common import hour_iso
+
+    failed = [line for line in out.splitlines() if "FAILED" in line]
+    assert len(failed) == 1 and hour_iso(damaged) in failed[0], out
+    # The others are archived all the same; the damaged one stays where it is, for a look.
+    assert datadir.journal_hours() == {damaged}
+    archived = {p.name for p in (archive / "journals").glob("*.sqlite")}
+    assert archived == {f"{BASE_HOUR}.sqlite", f"{BASE_HOUR + 2}.sqlite"}
+
+
+@pytest.mark.parametrize("kind", ["zero-length", "header-only"])
+def test_verify_reads_a_journal_without_tables_as_empty(tmp_path: Path, kind: str) -> None:
+    """What a crash between creating a journal file and its tables left (earlier builds)."""
+    populate(tmp_path, hours=1, events_per_hour=20)
+    path = DataDir(tmp_path).journal_path(BASE_HOUR + 1)
+    if kind == "zero-length":
+        path.write_bytes(b"")
+    else:
+        conn = sqlite3.connect(path)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.close()
+    before = path.read_bytes()
+    code, out, err = run("verify", "--data-dir", str(tmp_path), "--json")
+    assert code == 0, (out, err)
+    report = {h["hour"]: h for h in json.loads(out)["hours"]}
+    blank = report[BASE_HOUR + 1]
+    assert blank["status"] == "ok" and blank["events"] == 0, blank
+    assert any("no tables" in note for note in blank["notes"]), blank
+    code, out, err = run("compact", "--data-dir", str(tmp_path))
+    assert code == 0, (out, err)
+    assert path.read_bytes() == before

@@ -272,3 +272,84 @@ def test_a_load_leaves_no_wal_files_behind_and_writes_nothing(tmp_path: Path) ->
         journal.close(checkpoint=False)
         assert not Path(f"{path}-wal").exists() and not Path(f"{path}-shm").exists()
         assert path.read_bytes() == before  # nothing written, nothing upgraded
+
+
+def make_blank(path: Path, kind: str) -> None:
+    """A journal as a crash between creating the file and its tables left it."""
+    if kind == "zero-length":
+        path.write_bytes(b"")
+    else:  # what connect() wrote before the schema transaction: a WAL-mode header
+        conn = sqlite3.connect(path)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.close()
+
+
+@pytest.mark.parametrize("kind", ["zero-length", "header-only"])
+def test_a_journal_without_tables_reads_as_empty_and_is_not_written(
+    tmp_path: Path, kind: str
+) -> None:
+    path = tmp_path / f"{HOUR}.sqlite"
+    make_blank(path, kind)
+    before = path.read_bytes()
+    for journal in (Journal(path, create=False, readonly=True),
+                    Journal(path, create=False, upgrade=False)):  # verify, and a GET's load
+        assert journal.max_seq() == 0 and journal.rows_after(0) == []
+        assert loader.replay(HourAggregate(HOUR), journal) == 0
+        journal.close(checkpoint=False)
+    assert path.read_bytes() == before
+    assert not Path(f"{path}-wal").exists() and not Path(f"{path}-shm").exists()
+    writer = Journal(path, create=True)  # a shard may write: it gets the tables
+    writer.append(columns([(1, "ann", 1, None)]), [1])
+    writer.close()
+    assert Journal(path, create=False, readonly=True).rows_after(0) == [(1, 1, 1)]
+
+
+def test_a_journal_is_created_whole_or_not_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / f"{HOUR}.sqlite"
+
+    def crash(journal: Journal, upgrade: bool) -> bytes:
+        raise sqlite3.OperationalError("the process dies here")
+
+    monkeypatch.setattr(Journal, "_init_schema", crash)
+    with pytest.raises(Exception, match="dies here"):
+        Journal(path, create=True)
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []  # no journal without tables, no temporary left
+    journal = Journal(path, create=True)
+    assert journal.max_seq() == 0
+    journal.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_temporaries_a_crash_left_are_removed_on_start(tmp_path: Path) -> None:
+    import os
+
+    from shardstats.storage.datadir import DataDir
+
+    datadir = DataDir(tmp_path)
+    datadir.prepare()
+    Journal(datadir.journal_path(HOUR), create=True).close()
+    stale = [datadir.journals / f".{HOUR}.sqlite.1.ab.tmp{suffix}" for suffix in ("", "-wal")]
+    stale.append(datadir.snapshots / f".{HOUR}.snap.1.ab.tmp")
+    fresh = datadir.journals / f".{HOUR}.sqlite.2.cd.tmp"
+    for path in (*stale, fresh):
+        path.write_bytes(b"x")
+    for path in stale:
+        os.utime(path, (0, 0))
+    assert datadir.remove_stale_temporaries() == 3
+    assert sorted(p.name for p in datadir.journals.iterdir()) == [fresh.name, f"{HOUR}.sqlite"]
+
+
+def test_a_journal_missing_its_meta_table_is_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / f"{HOUR}.sqlite"
+    Journal(path, create=True).close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE meta")
+    conn.close()
+    before = path.read_bytes()
+    for readonly in (True, False):  # verify, and a GET's load: neither writes the table back
+        with pytest.raises(CorruptFile, match="no meta table"):
+            Journal(path, create=False, readonly=readonly, upgrade=False)
+    assert path.read_bytes() == before
