@@ -56,3 +56,8 @@ class InternalError(ShardstatsError):
 
 class DataDirLocked(ShardstatsError):
     pass
+
+
+class StreamGap(ShardstatsError):
+    """Cluster mode: a log record for an hour arrived while an earlier one for that hour is
+    missing (its commit failed); the materializer applies both again on its next pass."""

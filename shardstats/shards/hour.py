@@ -36,7 +36,8 @@ import trio
 from shardstats.core import snapshot as codec
 from shardstats.core.aggregate import HourAggregate
 from shardstats.core.events import EventColumns
-from shardstats.errors import StorageError
+from shardstats.core.stream import StreamTag, Verdict, admit
+from shardstats.errors import StorageError, StreamGap
 from shardstats.shards import loader
 from shardstats.shards.dictionary import UserDictionary
 from shardstats.shards.failures import report_failure
@@ -47,7 +48,7 @@ from shardstats.storage.journal import Journal
 
 log = logging.getLogger(__name__)
 
-Submission = tuple[EventColumns, Pending[None]]
+Submission = tuple[EventColumns, Pending[None], StreamTag | None]
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class HourShard:
         self.aggregate = HourAggregate(hour)
         self._journal: Journal | None = None
         self._journal_id = b""
+        self._stream_seq = 0  # cluster mode: the last log record this hour's journal holds
         self._snapshot_seq = -1
         self._snapshot_soon = False
         self._batches = self._events = self._failed = 0
@@ -106,7 +108,15 @@ class HourShard:
     def submit_nowait(self, events: EventColumns) -> Pending[None]:
         """Queue events; raises ``trio.WouldBlock`` when the inbox is full."""
         pending: Pending[None] = Pending()
-        self.inbox.send_nowait((events, pending))
+        self.inbox.send_nowait((events, pending, None))
+        self.last_used = trio.current_time()
+        return pending
+
+    async def submit_stream(self, events: EventColumns, tag: StreamTag) -> Pending[None]:
+        """Queue a log record's events for this hour (cluster mode), waiting for room in the
+        inbox; raises ``trio.ClosedResourceError`` if the shard is closing."""
+        pending: Pending[None] = Pending()
+        await self.inbox.send((events, pending, tag))
         self.last_used = trio.current_time()
         return pending
 
@@ -128,18 +138,19 @@ class HourShard:
     async def _open(self) -> None:
         base = self._base
 
-        def open_and_load() -> tuple[Journal, loader.LoadResult]:
+        def open_and_load() -> tuple[Journal, loader.LoadResult, int]:
             journal = self._datadir.open_journal(self.hour, create=True)
             try:
                 start = None if base is None else base.copy()
-                return journal, loader.load(self._datadir, self.hour, journal, start)
+                result = loader.load(self._datadir, self.hour, journal, start)
+                return journal, result, journal.stream_seq()
             except BaseException:
                 journal.close()
                 raise
 
         # Shielded: a cancelled wait would leave the opened journal with nobody to close it.
         with trio.CancelScope(shield=True):
-            journal, result = await trio.to_thread.run_sync(open_and_load)
+            journal, result, self._stream_seq = await trio.to_thread.run_sync(open_and_load)
         self._journal, self._journal_id = journal, journal.journal_id
         self.aggregate = result.aggregate
         if result.snapshot_used and not result.replayed:
@@ -178,20 +189,27 @@ class HourShard:
                 next_snapshot = trio.current_time() + self._snapshot_interval
 
     async def _commit(self, batch: list[Submission]) -> None:
-        events = EventColumns.concat([columns for columns, _ in batch])
+        stream_seq = None
+        if any(tag is not None for _, _, tag in batch):
+            batch, stream_seq = self._admit_stream(batch)
+            if not batch:
+                return
+        events = EventColumns.concat([columns for columns, _, _ in batch])
         started = time.perf_counter()
         try:
             uids = await self._dictionary.uids_for(events.users)
             journal = await self._journal_for_write()
-            last, kept = await trio.to_thread.run_sync(journal.append, events, uids)
+            last, kept = await trio.to_thread.run_sync(journal.append, events, uids, stream_seq)
         except Exception as exc:
             self._failed += 1
             self._observer.commit(len(events), time.perf_counter() - started, False)
             error = report_failure(exc, log, f"hour {self.hour}: commit of {len(events)} events")
             await self._drop_journal()
-            for _, pending in batch:
+            for _, pending, _ in batch:
                 pending.fail(error)
             return
+        if stream_seq is not None:
+            self._stream_seq = stream_seq
         kinds = events.kinds
         if kept is not None:  # repeated event ids: acknowledged, not counted again
             uids, kinds = [uids[i] for i in kept], [kinds[i] for i in kept]
@@ -199,8 +217,25 @@ class HourShard:
         self._batches += 1
         self._events += len(events)
         self._observer.commit(len(events), time.perf_counter() - started, True)
-        for _, pending in batch:
+        for _, pending, _ in batch:
             pending.set(None)
+
+    def _admit_stream(self, batch: list[Submission]) -> tuple[list[Submission], int | None]:
+        """Answer log records already applied or out of turn (``core.stream`` rule 4) and
+        return what to commit, with the stream seq the journal then holds."""
+        tagged = [tag for _, _, tag in batch if tag is not None]
+        verdicts, applied = admit(self._stream_seq, tagged)
+        outcome = iter(verdicts)
+        keep = []
+        for item in batch:
+            verdict = Verdict.APPLY if item[2] is None else next(outcome)
+            if verdict is Verdict.APPLY:
+                keep.append(item)
+            elif verdict is Verdict.SKIP:
+                item[1].set(None)
+            else:
+                item[1].fail(StreamGap(f"hour {self.hour}: record {item[2]} follows a gap"))
+        return keep, (applied if applied != self._stream_seq else None)
 
     async def _journal_for_write(self) -> Journal:
         if self._journal is not None:
@@ -208,18 +243,18 @@ class HourShard:
 
         current = self.aggregate
 
-        def reopen() -> tuple[Journal, HourAggregate, int]:
+        def reopen() -> tuple[Journal, HourAggregate, int, int]:
             journal = self._datadir.open_journal(self.hour, create=True)
             try:
                 if journal.journal_id != self._journal_id:
                     raise StorageError(f"journal of hour {self.hour} was replaced on disk")
                 fresh = current.copy()
-                return journal, fresh, loader.replay(fresh, journal)
+                return journal, fresh, loader.replay(fresh, journal), journal.stream_seq()
             except BaseException:
                 journal.close()
                 raise
 
-        journal, fresh, caught_up = await trio.to_thread.run_sync(reopen)
+        journal, fresh, caught_up, self._stream_seq = await trio.to_thread.run_sync(reopen)
         if caught_up:
             self.aggregate = fresh
             log.warning(
@@ -265,7 +300,7 @@ class HourShard:
             # Anything still queued (only after an unexpected stop) must not wait forever.
             while True:
                 try:
-                    _, pending = self._receive.receive_nowait()
+                    _, pending, _ = self._receive.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
                 pending.fail(StorageError(f"hour {self.hour} shard stopped"))

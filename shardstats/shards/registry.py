@@ -41,6 +41,7 @@ import trio
 
 from shardstats.core.aggregate import HourAggregate
 from shardstats.core.events import HOUR_MS, ZERO_COUNTS, EventColumns, HourCounts
+from shardstats.core.stream import StreamTag
 from shardstats.errors import NotReady, Overloaded, ShardstatsError
 from shardstats.shards import loader
 from shardstats.shards.dictionary import UserDictionary
@@ -164,6 +165,22 @@ class Registry:
                     raise Overloaded(f"hour {hour} has too many queued requests") from None
                 await pending.wait()
                 return
+            await self._delegate(hour, self._open_shard)
+
+    async def submit_stream(self, events: EventColumns, tag: StreamTag) -> Pending[None]:
+        """Queue one hour's part of a log record (cluster mode) behind what was queued for
+        the hour before, waiting for room; returns the pending commit. The materializer
+        calls this from one task, in log order, which is what keeps each hour's records in
+        order (``core.stream``)."""
+        hour = events.timestamps[0] // HOUR_MS
+        while True:
+            shard = self._open.get(hour)
+            if shard is not None:
+                self._open.move_to_end(hour)
+                try:
+                    return await shard.submit_stream(events, tag)
+                except trio.ClosedResourceError:  # evicted while we waited for room
+                    continue
             await self._delegate(hour, self._open_shard)
 
     async def query(self, hour: int) -> HourCounts:

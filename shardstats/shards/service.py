@@ -15,6 +15,9 @@ import trio
 from pyroaring import BitMap
 
 from shardstats.clock import Clock, SystemClock
+from shardstats.cluster.barrier import Consistency
+from shardstats.cluster.log import EventLog
+from shardstats.cluster.node import ClusterNode, LogFactory, connect_jetstream, node_name_for
 from shardstats.config import Settings
 from shardstats.core.aggregate import HourAggregate
 from shardstats.core.events import HOUR_MS, Event, EventColumns, HourCounts
@@ -56,6 +59,7 @@ class Service:
         clock: Clock | None = None,
         datadir: DataDir | None = None,
         observer: Observer = NULL_OBSERVER,
+        log_factory: LogFactory | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
@@ -86,6 +90,22 @@ class Service:
         self.recovery_seconds: float | None = None
         self._stop = trio.Event()
         self._stopped = trio.Event()
+        # Cluster mode (``cluster_nats_urls`` set): the log is the truth; writes go through
+        # the node's publisher and reach the shards through its materializer.
+        self.cluster: ClusterNode | None = None
+        if settings.cluster_mode or log_factory is not None:
+            self.cluster = self._cluster_node(settings, log_factory)
+
+    def _cluster_node(self, settings: Settings, log_factory: LogFactory | None) -> ClusterNode:
+        if log_factory is None:
+            settings_ = settings
+
+            async def log_factory_() -> EventLog:
+                return await connect_jetstream(settings_)
+
+            log_factory = log_factory_
+        name = settings.node_name or node_name_for(settings)
+        return ClusterNode(settings, self.registry, self.datadir, log_factory, name)
 
     def current_hour(self) -> int:
         return self.clock.now_ms() // HOUR_MS
@@ -104,6 +124,8 @@ class Service:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.dictionary.run)
                 await nursery.start(self.registry.run)
+                if self.cluster is not None:
+                    await nursery.start(self.cluster.run)
                 task_status.started()
                 current = self.current_hour()
                 recent = [current - i for i in range(self.settings.preload_hours)]
@@ -115,6 +137,8 @@ class Service:
                 await self._stop.wait()
                 self.ready = False
                 stopping = time.monotonic()
+                if self.cluster is not None:
+                    await self.cluster.aclose()
                 open_hours = self.registry.statistics().open_shards
                 await self.registry.aclose()
                 self.dictionary.close()
@@ -135,7 +159,17 @@ class Service:
     async def submit(self, event: Event) -> None:
         if not self.ready:
             raise NotReady("recovering; retry shortly")
-        await self.registry.submit(EventColumns.of([event]))
+        if self.cluster is not None:
+            await self.cluster.publish(EventColumns.of([event]))
+        else:
+            await self.registry.submit(EventColumns.of([event]))
+
+    async def read_barrier(self) -> Consistency:
+        """Cluster mode: wait until this node holds every event acknowledged anywhere before
+        now (``cluster.barrier``); embedded mode: always fresh."""
+        if self.cluster is None:
+            return Consistency.FRESH
+        return await self.cluster.read_barrier()
 
     async def submit_batch(self, events: EventColumns) -> dict[int, ShardstatsError | None]:
         """Commit events of any hours (one submission per hour, concurrently); the outcome
@@ -145,9 +179,11 @@ class Service:
         by_hour = events.by_hour()
         outcome: dict[int, ShardstatsError | None] = {}
 
+        submit = self.registry.submit if self.cluster is None else self.cluster.publish
+
         async def one(hour: int, group: EventColumns) -> None:
             try:
-                await self.registry.submit(group)
+                await submit(group)
                 outcome[hour] = None
             except ShardstatsError as exc:
                 outcome[hour] = exc

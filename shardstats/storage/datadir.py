@@ -104,25 +104,47 @@ class DataDir:
 
     def write_snapshot(self, hour: int, data: bytes) -> None:
         """Atomically replace the snapshot: temp file, fsync, rename, fsync the directory."""
-        final = self.snapshot_path(hour)
-        # A unique temporary name: the compactor may write the same hour's snapshot as the
-        # server; each rename installs a complete snapshot, whichever lands last is valid.
-        temp = final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        _write_atomically(self.snapshot_path(hour), data)
+
+    # -- cluster mode ----------------------------------------------------------------------
+
+    @property
+    def stream_position_path(self) -> Path:
+        return self.root / "stream-position"
+
+    def read_stream_position(self) -> int:
+        """The log seq up to which every record is applied to every hour (0: none known).
+        A cache like the snapshots: a lower value only means a longer replay."""
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                temp.unlink()
-            raise
+            text = self.stream_position_path.read_text().strip()
+        except FileNotFoundError:
+            return 0
+        return int(text) if text.isdigit() else 0
+
+    def write_stream_position(self, seq: int) -> None:
+        _write_atomically(self.stream_position_path, f"{seq}\n".encode())
+
+
+def _write_atomically(final: Path, data: bytes) -> None:
+    """Replace ``final``: temp file, fsync, rename, fsync the directory."""
+    # A unique temporary name: the compactor may write the same hour's snapshot as the
+    # server; each rename installs a complete file, whichever lands last is valid.
+    temp = final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
         os.close(fd)
-        os.replace(temp, final)
-        dir_fd = os.open(self.snapshots, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+    os.close(fd)
+    os.replace(temp, final)
+    dir_fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

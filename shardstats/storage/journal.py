@@ -20,6 +20,10 @@ random identity written when the file is created, so a snapshot of a different (
 journal is recognised as stale. Event ids live in their own table too (``eids``, unique), so
 a retried id is recognised with one index probe.
 
+In cluster mode every commit also records, in ``meta`` and in the same transaction, the
+highest stream (log) seq whose events the journal holds (``stream_seq``): a node that
+restarts knows exactly which log records each hour has applied. Embedded mode never writes it.
+
 Format 1 (one row per event, table ``events``) is upgraded to format 2 in place, seqs kept,
 the first time a journal is opened for writing; read-only opens read either format.
 
@@ -192,8 +196,10 @@ class Journal:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def append(self, events: EventColumns, uids: Sequence[int]) -> tuple[int, list[int] | None]:
-        """Commit events (with their users' ids) as one block in one durable transaction.
+    def append(self, events: EventColumns, uids: Sequence[int],
+               stream_seq: int | None = None) -> tuple[int, list[int] | None]:
+        """Commit events (with their users' ids) as one block in one durable transaction;
+        ``stream_seq`` (cluster mode) is recorded in the same transaction.
 
         Returns the seq of the last event written and, when some events carry an event id,
         the indices of the events written: an event whose id the journal (or an earlier event
@@ -210,7 +216,24 @@ class Journal:
             if len(events):
                 last += len(events)
                 self._insert_block(last, events, uids, keep_users=True)
+            if stream_seq is not None:
+                conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('stream_seq', ?)",
+                             (str(stream_seq),))
         return int(last), kept
+
+    def stream_seq(self) -> int:
+        """The highest log seq whose events this journal holds (0: none, or embedded mode)."""
+        if self.blank:
+            return 0
+        try:
+            row = self._conn.execute(
+                "SELECT value FROM meta WHERE key = 'stream_seq'").fetchone()
+        except sqlite3.Error as exc:
+            raise classify(exc, self.path) from exc
+        try:
+            return 0 if row is None else int(row[0])
+        except (TypeError, ValueError) as exc:
+            raise CorruptFile(f"{self.path}: bad stream_seq {row[0]!r}") from exc
 
     def _insert_block(self, last_seq: int, events: EventColumns, uids: Sequence[int], *,
                       keep_users: bool) -> None:
