@@ -206,6 +206,9 @@ class JetStreamLog:
 
     async def last_seq(self) -> int:
         self._check_open()
+        if not self._nc.is_connected:
+            await trio.lowlevel.checkpoint()
+            raise LogUnavailable("not connected to NATS (reconnecting)", reason="disconnected")
         try:
             info = await self._bridge.run(_stream_info, self._js, self.config)
         except (TimeoutError, nats.errors.Error, BridgeClosed) as exc:
