@@ -72,6 +72,7 @@ class AsyncioThread:
 
     async def run(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
         """Run ``fn(*args)`` on the asyncio loop and return its result to this trio task."""
+        await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller starts nothing
         if self._closed:
             await trio.lowlevel.checkpoint()
             raise BridgeClosed("the asyncio thread is stopped")
