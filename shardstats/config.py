@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -18,6 +19,8 @@ from typing import Any
 
 ENV_PREFIX = "SHARDSTATS_"
 ENV_CONFIG = "SHARDSTATS_CONFIG"
+NATS_SCHEMES = frozenset({"nats", "tls", "ws", "wss"})
+STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class ConfigError(ValueError):
@@ -93,6 +96,32 @@ class Settings:
     require_tokens: bool = field(
         default=False, metadata=_doc("refuse to start unless both tokens are set (production)")
     )
+    cluster_nats_urls: str = field(
+        default="",
+        metadata=_doc("comma-separated NATS URLs; empty: embedded mode (no cluster)"),
+    )
+    cluster_stream: str = field(
+        default="shardstats", metadata=_doc("JetStream stream holding the events")
+    )
+    cluster_replicas: int = field(
+        default=3, metadata=_doc("stream replicas when this node creates the stream (1-5)")
+    )
+    node_name: str = field(
+        default="",
+        metadata=_doc("names this node to NATS (empty: <hostname>:<bind port>)"),
+    )
+    cluster_publish_timeout_seconds: float = field(
+        default=5.0, metadata=_doc("wait for a PubAck this long before answering 500")
+    )
+    cluster_read_barrier_timeout_seconds: float = field(
+        default=2.0, metadata=_doc("bound on a JetStream request (stream info, read barrier)")
+    )
+    cluster_duplicate_window_seconds: float = field(
+        default=120.0, metadata=_doc("stream window in which a repeated Nats-Msg-Id is dropped")
+    )
+    cluster_retention_days: int = field(
+        default=0, metadata=_doc("stream max age when this node creates it (0: keep forever)")
+    )
 
     def __post_init__(self) -> None:
         for name in ("max_user_bytes", "max_open_shards", "inbox_size", "max_batch",
@@ -104,7 +133,9 @@ class Settings:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
         for name in ("snapshot_interval_seconds", "shard_idle_seconds",
-                     "graceful_timeout_seconds"):
+                     "graceful_timeout_seconds", "cluster_publish_timeout_seconds",
+                     "cluster_read_barrier_timeout_seconds",
+                     "cluster_duplicate_window_seconds"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:  # nan <= 0 is False: check finiteness
                 raise ConfigError(f"{name} must be a positive number of seconds")
@@ -117,13 +148,40 @@ class Settings:
                 "require_tokens is on but ingest_token or query_token is empty; set "
                 "SHARDSTATS_INGEST_TOKEN and SHARDSTATS_QUERY_TOKEN"
             )
+        self._check_cluster()
         host, sep, port = self.bind.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:
             raise ConfigError(f"bind must be HOST:PORT, got {self.bind!r}")
 
+    def _check_cluster(self) -> None:
+        for url in self.cluster_nats_url_list:
+            scheme, sep, rest = url.partition("://")
+            if not sep or scheme not in NATS_SCHEMES or not rest or any(c.isspace() for c in url):
+                raise ConfigError(
+                    f"cluster_nats_urls: {url!r} is not a NATS URL (nats://HOST:PORT)"
+                )
+        if not STREAM_NAME.fullmatch(self.cluster_stream):
+            raise ConfigError("cluster_stream must be letters, digits, '-' or '_'")
+        if not 1 <= self.cluster_replicas <= 5:
+            raise ConfigError("cluster_replicas must be 1 to 5 (JetStream's limit)")
+        if self.cluster_retention_days < 0:
+            raise ConfigError("cluster_retention_days must not be negative")
+        if (self.cluster_retention_days
+                and self.cluster_duplicate_window_seconds > self.cluster_retention_days * 86400):
+            raise ConfigError("cluster_duplicate_window_seconds exceeds cluster_retention_days")
+
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
+
+    @property
+    def cluster_nats_url_list(self) -> tuple[str, ...]:
+        """The NATS URLs, trimmed; empty in embedded mode."""
+        return tuple(u.strip() for u in self.cluster_nats_urls.split(",") if u.strip())
+
+    @property
+    def cluster_mode(self) -> bool:
+        return bool(self.cluster_nats_url_list)
 
 
 SETTING_NAMES = tuple(f.name for f in fields(Settings))

@@ -4,7 +4,9 @@
     ├── InvalidInput                 400  bad query parameter, reason in the message
     ├── Unavailable                  503  overloaded or not ready; carries retry_after
     │   ├── Overloaded
-    │   └── NotReady
+    │   ├── NotReady
+    │   └── LogUnavailable           the cluster log took nothing: down, no quorum, closed
+    ├── LogOutcomeUnknown            500  sent to the cluster log, no ack: maybe stored
     ├── StorageError                 500  a journal/dictionary/snapshot operation failed
     │   └── CorruptFile              500  a file is not what it should be
     ├── InternalError                500  an unexpected error (a bug), logged with its traceback
@@ -39,6 +41,27 @@ class Overloaded(Unavailable):
 
 class NotReady(Unavailable):
     retry_after = 2
+
+
+class LogUnavailable(Unavailable):
+    """The cluster log did not store anything (connection down, no quorum, log closed).
+
+    Retrying is safe: nothing was published. ``reason`` is a short code for metrics and logs
+    (``disconnected``, ``no_quorum``, ``closed``, ...), never parsed from the message.
+    """
+
+    retry_after = 2
+
+    def __init__(self, message: str, reason: str = "unavailable") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class LogOutcomeUnknown(ShardstatsError):
+    """A publish was sent but no ack came back in time: the record may or may not be stored.
+
+    A retry with the same ``msg_id`` inside the log's duplicate window is harmless.
+    """
 
 
 class StorageError(ShardstatsError):
