@@ -63,7 +63,7 @@ class Materializer:
         *,
         window: int = 256,
         save_interval: float = 1.0,
-        retry_delay: float = 0.5,
+        retry_delay: float = 0.2,
     ) -> None:
         self._log = log_
         self._registry = registry

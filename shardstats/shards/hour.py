@@ -199,7 +199,8 @@ class HourShard:
         try:
             uids = await self._dictionary.uids_for(events.users)
             journal = await self._journal_for_write()
-            last, kept = await trio.to_thread.run_sync(journal.append, events, uids, stream_seq)
+            extra = () if stream_seq is None else (stream_seq,)  # cluster mode only
+            last, kept = await trio.to_thread.run_sync(journal.append, events, uids, *extra)
         except Exception as exc:
             self._failed += 1
             self._observer.commit(len(events), time.perf_counter() - started, False)

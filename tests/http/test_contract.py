@@ -707,11 +707,11 @@ class BlockedJournal:
     def patch(self, monkeypatch: pytest.MonkeyPatch) -> None:
         original = Journal.append
 
-        def append(journal: Journal, events: Any, uids: Any) -> Any:
+        def append(journal: Journal, events: Any, uids: Any, *rest: Any) -> Any:
             self.entered.set()
             if not self.release.wait(timeout=10):
                 raise RuntimeError("the test never released the journal")
-            return original(journal, events, uids)
+            return original(journal, events, uids, *rest)
 
         monkeypatch.setattr(Journal, "append", append)
 
@@ -751,7 +751,7 @@ async def test_failed_commit_is_500_with_empty_body_and_not_counted(
 ) -> None:
     await harness.event(NOW_MS, "alice", "click")
 
-    def failing_append(journal: Journal, events: Any, uids: Any) -> Any:
+    def failing_append(journal: Journal, events: Any, uids: Any, *rest: Any) -> Any:
         raise sqlite3.OperationalError("disk I/O error")
 
     monkeypatch.setattr(Journal, "append", failing_append)

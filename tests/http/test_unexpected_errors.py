@@ -28,7 +28,7 @@ def tracebacks_of(caplog: pytest.LogCaptureFixture, kind: type[BaseException]) -
 
 
 def break_append(monkeypatch: pytest.MonkeyPatch) -> None:
-    def buggy_append(journal: Journal, events: Any, uids: Any) -> Any:
+    def buggy_append(journal: Journal, events: Any, uids: Any, *rest: Any) -> Any:
         raise TypeError("a programming mistake")
 
     monkeypatch.setattr(Journal, "append", buggy_append)

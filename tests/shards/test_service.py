@@ -87,11 +87,11 @@ class FaultyJournal(Journal):
 
     fail: str | None = None  # None, "before" or "after"
 
-    def append(self, events: EventColumns, uids: Sequence[int]
-               ) -> tuple[int, list[int] | None]:
+    def append(self, events: EventColumns, uids: Sequence[int],
+               stream_seq: int | None = None) -> tuple[int, list[int] | None]:
         if FaultyJournal.fail == "before":
             raise StorageError("injected: disk full")
-        last = super().append(events, uids)
+        last = super().append(events, uids, stream_seq)
         if FaultyJournal.fail == "after":
             raise StorageError("injected: fsync reported failure")
         return last
@@ -182,10 +182,10 @@ async def test_full_inbox_is_overload_not_growth(tmp_path: Path) -> None:
     gate = threading.Event()
 
     class SlowJournal(Journal):
-        def append(self, events: EventColumns, uids: Sequence[int]
-                   ) -> tuple[int, list[int] | None]:
+        def append(self, events: EventColumns, uids: Sequence[int],
+                   stream_seq: int | None = None) -> tuple[int, list[int] | None]:
             gate.wait(10)
-            return super().append(events, uids)
+            return super().append(events, uids, stream_seq)
 
     class SlowDataDir(DataDir):
         def open_journal(self, hour: int, *, create: bool, readonly: bool = False,
