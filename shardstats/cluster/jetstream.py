@@ -27,6 +27,7 @@ the connection is closed for good, so the caller can reopen from its own last ap
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import logging
@@ -335,29 +336,36 @@ class _Consumer:
 
 
 async def _connect(config: JetStreamConfig) -> tuple[NatsClient, JetStreamContext]:
+    nc: NatsClient | None = None
+
     async def on_error(exc: Exception) -> None:
         log.warning("NATS: %r", exc)
 
     async def on_disconnected() -> None:
-        log.warning("NATS: disconnected")
+        if nc is not None and not nc.is_closed:  # not our own aclose()
+            log.warning("NATS: disconnected")
 
     async def on_reconnected() -> None:
-        log.info("NATS: reconnected to %s", nc.connected_url.netloc if nc.connected_url else "?")
+        url = nc.connected_url if nc is not None else None
+        log.info("NATS: reconnected to %s", url.netloc if url else "?")
 
+    opening = nats.connect(
+        servers=list(config.urls),
+        name=config.node_name or None,
+        connect_timeout=config.connect_timeout,
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.25,
+        ping_interval=5,
+        max_outstanding_pings=2,
+        error_cb=on_error,
+        disconnected_cb=on_disconnected,
+        reconnected_cb=on_reconnected,
+    )
+    # nats-py retries the initial connection without end when reconnects are unlimited:
+    # bound it by one connect timeout per URL, plus a second for the handshakes.
     try:
-        nc = await nats.connect(
-            servers=list(config.urls),
-            name=config.node_name or None,
-            connect_timeout=config.connect_timeout,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
-            ping_interval=5,
-            max_outstanding_pings=2,
-            error_cb=on_error,
-            disconnected_cb=on_disconnected,
-            reconnected_cb=on_reconnected,
-        )
+        nc = await asyncio.wait_for(opening, config.connect_timeout * len(config.urls) + 1.0)
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         raise LogUnavailable(
             f"cannot connect to NATS at {', '.join(config.urls)}: {exc!r}", reason="disconnected"
