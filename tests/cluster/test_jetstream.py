@@ -18,7 +18,7 @@ from shardstats.errors import LogUnavailable
 
 from .conftest import jetstream_config
 
-pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
+pytestmark = pytest.mark.cluster
 
 
 def stream_config(cluster: NatsCluster, name: str) -> dict[str, Any]:
@@ -32,6 +32,7 @@ def stream_config(cluster: NatsCluster, name: str) -> dict[str, Any]:
     raise AssertionError(f"no stream {name} in /jsz")
 
 
+@pytest.mark.e2e
 async def test_the_stream_it_creates(nats_single: NatsCluster) -> None:
     config = jetstream_config(nats_single, replicas=1, duplicate_window=30.0, max_age=86400.0)
     async with await JetStreamLog.connect(config):
@@ -44,6 +45,7 @@ async def test_the_stream_it_creates(nats_single: NatsCluster) -> None:
     assert created["max_age"] == 86400 * 10**9
 
 
+@pytest.mark.e2e
 async def test_an_existing_stream_is_used_as_it_is_with_a_warning(
     nats_single: NatsCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -57,6 +59,7 @@ async def test_an_existing_stream_is_used_as_it_is_with_a_warning(
     assert any("has 1 replicas, the setting says 3" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.e2e
 async def test_nobody_listening_is_unavailable_quickly() -> None:
     (port,) = free_ports(1)
     config = JetStreamConfig(urls=(f"nats://127.0.0.1:{port}",), connect_timeout=1.0)
