@@ -21,12 +21,20 @@ Consuming: an ordered push consumer (ephemeral, memory, acks off, flow control a
 heartbeats; its description names the node) starting at ``after_seq + 1``. nats-py re-creates
 it from the last stream sequence it saw when heartbeats stop or a gap appears, which covers a
 nats-server restart and a reconnect to another server. The iterator also drops any record
-whose sequence is not above the last one it gave (Rule 4), and raises ``LogUnavailable`` if
-the connection is closed for good, so the caller can reopen from its own last applied seq.
+whose sequence is not above the last one it gave (Rule 4); when the next record is not the
+next sequence, it re-creates the consumer from the last one it gave once (a message lost on
+the way, e.g. to a cancellation inside nats-py) and accepts a gap that remains (retention).
+It raises ``LogUnavailable`` if the connection is closed for good, so the caller can reopen
+from its own last applied seq.
+
+Without a quorum (R=3, two servers down) the stream leader left alone keeps taking publishes
+it cannot commit until it notices (measured here: up to ~20 s); those publishes time out
+(``LogOutcomeUnknown``), after which publishes fail at once with ``LogUnavailable``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import logging
@@ -243,7 +251,7 @@ class JetStreamLog:
             last_published_seq=counts.last_published,
             delivered=counts.delivered,
             redelivered_skipped=counts.skipped,
-            consumer_restarts=counts.restarts,  # nats-py's own ordered-consumer resets are not seen
+            consumer_restarts=counts.restarts,  # ours; nats-py's own ordered-consumer resets unseen
             open_consumers=counts.open_consumers,
         )
 
@@ -282,6 +290,7 @@ class _Consumer:
         self._last = after_seq
         self._sub: Any = None
         self._buffer: collections.deque[LogRecord] = collections.deque()
+        self._gap_rechecked = False
 
     async def start(self) -> None:
         owner = self._owner
@@ -310,15 +319,23 @@ class _Consumer:
             if owner._closed:
                 await trio.lowlevel.checkpoint()
                 raise StopAsyncIteration
-            while self._buffer:
-                record = self._buffer.popleft()
-                if record.seq <= self._last:
-                    owner._counts.skipped += 1
+            while self._buffer and self._buffer[0].seq <= self._last:
+                self._buffer.popleft()
+                owner._counts.skipped += 1
+            if self._buffer:
+                if self._buffer[0].seq > self._last + 1 and not self._gap_rechecked:
+                    await self._resubscribe()  # a record went missing on the way: ask again
                     continue
+                # Cancellation may land here: the record stays buffered for the next call.
+                await trio.lowlevel.checkpoint()
+                record = self._buffer.popleft()
+                # A gap that survives a fresh consumer is the log's own (retention): accept.
+                self._gap_rechecked = False
                 self._last = record.seq
                 owner._counts.delivered += 1
-                await trio.lowlevel.checkpoint()
                 return record
+            if self._sub is None:  # a re-subscription was cancelled half way
+                await self.start()
             try:
                 batch = await owner._bridge.run(_next_records, self._sub, IDLE_POLL_SECONDS)
             except BridgeClosed:
@@ -330,34 +347,49 @@ class _Consumer:
                                      reason="consumer") from exc
             self._buffer.extend(batch)
 
+    async def _resubscribe(self) -> None:
+        self._gap_rechecked = True
+        self._buffer.clear()
+        self._owner._counts.restarts += 1
+        with trio.CancelScope(shield=True), trio.move_on_after(self._owner.config.request_timeout):
+            await self.stop()
+        await self.start()
+
 
 # -- coroutines run on the asyncio loop ---------------------------------------------------------
 
 
 async def _connect(config: JetStreamConfig) -> tuple[NatsClient, JetStreamContext]:
+    nc: NatsClient | None = None
+
     async def on_error(exc: Exception) -> None:
         log.warning("NATS: %r", exc)
 
     async def on_disconnected() -> None:
-        log.warning("NATS: disconnected")
+        if nc is not None and not nc.is_closed:  # not our own aclose()
+            log.warning("NATS: disconnected")
 
     async def on_reconnected() -> None:
-        log.info("NATS: reconnected to %s", nc.connected_url.netloc if nc.connected_url else "?")
+        url = nc.connected_url if nc is not None else None
+        log.info("NATS: reconnected to %s", url.netloc if url else "?")
 
+    opening = nats.connect(
+        servers=list(config.urls),
+        name=config.node_name or None,
+        connect_timeout=config.connect_timeout,
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.25,
+        ping_interval=5,
+        max_outstanding_pings=2,
+        error_cb=on_error,
+        disconnected_cb=on_disconnected,
+        reconnected_cb=on_reconnected,
+    )
+    # nats-py retries the initial connection without end when reconnects are unlimited:
+    # bound it by one connect timeout per URL, plus a second for the handshakes.
     try:
-        nc = await nats.connect(
-            servers=list(config.urls),
-            name=config.node_name or None,
-            connect_timeout=config.connect_timeout,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
-            ping_interval=5,
-            max_outstanding_pings=2,
-            error_cb=on_error,
-            disconnected_cb=on_disconnected,
-            reconnected_cb=on_reconnected,
-        )
+        nc = await asyncio.wait_for(opening, config.connect_timeout * len(config.urls) + 1.0)
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         raise LogUnavailable(
             f"cannot connect to NATS at {', '.join(config.urls)}: {exc!r}", reason="disconnected"
@@ -419,8 +451,11 @@ async def _next_records(
     except TimeoutError:
         return []
     records = [_record(first)]
-    while len(records) < FETCH_BATCH and sub.pending_msgs > 0:
-        records.append(_record(await sub.next_msg(timeout=wait_seconds)))
+    try:
+        while len(records) < FETCH_BATCH and sub.pending_msgs > 0:
+            records.append(_record(await sub.next_msg(timeout=wait_seconds)))
+    except asyncio.CancelledError:
+        pass  # keep what was taken off the subscription: the trio side buffers it
     return records
 
 

@@ -76,7 +76,8 @@ class InMemoryLog:
         self._records: list[LogRecord] = []
         self._seqs: list[int] = []  # parallel to _records, for bisect
         self._next_seq = 1
-        self._by_msg_id: dict[str, LogRecord] = {}
+        # msg_id -> its latest record, oldest first; trimmed to the duplicate window.
+        self._by_msg_id: collections.OrderedDict[str, LogRecord] = collections.OrderedDict()
         self._changed = trio.Event()
         self._consumers: set[_Consumer] = set()
         self._faults: collections.deque[PublishFault] = collections.deque()
@@ -221,6 +222,12 @@ class InMemoryLog:
         self._records.append(record)
         self._seqs.append(record.seq)
         self._by_msg_id[msg_id] = record
+        self._by_msg_id.move_to_end(msg_id)
+        while self._by_msg_id:
+            oldest = next(iter(self._by_msg_id.values()))
+            if now - oldest.timestamp_ns < self._window_ns:
+                break
+            self._by_msg_id.popitem(last=False)
         self._wake()
         return record.seq, False
 

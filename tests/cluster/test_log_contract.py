@@ -206,3 +206,25 @@ async def test_cancelled_publish_raises_cancelled(log_harness: LogHarness) -> No
     # The log is still usable, and a retry of the same id is harmless.
     seq = await log.publish(b"x", "cancelled")
     assert await log.publish(b"x", "cancelled") == seq
+
+
+async def test_cancelling_a_wait_for_the_next_record_loses_nothing(
+    log_harness: LogHarness,
+) -> None:
+    log = log_harness.log
+    seqs = [await log.publish(f"r{i}".encode(), f"r{i}") for i in range(200)]
+    got: list[int] = []
+    cancelled = 0
+    with trio.fail_after(RECOVERY):
+        async with log.records(0) as records:
+            iterator = aiter(records)
+            step = 0
+            while len(got) < len(seqs):
+                step += 1
+                # Deadlines from "already passed" to a few hundred microseconds.
+                with trio.move_on_after((step % 7) * 0.00005) as scope:
+                    record = await anext(iterator)
+                    got.append(record.seq)
+                cancelled += scope.cancelled_caught
+    assert got == seqs
+    assert cancelled > 0

@@ -121,3 +121,13 @@ async def test_unavailable_log_keeps_consumers_waiting_then_resumes() -> None:
 def test_record_seq_is_one_based() -> None:
     with pytest.raises(ValueError, match="1-based"):
         LogRecord(seq=0, data=b"", msg_id="", timestamp_ns=0)
+
+
+async def test_msg_ids_older_than_the_window_are_forgotten() -> None:
+    now = [0]
+    log = InMemoryLog(duplicate_window_seconds=1, clock_ns=lambda: now[0])
+    for i in range(100):
+        now[0] = i * 100_000_000  # ten publishes per window
+        await log.publish(b"x", f"m{i}")
+    assert len(log._by_msg_id) <= 11
+    assert await log.publish(b"x", "m99") == 100  # still inside the window
