@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 from array import array
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Literal, NamedTuple, TypeVar, cast
 
 import msgspec
@@ -103,15 +104,41 @@ class LineRuns:
 
 @dataclass(slots=True)
 class ParsedBatch:
-    """The valid events as columns with their line numbers, and the rejected lines by reason.
+    """The valid events as columns, in pieces of body order, with their line numbers, and the
+    rejected lines by reason.
 
     ``line_count`` is the number of verdicts the documented per-line ``results`` has: one per
     newline plus one (so a final newline gives a last, blank line)."""
 
-    columns: EventColumns
+    parts: list[EventColumns]
     event_runs: LineRuns
     rejected: dict[str, LineRuns]
     line_count: int
+
+    @property
+    def columns(self) -> EventColumns:
+        """Every valid event in one piece (for tests and small batches)."""
+        return EventColumns.concat(self.parts) if self.parts else EventColumns([], [], [], None)
+
+    def timestamps(self) -> Iterator[int]:
+        return chain.from_iterable(part.timestamps for part in self.parts)
+
+    def chunks(self, size: int) -> Steps[list[EventColumns]]:
+        """The valid events in body order, cut into pieces of at most ``size`` (at least one
+        piece, maybe empty), one piece per step."""
+        out: list[EventColumns] = []
+        group: list[EventColumns] = []
+        held = 0
+        for part in self.parts:
+            for piece in part.chunks(size):
+                if held + len(piece) > size:
+                    out.append(EventColumns.concat(group))
+                    group, held = [], 0
+                    yield
+                group.append(piece)
+                held += len(piece)
+        out.append(EventColumns.concat(group) if group else EventColumns([], [], [], None))
+        return out
 
     @property
     def events(self) -> list[Event]:
@@ -134,24 +161,56 @@ class ParsedBatch:
         return sorted(out, key=lambda line: line.line)
 
 
-def count_lines(body: bytes) -> Steps[int]:
+Body = bytes | Sequence[bytes]  # the whole body, or its chunks as they arrived
+
+
+def count_lines(body: Body) -> Steps[int]:
     """The body's lines: its newlines, plus one for a last line with no newline after it."""
-    newlines = 0
-    for start in range(0, len(body), COUNT_BYTES):
-        newlines += body.count(b"\n", start, start + COUNT_BYTES)
-        yield
-    return newlines + (1 if body and not body.endswith(b"\n") else 0)
+    chunks = [body] if isinstance(body, bytes) else body
+    newlines = counted = 0
+    last = b""
+    for chunk in chunks:
+        for start in range(0, len(chunk), COUNT_BYTES):
+            newlines += chunk.count(b"\n", start, start + COUNT_BYTES)
+            counted += min(COUNT_BYTES, len(chunk) - start)
+            if counted >= COUNT_BYTES:
+                counted = 0
+                yield
+        last = chunk or last
+    return newlines + (1 if last and not last.endswith(b"\n") else 0)
 
 
-def parse_batch(body: bytes, now_ms: int, limits: Limits) -> list[BatchLine]:
+def _windows(body: Body) -> Iterator[tuple[bytes, bool]]:
+    """The body as windows of whole lines, each about ``WINDOW_BYTES`` (longer when a line is),
+    with whether it ended at a newline (dropped) rather than at the body's end. The last
+    window ends at the body's end (it may be empty). Chunks are joined only a window at a
+    time: no copy of the whole body is made."""
+    pending: list[bytes] = []  # the start of the next window
+    pending_size = 0
+    for chunk in [body] if isinstance(body, bytes) else body:
+        pending.append(chunk)
+        pending_size += len(chunk)
+        if pending_size <= WINDOW_BYTES or b"\n" not in chunk:
+            continue  # a window needs WINDOW_BYTES and a newline after them
+        joined = b"".join(pending)
+        start = 0
+        while (end := joined.find(b"\n", start + WINDOW_BYTES)) >= 0:
+            yield joined[start:end], True
+            start = end + 1
+        rest = joined[start:] if start else joined
+        pending, pending_size = [rest], len(rest)
+    yield b"".join(pending), False
+
+
+def parse_batch(body: Body, now_ms: int, limits: Limits) -> list[BatchLine]:
     return parse_batch_columns(body, now_ms, limits).lines()
 
 
-def parse_batch_columns(body: bytes, now_ms: int, limits: Limits) -> ParsedBatch:
+def parse_batch_columns(body: Body, now_ms: int, limits: Limits) -> ParsedBatch:
     return finish(judge_steps(body, now_ms, limits))
 
 
-def judge_steps(body: bytes, now_ms: int, limits: Limits) -> Steps[ParsedBatch]:
+def judge_steps(body: Body, now_ms: int, limits: Limits) -> Steps[ParsedBatch]:
     """Judge every line, a bounded step at a time (see the module docstring).
 
     Windows end at a newline, so each holds whole lines; a window whose lines are all valid
@@ -164,14 +223,9 @@ def judge_steps(body: bytes, now_ms: int, limits: Limits) -> Steps[ParsedBatch]:
     event_runs = LineRuns()
     rejected: dict[str, LineRuns] = {}
     before = 0  # lines before the current window
-    start, size = 0, len(body)
     last_is_blank = True  # the line after a final newline (or an empty body's only line)
-    while start < size:
-        end = body.find(b"\n", start + WINDOW_BYTES)
-        end = size if end < 0 else end
-        window = body[start:end]
-        last_is_blank = end < size  # the window ended at a newline, not at the body's end
-        start = end + 1
+    for window, at_newline in _windows(body):
+        last_is_blank = at_newline
         if not window or window.isspace():  # blank lines only: no verdicts
             before += window.count(b"\n") + 1
             yield
@@ -206,9 +260,7 @@ def judge_steps(body: bytes, now_ms: int, limits: Limits) -> Steps[ParsedBatch]:
                     parts.append(EventColumns.of(events))
                 yield
         before += count
-    line_count = before + (1 if last_is_blank else 0)
-    columns = EventColumns.concat(parts) if parts else EventColumns([], [], [], None)
-    return ParsedBatch(columns, event_runs, rejected, line_count)
+    return ParsedBatch(parts, event_runs, rejected, before + (1 if last_is_blank else 0))
 
 
 class _Line(msgspec.Struct, gc=False, forbid_unknown_fields=True):

@@ -57,8 +57,8 @@ def answer_steps(parsed: ParsedBatch, failed_at: FailedAt | None, body_size: int
     failed: dict[str, LineRuns] = {}
     if failed_at is not None:
         accepted_runs = LineRuns()
-        for i, (number, timestamp) in enumerate(zip(parsed.event_runs,
-                                                    parsed.columns.timestamps, strict=True)):
+        for i, (number, timestamp) in enumerate(zip(parsed.event_runs, parsed.timestamps(),
+                                                    strict=True)):
             why = failed_at(i, timestamp)
             if why is None:
                 accepted_runs.add(number)

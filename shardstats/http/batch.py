@@ -15,11 +15,13 @@ one submission was one commit holding the loop for tens of milliseconds.
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from itertools import accumulate
 from typing import TypeVar
 
 import trio
 
-from shardstats.core.batch import Steps, count_lines, judge_steps
+from shardstats.core.batch import Body, Steps, count_lines, judge_steps
 from shardstats.core.batch_answer import FailedAt, answer_steps
 from shardstats.core.events import HOUR_MS, EventColumns
 from shardstats.errors import BatchTooLarge, ShardstatsError
@@ -47,10 +49,11 @@ class BatchRoute:
         self._service = service
         self._metrics = metrics
 
-    async def post(self, body: bytes) -> Reply:
-        """The reply to a batch body (authorization is the caller's). ``BatchTooLarge`` when
-        the body has more than ``max_batch_lines`` lines: checked before any line is judged,
-        the caller answers it like a body over ``max_batch_bytes``."""
+    async def post(self, body: Body) -> Reply:
+        """The reply to a batch body, whole or as the chunks it arrived in (authorization and
+        ``max_batch_bytes`` are the caller's). ``BatchTooLarge`` when the body has more than
+        ``max_batch_lines`` lines: checked before any line is judged, the caller answers it
+        like a body over ``max_batch_bytes``."""
         service = self._service
         limit = service.settings.max_batch_lines
         lines = await in_steps(count_lines(body))
@@ -58,14 +61,14 @@ class BatchRoute:
             raise BatchTooLarge(f"the body has {lines:,} lines; a batch may have at most "
                                 f"{limit:,} lines (max_batch_lines)")
         parsed = await in_steps(judge_steps(body, service.clock.now_ms(), service.limits))
-        size = len(body)
+        size = len(body) if isinstance(body, bytes) else sum(map(len, body))
         del body  # the caller passes its only reference: let it go before the commit
-        chunks = parsed.columns.chunks(service.settings.max_batch)
+        chunks = await in_steps(parsed.chunks(service.settings.max_batch))
         outcomes = await self._submit(chunks)
         refused = [outcome for outcome in outcomes if isinstance(outcome, ShardstatsError)]
         if len(refused) == len(outcomes):  # nothing was taken (not ready): as before, no 200
             return json_error(refused[0])
-        failed_at = _failures(outcomes, len(chunks[0]))
+        failed_at = _failures(outcomes, [len(chunk) for chunk in chunks])
         answer = await in_steps(answer_steps(parsed, failed_at, size))
         self._metrics.accepted.inc(answer.accepted)
         for reason, count in answer.rejected_by_reason.items():
@@ -95,14 +98,15 @@ class BatchRoute:
 Outcome = dict[int, ShardstatsError | None] | ShardstatsError
 
 
-def _failures(outcomes: list[Outcome], chunk_size: int) -> FailedAt | None:
+def _failures(outcomes: list[Outcome], sizes: list[int]) -> FailedAt | None:
     """Why the event at an index (of a given timestamp) was not made durable; None when
-    every event was."""
+    every event was. ``sizes``: the events in each chunk."""
     if all(isinstance(outcome, dict) and not any(outcome.values()) for outcome in outcomes):
         return None
+    ends = list(accumulate(sizes))
 
     def failed_at(index: int, timestamp: int) -> str | None:
-        outcome = outcomes[index // chunk_size]
+        outcome = outcomes[bisect_right(ends, index)]
         error = outcome if isinstance(outcome, ShardstatsError) else outcome.get(
             timestamp // HOUR_MS)
         if error is None:

@@ -3,6 +3,7 @@ bounded by the body (issue 10, item 3)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -26,23 +27,32 @@ def answer(body: bytes, failed_at: object = None) -> dict[str, object]:
     return decoded
 
 
-@given(batch_bodies() | st.binary(max_size=300), st.integers(1, 40), st.integers(1, 3))
-def test_small_windows_and_steps_give_the_same_verdicts(body: bytes, window: int,
-                                                         slow: int) -> None:
+def chunked(body: bytes, cuts: list[int]) -> list[bytes]:
+    """The body cut at the given offsets (as a server receives it), empty chunks included."""
+    points = [0, *sorted(min(c, len(body)) for c in cuts), len(body)]
+    return [body[a:b] for a, b in itertools.pairwise(points)]
+
+
+@given(batch_bodies() | st.binary(max_size=300), st.integers(1, 40), st.integers(1, 3),
+       st.lists(st.integers(0, 300), max_size=6))
+def test_small_windows_steps_and_chunks_give_the_same_verdicts(
+    body: bytes, window: int, slow: int, cuts: list[int]
+) -> None:
     whole = parse_batch_columns(body, NOW, Limits())
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(batch_module, "WINDOW_BYTES", window)
         patch.setattr(batch_module, "SLOW_LINES", slow)
-        cut = parse_batch_columns(body, NOW, Limits())
+        cut = parse_batch_columns(chunked(body, cuts), NOW, Limits())
     assert cut.lines() == whole.lines()
     assert cut.line_count == whole.line_count == body.count(b"\n") + 1
     assert cut.columns == whole.columns
 
 
-@given(st.binary(max_size=200))
-def test_count_lines_counts_a_final_unended_line(body: bytes) -> None:
+@given(st.binary(max_size=200), st.lists(st.integers(0, 200), max_size=5))
+def test_count_lines_counts_a_final_unended_line(body: bytes, cuts: list[int]) -> None:
     expected = len(body.split(b"\n")) - (1 if body.endswith(b"\n") or not body else 0)
     assert finish(count_lines(body)) == expected
+    assert finish(count_lines(chunked(body, cuts))) == expected
 
 
 def test_each_step_is_bounded() -> None:

@@ -84,6 +84,45 @@ async def test_a_smaller_max_batch_lines_is_honoured(
         assert status == 200 and json.loads(answer)["accepted"] == 3
 
 
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+async def test_a_body_over_max_batch_bytes_is_413_with_or_without_a_declared_length(
+    tmp_path: Path, declared: bool
+) -> None:
+    """The route reads the body as it arrives: the byte limit holds for a chunked body too."""
+    chunks = [b"x\n" * 200] * 3  # 1,200 bytes
+    headers = [(b"host", b"localhost")]
+    if declared:
+        headers.append((b"content-length", b"1200"))
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/analytics/batch",
+             "raw_path": b"/analytics/batch", "query_string": b"", "root_path": "",
+             "headers": headers, "client": ("127.0.0.1", 1), "server": ("h", 80),
+             "extensions": {}}
+    sent: list[dict[str, Any]] = []
+    done = trio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if chunks:
+            # A pause between chunks: the route takes each one before the next arrives, so
+            # Quart's own buffer never holds more than the limit (its check does not fire).
+            await trio.sleep(0.01)
+            return {"type": "http.request", "body": chunks.pop(), "more_body": bool(chunks)}
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            done.set()
+
+    async with running_app(tmp_path / "data", max_batch_bytes=1000) as h:
+        with trio.fail_after(10):
+            await h.app(scope, receive, send)
+        assert sent[0]["status"] == 413, sent[0]
+        assert (b"connection", b"close") in [(k.lower(), v) for k, v in sent[0]["headers"]]
+        assert await h.counts(NOW_MS) == {"clicks": 0, "impressions": 0, "unique_users": 0}
+
+
 HOSTILE = {
     "100k-invalid": b"x\n" * MAX_LINES,
     "100k-blank-and-one-event": b"\n" * (MAX_LINES - 1) + VALID % 1,
@@ -196,3 +235,38 @@ async def test_peak_memory_of_a_request_is_a_small_multiple_of_its_body(
     # per-run bookkeeping that a small body of one-character lines makes dominant).
     assert peak - before <= 4.5 * len(body) + 2 * MIB, (
         f"{name}: peak {peak - before:,} B for a {len(body):,} B body")
+
+
+async def test_failed_hours_are_reported_per_line_across_pieces(
+    make_harness: Callable[..., AbstractAsyncContextManager[Harness]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Events go to the shards in pieces of max_batch; a piece's failed hour fails exactly
+    the lines of that hour in that piece, and the others are still counted."""
+    from shardstats.core.events import HOUR_MS, EventColumns
+    from shardstats.errors import ShardstatsError, StorageError
+
+    past = NOW_MS - HOUR_MS
+    lines = [VALID % i if i % 2 else VALID.replace(b"%d" % NOW_MS, b"%d" % past) % i
+             for i in range(7)]
+    async with make_harness(max_batch=3) as h:
+        real = h.service.submit_batch
+        pieces: list[int] = []
+
+        async def failing(events: EventColumns) -> dict[int, ShardstatsError | None]:
+            pieces.append(len(events))
+            outcome = await real(events)
+            if "u4" in events.users:  # the second piece: its past-hour events "fail"
+                outcome[past // HOUR_MS] = StorageError("disk on fire")
+            return outcome
+
+        monkeypatch.setattr(h.service, "submit_batch", failing)
+        status, _, answer = await post_batch(h, b"\n".join(lines))
+        assert status == 200 and sorted(pieces) == [1, 3, 3]
+        report = json.loads(answer)
+        # Pieces are lines 1-3, 4-6, 7; the past-hour lines are the odd ones (i even).
+        assert report["results"] == ["accepted", "accepted", "accepted", "accepted",
+                                     "failed: storage error", "accepted", "accepted"]
+        assert report["errors"] == [{"verdict": "failed: storage error", "count": 1,
+                                     "lines": "5"}]
+        assert (report["accepted"], report["failed"]) == (6, 1)
