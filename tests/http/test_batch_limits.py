@@ -241,15 +241,18 @@ async def test_failed_hours_are_reported_per_line_across_pieces(
     make_harness: Callable[..., AbstractAsyncContextManager[Harness]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Events go to the shards in pieces of max_batch; a piece's failed hour fails exactly
-    the lines of that hour in that piece, and the others are still counted."""
+    """Events go to the shards in pieces; a piece's failed hour fails exactly the lines of
+    that hour in that piece, and the others are still counted."""
     from shardstats.core.events import HOUR_MS, EventColumns
     from shardstats.errors import ShardstatsError, StorageError
+    from shardstats.http import batch as batch_route
+
+    monkeypatch.setattr(batch_route, "PIECE_EVENTS", 1)  # pieces of max_batch (3) events
 
     past = NOW_MS - HOUR_MS
     lines = [VALID % i if i % 2 else VALID.replace(b"%d" % NOW_MS, b"%d" % past) % i
              for i in range(7)]
-    async with make_harness(max_batch=3) as h:
+    async with make_harness(max_batch=3) as h:  # pieces: lines 1-3, 4-6, 7
         real = h.service.submit_batch
         pieces: list[int] = []
 
