@@ -39,9 +39,9 @@ from shardstats.core.validation import (
 )
 from shardstats.errors import InvalidInput
 
-WINDOW_BYTES = 64 * 1024  # a body is split into lines a window at a time
-SLOW_LINES = 128  # lines judged by the per-line rules between two steps
-COUNT_BYTES = 1024 * 1024  # bytes counted for newlines between two steps
+WINDOW_BYTES = 16 * 1024  # a body is split into lines a window at a time
+SLOW_LINES = 32  # lines judged by the per-line rules between two steps
+COUNT_BYTES = 256 * 1024  # bytes counted for newlines between two steps
 
 T = TypeVar("T")
 Steps = Generator[None, None, T]  # bounded work per ``next()``; the result on StopIteration

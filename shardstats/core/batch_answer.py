@@ -30,8 +30,8 @@ import msgspec
 from shardstats.core.batch import LineRuns, ParsedBatch, Steps
 
 RESULTS_SLACK = 4096  # bytes of per-line verdicts always allowed beyond the body's size
-RUNS_PER_STEP = 2048  # runs of lines written, or events classified, between two steps
-RESULTS_PER_STEP = 16384  # per-line verdicts encoded between two steps
+RUNS_PER_STEP = 512  # runs of lines written, or events classified, between two steps
+RESULTS_PER_STEP = 4096  # per-line verdicts encoded between two steps
 
 ACCEPTED, BLANK = "accepted", "blank"
 _encode = msgspec.json.encode

@@ -3,9 +3,11 @@
 The CPU work of a batch (counting its lines, judging them, building the answer) is pure code
 in ``core.batch`` and ``core.batch_answer`` cut into bounded steps; ``in_steps`` runs them on
 the event loop with a checkpoint after each, so a 16 MiB body never holds the loop for more
-than one step (about a millisecond) and a GET arriving meanwhile waits at most that long per
-turn. Steps on the loop rather than a worker thread: msgspec, the per-line rules and the
-answer all hold the GIL, so a thread would still stall the loop, only less predictably.
+than one step (about a quarter of a millisecond) and a GET arriving meanwhile waits about
+that long per turn. Steps on the loop rather than a worker thread: msgspec, the per-line
+rules and the answer all hold the GIL, so a thread would still stall the loop, only less
+predictably (tools/bench.py, maxbatch: with 1 ms steps the GET p50 during hostile batches
+was 10-20 ms, with quarter-millisecond steps 6-9 ms).
 
 The valid events go to the shards in pieces of at most ``max(max_batch, PIECE_EVENTS)``
 events, all submitted at once: a shard's group commit (user ids, the journal block, the
