@@ -58,6 +58,11 @@ class Settings:
     max_batch_bytes: int = field(
         default=16 * 1024 * 1024, metadata=_doc("largest /analytics/batch body (413 beyond)")
     )
+    max_batch_lines: int = field(
+        default=100_000,
+        metadata=_doc("most lines in one /analytics/batch body (413 beyond, refused before "
+                      "any line is judged)"),
+    )
     inbox_size: int = field(
         default=4096, metadata=_doc("queued requests per hour before POST answers 503")
     )
@@ -125,9 +130,11 @@ class Settings:
 
     def __post_init__(self) -> None:
         for name in ("max_user_bytes", "max_open_shards", "inbox_size", "max_batch",
-                     "max_range_hours", "max_batch_bytes"):
+                     "max_range_hours", "max_batch_bytes", "max_batch_lines"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
+        if self.max_batch_lines >= 2**32:  # line numbers are kept as 32-bit integers
+            raise ConfigError("max_batch_lines must be below 2**32")
         for name in ("accept_past_seconds", "accept_future_seconds", "max_cached_hours",
                      "preload_hours", "user_cache_size"):
             if getattr(self, name) < 0:

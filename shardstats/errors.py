@@ -2,6 +2,7 @@
 
     ShardstatsError                  500
     ├── InvalidInput                 400  bad query parameter, reason in the message
+    │   └── BatchTooLarge            413  a batch body with more lines than allowed
     ├── Unavailable                  503  overloaded or not ready; carries retry_after
     │   ├── Overloaded
     │   ├── NotReady
@@ -28,6 +29,10 @@ class InvalidInput(ShardstatsError):
     @property
     def reason(self) -> str:
         return str(self)
+
+
+class BatchTooLarge(InvalidInput):
+    status = 413
 
 
 class Unavailable(ShardstatsError):

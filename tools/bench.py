@@ -26,6 +26,12 @@ Scenarios, all in one run on this machine (every figure printed is measured in t
    then the same while GETs of the current hour arrive at a fixed rate: their P99, next to
    their P99 with no range queries, shows whether big unions hold up the event loop. The
    first answer of each step is checked against the load generator's own ledger (exact).
+7. Maximal batches (issue 10): bodies at the limits (``max_batch_lines`` lines, near
+   ``max_batch_bytes``) sent back to back on ``batch_connections`` connections while GETs of
+   the current hour arrive at a fixed rate (open loop): valid events, 16 MiB of newlines (a
+   413), 100k lines of invalid JSON, and 100k valid-JSON lines that fail a check (the dearest
+   lines to judge). The GET P99 during each is shown next to the one with no batches; the
+   accepted events are checked against the hour's counts.
 
 Data sets are filled through ``POST /analytics/batch`` (``loadgen prepopulate``), and every
 fill is read back and checked exactly.
@@ -56,6 +62,7 @@ import datetime
 import functools
 import http.client
 import json
+import multiprocessing
 import os
 import platform
 import re
@@ -75,6 +82,7 @@ if __package__ in (None, ""):  # run as a script: make ``tools`` importable
 
 import trio
 
+from tools.loadgen.client import Connection, Endpoint
 from tools.loadgen.ledger import Counts
 from tools.loadgen.ranges import compare_range, expected_range
 from tools.loadgen.report import format_batch, format_check, format_fill, format_load, ms
@@ -84,7 +92,9 @@ from tools.loadgen.runner import (
     Job,
     LoadReport,
     LoadSession,
+    execute,
     now_ms,
+    parse_counts,
     stderr_progress,
 )
 from tools.loadgen.workload import HOUR_MS, FillPlan, RequestClass, WorkloadConfig
@@ -121,6 +131,7 @@ class Scale:
     range_pool: int
     range_s: float
     range_get_rate: float
+    max_batch_s: float  # maximal batches: seconds per body kind
 
     def describe(self) -> str:
         return (
@@ -133,7 +144,8 @@ class Scale:
             f"batch ingest {self.batch_s:g} s at {self.batch_connections} connections x "
             f"{self.batch_events:,} events, user pool {self.batch_pool:,}; range queries over "
             f"{self.range_hours} hours of {self.range_events:,} events each from a pool of "
-            f"{self.range_pool:,} users, {self.range_s:g} s per phase; fills through the batch "
+            f"{self.range_pool:,} users, {self.range_s:g} s per phase; maximal batches "
+            f"{self.max_batch_s:g} s per body kind; fills through the batch "
             f"endpoint, {self.fill_connections} connections x {self.fill_chunk:,} events"
         )
 
@@ -144,14 +156,14 @@ QUICK = Scale("quick", warmup=0.5, rounds=3, throughput_s=1.5, connections=64, s
               fill_connections=3, fill_chunk=25_000,
               batch_connections=2, batch_events=10_000, batch_pool=100_000, batch_s=4.0,
               range_hours=720, range_events=300, range_pool=3_000, range_s=2.0,
-              range_get_rate=50.0)
+              range_get_rate=50.0, max_batch_s=3.0)
 FULL = Scale("full", warmup=2.0, rounds=3, throughput_s=15.0, connections=64, slo_s=30.0,
              big_events=1_000_000, big_users=100_000, history_hours=48,
              history_events=360_000, history_users=100_000, latency_s=10.0, pg_get_s=15.0,
              fill_connections=3, fill_chunk=25_000,
              batch_connections=2, batch_events=10_000, batch_pool=1_000_000, batch_s=15.0,
              range_hours=720, range_events=100_000, range_pool=1_000_000, range_s=10.0,
-             range_get_rate=50.0)
+             range_get_rate=50.0, max_batch_s=10.0)
 
 
 # -- servers under test ----------------------------------------------------------------------
@@ -845,6 +857,78 @@ class Bench:
         finally:
             server.stop()
 
+    # -- 7. maximal batches ---------------------------------------------------------------
+
+    def max_batches(self) -> None:
+        scale = self.scale
+        rate, t = scale.range_get_rate, scale.max_batch_s
+        conns = scale.batch_connections
+        self.section(
+            f"Maximal batches: bodies at the limits ({MAX_LINES:,} lines, up to 16 MiB) back to "
+            f"back on {conns} connections, {t:g} s per kind, with {rate:g} GET/s of the current "
+            "hour meanwhile (open loop, 2 connections); the same GETs alone first")
+        server = self.shardstats(self.work / "max-batch-data")
+        with contextlib.ExitStack() as stack:
+            stack.callback(server.stop)
+            server.start()
+            session = self.session(server.url)
+            bodies = maximal_bodies(now_ms())
+            for kind, body in bodies.items():
+                newlines = body.count(b"\n")
+                self.say(f"body {kind}: {len(body) / 2**20:.1f} MiB, {newlines:,} newlines")
+            rss0 = server.rss_mib()
+            senders = Senders()
+            stack.callback(senders.close)
+
+            async def measure() -> None:
+                hour = now_ms() // HOUR_MS
+                alone = await session.open_loop(0.0, rate, t, warmup=0.5, connections=2,
+                                                job=session.current_get, check_after=False,
+                                                label="GET current alone")
+                self.say("-- GETs of the current hour, no batches:")
+                self.say(format_load(alone))
+                self.reports["maxbatch_get_alone"] = alone
+                accepted = 0
+                for kind in bodies:
+                    gets: list[LoadReport] = []
+
+                    async def run_gets(gets: list[LoadReport] = gets, kind: str = kind
+                                       ) -> None:
+                        gets.append(await session.open_loop(
+                            0.0, rate, t, warmup=0.5, connections=2, job=session.current_get,
+                            check_after=False, label=f"GET during {kind}"))
+
+                    await trio.to_thread.run_sync(senders.prepare, kind)
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(run_gets)
+                        tally = await trio.to_thread.run_sync(senders.run, server.url, conns,
+                                                              0.5 + t)
+                    self.say(f"-- {kind} bodies back to back: {tally.describe()}")
+                    self.say(format_load(gets[0]))
+                    self.reports[f"maxbatch_get_during_{kind}"] = gets[0]
+                    self.results.data[f"maxbatch_{kind}"] = dataclasses.asdict(tally)
+                    accepted += tally.accepted
+                    if tally.unexpected:
+                        self.results.failures.append(
+                            f"maximal batches, {kind}: unexpected answers {tally.unexpected}")
+                if now_ms() // HOUR_MS == hour:
+                    conn = Connection(Endpoint.parse(server.url))
+                    outcome = await execute(conn, "GET", f"/analytics?timestamp={now_ms()}",
+                                            30.0)
+                    conn.close()
+                    got = parse_counts(outcome.response) if outcome.response else None
+                    events = None if got is None else got.clicks + got.impressions
+                    self.say(f"hour check: {accepted:,} events accepted, the hour counts "
+                             f"{events if events is None else format(events, ',')}")
+                    if events != accepted:
+                        self.results.failures.append(
+                            f"maximal batches: {accepted:,} accepted, the hour counts {events}")
+
+            trio.run(measure)
+            rss = server.rss_mib()
+            self.say(f"shardstats RSS: {rss0:.1f} MiB before the batches, {rss:.1f} MiB after")
+            self.results.data.update(maxbatch_rss_before_mib=rss0, maxbatch_rss_after_mib=rss)
+
     # -- summary ---------------------------------------------------------------------------
 
     def summarize(self) -> None:
@@ -956,6 +1040,20 @@ class Bench:
                         f"{ms(lat.p50_ms)} / {ms(lat.p99_ms)} ms"))
             res.add(Row(f"batch ingest: users in the window (pool {b.pool:,})",
                         f"{b.distinct_in_window:,} distinct, {b.new_in_window:,} new"))
+        alone_rep = r.get("maxbatch_get_alone")
+        alone = alone_rep.classes[RequestClass.GET_CURRENT].p99_ms if alone_rep else None
+        for kind in MAX_BATCH_KINDS:
+            rep = r.get(f"maxbatch_get_during_{kind}")
+            if rep is None:
+                continue
+            during = rep.classes[RequestClass.GET_CURRENT]
+            ratio = (f"{during.p99_ms / alone:.2f}" if during.p99_ms is not None and alone
+                     else "-")
+            res.add(Row(f"GET current p99 while maximal {kind} batches run",
+                        fmt_ms(during.p99_ms), f"{fmt_ms(alone)} (no batches)", ratio,
+                        "<= 20 ms", None if during.p99_ms is None
+                        else during.p99_ms <= 20 and not during.errors))
+
         first_range = len(res.rows)
         users = res.data.get("range_users_per_hour_median")
         hours = res.data.get("range_hours", scale.range_hours)
@@ -1148,6 +1246,120 @@ def postgres_missing() -> str | None:
     return None
 
 
+# -- maximal batch bodies --------------------------------------------------------------------
+
+MAX_LINES = 100_000  # the server's default max_batch_lines
+MAX_BODY = 16 * 1024 * 1024  # the server's default max_batch_bytes
+MAX_BATCH_KINDS = ("valid", "newlines", "invalid-json", "failing-check")
+
+
+def maximal_bodies(now: int) -> dict[str, bytes]:
+    """One body per kind, each at the limits: ``MAX_LINES`` lines filling nearly
+    ``MAX_BODY`` (or, for newlines, ``MAX_BODY`` - 1 of them: over the line limit)."""
+    width = MAX_BODY // MAX_LINES - 1  # bytes per line before its newline
+
+    def padded(line: bytes) -> bytes:
+        return line + b" " * (width - len(line))
+
+    valid = b"".join(padded(b'{"timestamp":%d,"user":"user-%06d","event":"%s"}' % (
+        now - i % 1000, i, b"click" if i % 3 else b"impression")) + b"\n"
+        for i in range(MAX_LINES))
+    failing = padded(b'{"timestamp":%d,"user":"bad\\u0001user","event":"click"}' % now)
+    return {
+        "valid": valid,
+        "newlines": b"\n" * (MAX_BODY - 1),
+        "invalid-json": (b"x" * width + b"\n") * MAX_LINES,
+        "failing-check": (failing + b"\n") * MAX_LINES,
+    }
+
+
+@dataclass
+class MaxBatchTally:
+    requests: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+    accepted: int = 0
+    answer_bytes_max: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        lat = sorted(self.latencies_ms)
+        p50 = f"{lat[len(lat) // 2]:.0f}" if lat else "-"
+        worst = f"{lat[-1]:.0f}" if lat else "-"
+        return (f"{self.requests} requests, statuses {self.statuses}, {self.accepted:,} "
+                f"events accepted, largest answer {self.answer_bytes_max:,} bytes, "
+                f"latency p50 {p50} ms, max {worst} ms")
+
+
+class Senders:
+    """Batch senders in a child process (inheriting this one's CPU pinning): building,
+    sending and reading 16 MiB requests here would delay the GETs' dispatch and bias them."""
+
+    def __init__(self) -> None:
+        self._pool = multiprocessing.get_context("spawn").Pool(1)
+
+    def prepare(self, kind: str) -> None:
+        self._pool.apply(_prepare_body, (kind,))
+
+    def run(self, url: str, connections: int, seconds: float) -> MaxBatchTally:
+        tally: MaxBatchTally = self._pool.apply(_send_for, (url, connections, seconds))
+        return tally
+
+    def close(self) -> None:
+        self._pool.close()
+        self._pool.join()
+
+
+_BODY = b""  # in the sender process: the body to send
+
+
+def _prepare_body(kind: str) -> None:
+    global _BODY
+    _BODY = maximal_bodies(now_ms())[kind]
+
+
+def _send_for(url: str, connections: int, seconds: float) -> MaxBatchTally:
+    tally = MaxBatchTally()
+
+    async def main() -> None:
+        end = trio.current_time() + seconds
+        async with trio.open_nursery() as nursery:
+            for _ in range(connections):
+                nursery.start_soon(send_back_to_back, url, _BODY, end, tally)
+
+    trio.run(main)
+    return tally
+
+
+ACCEPTED = re.compile(rb'^\{"accepted":(\d+),')
+
+
+async def send_back_to_back(url: str, body: bytes, end: float, tally: MaxBatchTally) -> None:
+    """POST ``body`` again and again until ``end`` (a 413 closes the connection: the next
+    request opens a new one)."""
+    conn = Connection(Endpoint.parse(url))
+    try:
+        while trio.current_time() < end:
+            t0 = trio.current_time()
+            outcome = await execute(conn, "POST", "/analytics/batch", 120.0, body=body,
+                                    expected=200)
+            tally.latencies_ms.append((trio.current_time() - t0) * 1000)
+            tally.requests += 1
+            response = outcome.response
+            if response is None:
+                tally.unexpected.append(f"{outcome.error}: {outcome.detail}")
+                continue
+            tally.statuses[response.status] = tally.statuses.get(response.status, 0) + 1
+            tally.answer_bytes_max = max(tally.answer_bytes_max, len(response.body))
+            accepted = ACCEPTED.match(response.body)
+            if response.status == 200 and accepted:
+                tally.accepted += int(accepted.group(1))
+            elif response.status != 413:
+                tally.unexpected.append(f"HTTP {response.status}: {response.body[:100]!r}")
+    finally:
+        conn.close()
+
+
 # -- main ------------------------------------------------------------------------------------
 
 
@@ -1174,13 +1386,15 @@ def build_parser() -> argparse.ArgumentParser:
     sizes.add_argument("--batch-seconds", type=float)
     sizes.add_argument("--range-events", type=int, help="events per hour of the range data")
     sizes.add_argument("--range-pool", type=int, help="user pool of the range data")
+    sizes.add_argument("--max-batch-seconds", type=float,
+                       help="maximal batches: seconds per body kind")
     parser.add_argument("--only", metavar="LIST",
                         help="run only these scenarios (comma-separated: "
                         + ",".join(SCENARIOS) + ")")
     return parser
 
 
-SCENARIOS = ("post", "slo", "batch", "big", "range")
+SCENARIOS = ("post", "slo", "batch", "big", "range", "maxbatch")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1199,6 +1413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "history_events": args.history_events, "throughput_s": args.throughput_seconds,
         "slo_s": args.slo_seconds, "batch_s": args.batch_seconds,
         "range_events": args.range_events, "range_pool": args.range_pool,
+        "max_batch_s": args.max_batch_seconds,
     }
     scale = dataclasses.replace(scale, **{k: v for k, v in overrides.items() if v is not None})
     server_cpus, pin_text = pinning(args.no_pin)
@@ -1236,6 +1451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("batch", "batch ingest", bench.batch_ingest),
         ("big", "big hours", lambda: bench.big_data(past, big)),
         ("range", "range queries", bench.range_queries),
+        ("maxbatch", "maximal batches", bench.max_batches),
     ]
     if wanted is not None:
         steps = [step for step in steps if step[0] in wanted]

@@ -3,14 +3,26 @@
 A line is ``{"timestamp": 1795802400000, "user": "alice", "event": "click"}``; ``timestamp``
 may be a JSON integer or a string of digits. Blank lines are skipped (they get no verdict);
 every other line gets exactly one verdict, in order. Pure: ``now_ms`` is an argument.
+
+Bounded cost (one request must not hold the server):
+- ``count_lines`` counts a body's lines at C speed, so that a caller can refuse a body with too
+  many before any line is looked at;
+- ``judge_steps`` judges the body as a generator of bounded steps: each ``next()`` does at most
+  one window of ``WINDOW_BYTES`` through the fast path, or ``SLOW_LINES`` lines through the
+  per-line rules, or skips a window of blank lines. An async caller gives other tasks a turn
+  between steps; ``parse_batch_columns`` runs them back to back;
+- verdicts are kept as runs of line numbers (``LineRuns``), not an object per line, so their
+  memory is bounded by the body's size however many lines are blank or rejected.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from array import array
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from itertools import chain
+from typing import Literal, NamedTuple, TypeVar, cast
 
 import msgspec
 
@@ -27,6 +39,22 @@ from shardstats.core.validation import (
 )
 from shardstats.errors import InvalidInput
 
+WINDOW_BYTES = 16 * 1024  # a body is split into lines a window at a time
+SLOW_LINES = 32  # lines judged by the per-line rules between two steps
+COUNT_BYTES = 256 * 1024  # bytes counted for newlines between two steps
+
+T = TypeVar("T")
+Steps = Generator[None, None, T]  # bounded work per ``next()``; the result on StopIteration
+
+
+def finish(steps: Steps[T]) -> T:
+    """Run every step at once (tests, tools, small bodies)."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return cast(T, done.value)
+
 
 class BatchLine(NamedTuple):
     line: int  # 1-based line number in the body
@@ -34,18 +62,96 @@ class BatchLine(NamedTuple):
     error: str | None
 
 
+class LineRuns:
+    """Ascending line numbers as runs of consecutive numbers (two 4-byte ints a run)."""
+
+    __slots__ = ("_firsts", "_lasts", "count")
+
+    def __init__(self) -> None:
+        self._firsts = array("I")
+        self._lasts = array("I")
+        self.count = 0
+
+    def add(self, first: int, last: int | None = None) -> None:
+        """Lines ``first..last`` (inclusive; just ``first`` when last is None), all after
+        every line added before."""
+        last = first if last is None else last
+        self.count += last - first + 1
+        if self._lasts and self._lasts[-1] == first - 1:
+            self._lasts[-1] = last
+        else:
+            self._firsts.append(first)
+            self._lasts.append(last)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[int]:
+        for first, last in self.runs():
+            yield from range(first, last + 1)
+
+    def runs(self) -> Iterator[tuple[int, int]]:
+        return zip(self._firsts, self._lasts, strict=True)
+
+    @property
+    def first(self) -> int:
+        return self._firsts[0]
+
+    @property
+    def run_count(self) -> int:
+        return len(self._firsts)
+
+
 @dataclass(slots=True)
 class ParsedBatch:
-    """The valid events as columns with their line numbers, and the rejected lines with their
-    reasons."""
+    """The valid events as columns, in pieces of body order, with their line numbers, and the
+    rejected lines by reason.
 
-    columns: EventColumns
-    event_lines: Sequence[int]
-    errors: list[tuple[int, str]]
+    ``line_count`` is the number of verdicts the documented per-line ``results`` has: one per
+    newline plus one (so a final newline gives a last, blank line)."""
+
+    parts: list[EventColumns]
+    event_runs: LineRuns
+    rejected: dict[str, LineRuns]
+    line_count: int
+
+    @property
+    def columns(self) -> EventColumns:
+        """Every valid event in one piece (for tests and small batches)."""
+        return EventColumns.concat(self.parts) if self.parts else EventColumns([], [], [], None)
+
+    def timestamps(self) -> Iterator[int]:
+        return chain.from_iterable(part.timestamps for part in self.parts)
+
+    def chunks(self, size: int) -> Steps[list[EventColumns]]:
+        """The valid events in body order, cut into pieces of at most ``size`` (at least one
+        piece, maybe empty), one piece per step."""
+        out: list[EventColumns] = []
+        group: list[EventColumns] = []
+        held = 0
+        for part in self.parts:
+            for piece in part.chunks(size):
+                if held + len(piece) > size:
+                    out.append(EventColumns.concat(group))
+                    group, held = [], 0
+                    yield
+                group.append(piece)
+                held += len(piece)
+        out.append(EventColumns.concat(group) if group else EventColumns([], [], [], None))
+        return out
 
     @property
     def events(self) -> list[Event]:
         return self.columns.events()
+
+    @property
+    def event_lines(self) -> list[int]:
+        return list(self.event_runs)
+
+    @property
+    def errors(self) -> list[tuple[int, str]]:
+        """Every rejected line with its reason, in body order (for tests and small batches)."""
+        return sorted((n, reason) for reason, runs in self.rejected.items() for n in runs)
 
     def lines(self) -> list[BatchLine]:
         """Every non-blank line's verdict, in body order (for tests and small batches)."""
@@ -55,34 +161,106 @@ class ParsedBatch:
         return sorted(out, key=lambda line: line.line)
 
 
-def parse_batch(body: bytes, now_ms: int, limits: Limits) -> list[BatchLine]:
+Body = bytes | Sequence[bytes]  # the whole body, or its chunks as they arrived
+
+
+def count_lines(body: Body) -> Steps[int]:
+    """The body's lines: its newlines, plus one for a last line with no newline after it."""
+    chunks = [body] if isinstance(body, bytes) else body
+    newlines = counted = 0
+    last = b""
+    for chunk in chunks:
+        for start in range(0, len(chunk), COUNT_BYTES):
+            newlines += chunk.count(b"\n", start, start + COUNT_BYTES)
+            counted += min(COUNT_BYTES, len(chunk) - start)
+            if counted >= COUNT_BYTES:
+                counted = 0
+                yield
+        last = chunk or last
+    return newlines + (1 if last and not last.endswith(b"\n") else 0)
+
+
+def _windows(body: Body) -> Iterator[tuple[bytes, bool]]:
+    """The body as windows of whole lines, each about ``WINDOW_BYTES`` (longer when a line is),
+    with whether it ended at a newline (dropped) rather than at the body's end. The last
+    window ends at the body's end (it may be empty). Chunks are joined only a window at a
+    time: no copy of the whole body is made."""
+    pending: list[bytes] = []  # the start of the next window
+    pending_size = 0
+    for chunk in [body] if isinstance(body, bytes) else body:
+        pending.append(chunk)
+        pending_size += len(chunk)
+        if pending_size <= WINDOW_BYTES or b"\n" not in chunk:
+            continue  # a window needs WINDOW_BYTES and a newline after them
+        joined = b"".join(pending)
+        start = 0
+        while (end := joined.find(b"\n", start + WINDOW_BYTES)) >= 0:
+            yield joined[start:end], True
+            start = end + 1
+        rest = joined[start:] if start else joined
+        pending, pending_size = [rest], len(rest)
+    yield b"".join(pending), False
+
+
+def parse_batch(body: Body, now_ms: int, limits: Limits) -> list[BatchLine]:
     return parse_batch_columns(body, now_ms, limits).lines()
 
 
-def parse_batch_columns(body: bytes, now_ms: int, limits: Limits) -> ParsedBatch:
+def parse_batch_columns(body: Body, now_ms: int, limits: Limits) -> ParsedBatch:
+    return finish(judge_steps(body, now_ms, limits))
+
+
+def judge_steps(body: Body, now_ms: int, limits: Limits) -> Steps[ParsedBatch]:
+    """Judge every line, a bounded step at a time (see the module docstring).
+
+    Windows end at a newline, so each holds whole lines; a window whose lines are all valid
+    is taken by the fast path in one step, any other by the per-line rules. Either way each
+    line gets the verdict the per-line rules give it alone."""
     low = max(0, now_ms - limits.accept_past_ms) if limits.accept_past_ms else 0
     high = (min(MAX_TIMESTAMP_MS, now_ms + limits.accept_future_ms) if limits.accept_future_ms
             else MAX_TIMESTAMP_MS)
-    lines = body.split(b"\n")
-    if not lines[-1].strip():
-        lines.pop()  # the usual final newline, or trailing blanks
-    fast = _all_valid_fast(lines, low, high, limits.max_user_bytes)
-    if fast is not None:
-        return fast
-    events: list[Event] = []
-    event_lines: list[int] = []
-    errors: list[tuple[int, str]] = []
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue  # blank lines get no verdict
-        try:
-            event = _event(raw, now_ms, limits)
-        except InvalidInput as exc:
-            errors.append((number, str(exc)))
+    parts: list[EventColumns] = []
+    event_runs = LineRuns()
+    rejected: dict[str, LineRuns] = {}
+    before = 0  # lines before the current window
+    last_is_blank = True  # the line after a final newline (or an empty body's only line)
+    for window, at_newline in _windows(body):
+        last_is_blank = at_newline
+        if not window or window.isspace():  # blank lines only: no verdicts
+            before += window.count(b"\n") + 1
+            yield
             continue
-        events.append(event)
-        event_lines.append(number)
-    return ParsedBatch(EventColumns.of(events), event_lines, errors)
+        lines = window.split(b"\n")
+        count = len(lines)
+        if count > 1 and not lines[-1].strip():
+            lines.pop()  # the usual final newline, or trailing blanks: no verdict either way
+        fast = _all_valid_fast(lines, low, high, limits.max_user_bytes)
+        if fast is not None:
+            parts.append(fast)
+            event_runs.add(before + 1, before + len(lines))
+            yield
+        else:
+            for offset in range(0, len(lines), SLOW_LINES):
+                events: list[Event] = []
+                for number, raw in enumerate(lines[offset:offset + SLOW_LINES],
+                                             start=before + offset + 1):
+                    if not raw.strip():
+                        continue  # blank lines get no verdict
+                    try:
+                        events.append(_event(raw, now_ms, limits))
+                    except InvalidInput as exc:
+                        reason = str(exc)
+                        runs = rejected.get(reason)
+                        if runs is None:
+                            runs = rejected[reason] = LineRuns()
+                        runs.add(number)
+                        continue
+                    event_runs.add(number)
+                if events:
+                    parts.append(EventColumns.of(events))
+                yield
+        before += count
+    return ParsedBatch(parts, event_runs, rejected, before + (1 if last_is_blank else 0))
 
 
 class _Line(msgspec.Struct, gc=False, forbid_unknown_fields=True):
@@ -97,12 +275,13 @@ class _Line(msgspec.Struct, gc=False, forbid_unknown_fields=True):
 _DECODE_LINE = msgspec.json.Decoder(_Line).decode
 
 
-def _all_valid_fast(lines: list[bytes], low: int, high: int, max_user: int) -> ParsedBatch | None:
-    """The common case, a batch of valid lines with no blank ones: each line decoded and
+def _all_valid_fast(lines: list[bytes], low: int, high: int, max_user: int
+                    ) -> EventColumns | None:
+    """The common case, a window of valid lines with no blank ones: each line decoded and
     type-checked by msgspec in C, then checked a column at a time. None as soon as anything is
     unusual (blank lines, other keys, other types, anything out of bounds): the per-line rules
-    then judge every line and say why. Lines are decoded one by one, never joined into one
-    array, so no JSON value can straddle two lines."""
+    then judge every line of the window and say why. Lines are decoded one by one, never
+    joined into one array, so no JSON value can straddle two lines."""
     if not lines or b"" in lines:
         return None
     try:
@@ -125,8 +304,7 @@ def _all_valid_fast(lines: list[bytes], low: int, high: int, max_user: int) -> P
     elif not all(eid is None or _valid_id(eid) for eid in ids):
         return None
     kinds = _KINDS
-    return ParsedBatch(EventColumns(timestamps, users, [kinds[item.event] for item in items],
-                                    ids), range(1, len(lines) + 1), [])
+    return EventColumns(timestamps, users, [kinds[item.event] for item in items], ids)
 
 
 def _valid_id(eid: str) -> bool:

@@ -95,6 +95,15 @@ class EventColumns:
                 out.ids += part.ids if part.ids is not None else [None] * len(part)
         return out
 
+    def chunks(self, size: int) -> list[EventColumns]:
+        """The events cut into consecutive pieces of at most ``size`` (one when it fits)."""
+        if len(self) <= size:
+            return [self]
+        ts, users, kinds, ids = self.timestamps, self.users, self.kinds, self.ids
+        return [EventColumns(ts[i:i + size], users[i:i + size], kinds[i:i + size],
+                             None if ids is None else ids[i:i + size])
+                for i in range(0, len(ts), size)]
+
     def select(self, indices: Sequence[int]) -> EventColumns:
         """The events at ``indices``, in that order."""
         ts, users, kinds, ids = self.timestamps, self.users, self.kinds, self.ids

@@ -100,8 +100,13 @@ DOCUMENT: dict[str, Any] = {
                 "summary": "Record many events (newline-delimited JSON)",
                 "description": "Each line is {\"timestamp\": ms, \"user\": \"...\", \"event\": "
                 "\"click\"|\"impression\"} (optionally \"id\") validated like a single "
-                "POST. The answer comes once every accepted event is durable; results[i] is "
-                "the verdict of line i+1.",
+                "POST. The answer comes once every accepted event is durable. errors groups "
+                "every verdict other than accepted and blank with its count and lines "
+                "(\"2,5-9\"); results[i] is the verdict of line i+1, given when it is no larger "
+                "than the body plus 4 KiB (always for real events; not for a body of mostly "
+                "blank or one-character lines). A body over max_batch_bytes (16 MiB) or "
+                "max_batch_lines (100,000 lines; a final newline does not start another) is "
+                "refused whole with 413, before any line is judged.",
                 "security": [{}, {"bearer": []}],
                 "requestBody": {"required": True,
                                 "content": {"application/x-ndjson": {"schema": {
@@ -109,16 +114,27 @@ DOCUMENT: dict[str, Any] = {
                 "responses": {
                     "200": _json({
                         "type": "object",
-                        "required": ["accepted", "rejected", "failed", "results"],
+                        "required": ["accepted", "rejected", "failed", "errors"],
                         "properties": {
                             "accepted": {"type": "integer"},
                             "rejected": {"type": "integer"},
                             "failed": {"type": "integer"},
+                            "errors": {"type": "array", "items": {
+                                "type": "object",
+                                "required": ["verdict", "count", "lines"],
+                                "properties": {
+                                    "verdict": {"type": "string"},
+                                    "count": {"type": "integer"},
+                                    "lines": {"type": "string",
+                                              "description": "line numbers and ranges, "
+                                              "ascending: 2,5-9,12"},
+                                }}},
                             "results": {"type": "array", "items": {"type": "string"}},
                         },
-                    }, "Per-line verdicts: accepted, rejected: reason, failed: reason, blank"),
+                    }, "Verdicts: accepted, rejected: reason, failed: reason, blank"),
                     "401": _json({"$ref": "#/components/schemas/Error"}, "Token required"),
-                    "413": _json({"$ref": "#/components/schemas/Error"}, "Body too large"),
+                    "413": _json({"$ref": "#/components/schemas/Error"},
+                                 "Body over max_batch_bytes or max_batch_lines"),
                     "503": _UNAVAILABLE,
                 },
             },
