@@ -22,6 +22,7 @@ from shardstats.cluster.materializer import Materializer, MaterializerStatistics
 from shardstats.cluster.publisher import Publisher, PublisherStatistics
 from shardstats.config import Settings
 from shardstats.core.events import EventColumns
+from shardstats.errors import NotReady
 from shardstats.shards.registry import Registry
 from shardstats.storage.datadir import DataDir
 
@@ -103,11 +104,13 @@ class ClusterNode:
         await self._done.wait()
 
     async def publish(self, events: EventColumns) -> None:
-        assert self.publisher is not None, "cluster node is not running"
+        if self.publisher is None:
+            raise NotReady("cluster node is not running")
         await self.publisher.publish(events)
 
     async def read_barrier(self) -> Consistency:
-        assert self.barrier is not None, "cluster node is not running"
+        if self.barrier is None or self._stop.is_set():
+            raise NotReady("cluster node is not running")
         return await self.barrier.wait()
 
     def statistics(self) -> ClusterStatistics | None:

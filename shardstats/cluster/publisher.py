@@ -30,7 +30,7 @@ import trio
 from shardstats.cluster.log import EventLog
 from shardstats.core import stream
 from shardstats.core.events import EventColumns
-from shardstats.errors import LogOutcomeUnknown, Overloaded, ShardstatsError
+from shardstats.errors import LogOutcomeUnknown, NotReady, Overloaded, ShardstatsError
 from shardstats.shards.pending import Pending
 
 log = logging.getLogger("shardstats.cluster")
@@ -85,6 +85,8 @@ class Publisher:
                 self._send.send_nowait((part, pending))
             except trio.WouldBlock:
                 raise Overloaded("too many events waiting for the log") from None
+            except trio.ClosedResourceError:  # stopping: what was queued is still answered
+                raise NotReady("shutting down") from None
             pendings.append(pending)
         for pending in pendings:
             await pending.wait()

@@ -169,6 +169,8 @@ class Service:
         now (``cluster.barrier``); embedded mode: always fresh."""
         if self.cluster is None:
             return Consistency.FRESH
+        if not self.ready:
+            raise NotReady("recovering; retry shortly")
         return await self.cluster.read_barrier()
 
     async def submit_batch(self, events: EventColumns) -> dict[int, ShardstatsError | None]:
