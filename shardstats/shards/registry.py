@@ -22,7 +22,10 @@ Rules:
    before that (``_start_shard`` refuses loudly, and ``DataDir.journal_writer`` refuses a
    second writer of the journal even if this bookkeeping were wrong).
 4. A closing shard leaves ``_open`` before its inbox closes, so no submission can reach a
-   closed inbox.
+   closed inbox: the registry takes it out before closing it, and a shard that stops on
+   its own (a bug) tells the registry first. An open of the hour then waits for that shard
+   to end. A shard stopped by a bug leaves no aggregate behind: the hour is read again
+   from its journal, which may hold rows the dead shard never applied.
 5. Cached aggregates are frozen: readers may hold them across awaits; a shard that reopens
    the hour works on a copy.
 6. The current hour is never evicted for being idle (it is snapshotted periodically instead).
@@ -163,6 +166,10 @@ class Registry:
                     pending = shard.submit_nowait(events)
                 except trio.WouldBlock:
                     raise Overloaded(f"hour {hour} has too many queued requests") from None
+                except trio.ClosedResourceError:  # rule 4 makes this unreachable; if not, retry
+                    log.error("hour %d: an open shard had a closed inbox", hour)
+                    await shard.closed.wait()
+                    continue
                 await pending.wait()
                 return
             await self._delegate(hour, self._open_shard)
@@ -267,6 +274,9 @@ class Registry:
             done.set()
 
     async def _open_shard(self, hour: int) -> None:
+        dying = self._live.get(hour)
+        if dying is not None:  # stopped on its own (rule 4) and still closing its journal
+            await dying.closed.wait()
         await self._make_room(hour)
         self._opening += 1
         try:
@@ -289,6 +299,7 @@ class Registry:
             snapshot_interval=self._limits.snapshot_interval,
             base=base,
             observer=self.observer,
+            on_stop=self._stopping_shard,
         )
         self._live[hour] = shard
         try:
@@ -314,15 +325,21 @@ class Registry:
         finally:
             self._retire(shard)
 
+    def _stopping_shard(self, shard: HourShard) -> None:
+        """Called by a shard before its inbox closes (rule 4)."""
+        if self._open.get(shard.hour) is shard:
+            del self._open[shard.hour]
+
     def _retire(self, shard: HourShard) -> None:
         """The shard's task has ended (its journal is closed): free its slot, keep its
-        aggregate. Runs in the shard's own task, so no caller's cancellation can skip it."""
+        aggregate unless a bug stopped it. Runs in the shard's own task, so no caller's
+        cancellation can skip it."""
         hour = shard.hour
         if self._live.get(hour) is shard:
             del self._live[hour]
         if self._open.get(hour) is shard:
             del self._open[hour]
-        if shard.started:
+        if shard.started and shard.failed is None:
             self._cache(hour, shard.aggregate)
         self._notify_slots()
 
