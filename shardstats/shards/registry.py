@@ -9,6 +9,7 @@ State (all touched only from the event loop, so no locks):
 - ``_known``: hours that have a journal on disk. A GET for any other hour answers zeros
   without touching the disk, so queries never create files.
 - ``_busy``: hour -> event set when an open/load/close of that hour finishes.
+- ``_wanted``: hour -> how many submissions are waiting for the hour's shard to open.
 
 Rules:
 1. An hour is in at most one of ``_open`` and ``_cached``, and while it is in ``_busy``
@@ -29,13 +30,17 @@ Rules:
 5. Cached aggregates are frozen: readers may hold them across awaits; a shard that reopens
    the hour works on a copy.
 6. The current hour is never evicted for being idle (it is snapshotted periodically instead).
+7. A shard is not evicted to make room while submissions that waited for it to open have
+   not yet submitted (``_wanted``): otherwise, with many hours wanted at once, the waiters
+   for slots evict each new shard before its requesters use it and every hour reopens
+   over and over. Those requesters submit as soon as they run, so the pin is short.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -82,6 +87,7 @@ class RegistryStatistics:
     known_hours: int
     queued: int
     loads: int
+    opens: int
 
 
 class Registry:
@@ -103,10 +109,12 @@ class Registry:
         self._cached: OrderedDict[int, HourAggregate] = OrderedDict()
         self._known: set[int] = set()
         self._busy: dict[int, trio.Event] = {}
+        self._wanted: dict[int, int] = {}
         self._loads = 0
+        self._opens = 0
         self._opening = 0
         self._stopping = False
-        self._slots_changed = trio.Event()
+        self._waiting_for_room: deque[trio.Event] = deque()  # opens waiting, oldest first
         # Cold loads of past hours each open a journal (3 descriptors) in a worker thread;
         # a flood of GETs for random hours must not open an unbounded number at once.
         self._load_limiter = trio.CapacityLimiter(limits.concurrent_loads)
@@ -115,7 +123,8 @@ class Registry:
     def statistics(self) -> RegistryStatistics:
         queued = sum(s.statistics().queued for s in self._open.values())
         return RegistryStatistics(
-            len(self._open), len(self._cached), len(self._known), queued, self._loads
+            len(self._open), len(self._cached), len(self._known), queued, self._loads,
+            self._opens,
         )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -160,19 +169,35 @@ class Registry:
         hour = events.timestamps[0] // HOUR_MS
         while True:
             shard = self._open.get(hour)
-            if shard is not None:
-                self._open.move_to_end(hour)
-                try:
-                    pending = shard.submit_nowait(events)
-                except trio.WouldBlock:
-                    raise Overloaded(f"hour {hour} has too many queued requests") from None
-                except trio.ClosedResourceError:  # rule 4 makes this unreachable; if not, retry
-                    log.error("hour %d: an open shard had a closed inbox", hour)
-                    await shard.closed.wait()
-                    continue
-                await pending.wait()
-                return
-            await self._delegate(hour, self._open_shard)
+            if shard is None:
+                shard = await self._opened(hour)
+            # No checkpoint from here to the submission: the shard cannot close in between.
+            self._open.move_to_end(hour)
+            try:
+                pending = shard.submit_nowait(events)
+            except trio.WouldBlock:
+                raise Overloaded(f"hour {hour} has too many queued requests") from None
+            except trio.ClosedResourceError:  # rule 4 makes this unreachable; if not, retry
+                log.error("hour %d: an open shard had a closed inbox", hour)
+                await shard.closed.wait()
+                continue
+            await pending.wait()
+            return
+
+    async def _opened(self, hour: int) -> HourShard:
+        """Wait until the hour's shard is open, keeping it from eviction (rule 7) until the
+        caller's next checkpoint, by which it has submitted."""
+        self._wanted[hour] = self._wanted.get(hour, 0) + 1
+        try:
+            while (shard := self._open.get(hour)) is None:
+                await self._delegate(hour, self._open_shard)
+            return shard
+        finally:
+            if self._wanted[hour] == 1:
+                del self._wanted[hour]
+                self._notify_slots()
+            else:
+                self._wanted[hour] -= 1
 
     async def submit_stream(self, events: EventColumns, tag: StreamTag) -> Pending[None]:
         """Queue one hour's part of a log record (cluster mode) behind what was queued for
@@ -310,6 +335,7 @@ class Registry:
             raise
         self._known.add(hour)
         self._open[hour] = shard
+        self._opens += 1
         self._loads += base is None
 
     async def _run_shard(
@@ -346,18 +372,30 @@ class Registry:
     async def _make_room(self, hour: int) -> None:
         """Close idle shards (LRU, the current hour last) until a slot is free for ``hour``."""
         while len(self._live) + self._opening >= self._limits.max_open_shards:
-            idle = [h for h in self._open if h not in self._busy]
+            idle = [h for h in self._open if h not in self._busy and h not in self._wanted]
             if idle:
                 current = self._current_hour()
                 victim = next((h for h in idle if h != current), idle[0])
                 await self._guarded(victim, self._close)
-            else:  # every slot is being opened or closed by someone else: wait for a change
-                await self._slots_changed.wait()
+            else:  # every slot is being opened, closed or used: wait for a change
+                await self._wait_for_room()
+
+    async def _wait_for_room(self) -> None:
+        # One waiter is woken per change: each change (a shard retired, opened or no longer
+        # wanted) frees one slot or one victim, and waking all of them made every change
+        # cost a pass over every waiting open (quadratic with hundreds of hours at once).
+        wake = trio.Event()
+        self._waiting_for_room.append(wake)
+        try:
+            await wake.wait()
+        finally:
+            if not wake.is_set():  # cancelled (shutdown): a later change is not ours
+                self._waiting_for_room.remove(wake)
 
     def _notify_slots(self) -> None:
-        """Wake everyone waiting for a shard slot (they re-check the count)."""
-        self._slots_changed.set()
-        self._slots_changed = trio.Event()
+        """Wake the longest waiting open, if any (it re-checks the count)."""
+        if self._waiting_for_room:
+            self._waiting_for_room.popleft().set()
 
     async def _close(self, hour: int) -> None:
         shard = self._open.pop(hour, None)

@@ -1,0 +1,35 @@
+"""Many requests wanting hours at once: each wanted hour opens about once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from shardstats.core.events import HOUR_MS, Event, EventKind
+from tests.shards.conftest import running
+from tests.shards.test_service import make_service
+from tests.strategies import BASE_HOUR
+
+
+@pytest.mark.parametrize("max_open", [1, 2])
+@pytest.mark.parametrize("per_hour", [1, 3])
+async def test_hours_wanted_at_once_open_about_once_each(
+    tmp_path: Path, max_open: int, per_hour: int
+) -> None:
+    hours = [BASE_HOUR - 1 - k for k in range(64)]
+    async with running(
+        make_service(tmp_path, max_open_shards=max_open, max_cached_hours=768, preload_hours=0)
+    ) as service:
+        before = service.statistics().registry.opens
+        async with trio.open_nursery() as nursery:
+            for hour in hours:
+                for i in range(per_hour):
+                    event = Event(hour * HOUR_MS + i, f"u{i}", EventKind.CLICK)
+                    nursery.start_soon(service.submit, event)
+        opens = service.statistics().registry.opens - before
+        assert opens <= 2 * len(hours), f"{opens} opens for {len(hours)} hours"
+        for hour in hours:
+            assert (await service.query(hour)).clicks == per_hour
+
