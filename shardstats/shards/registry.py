@@ -8,7 +8,7 @@ State (all touched only from the event loop, so no locks):
   ``max_cached_hours``.
 - ``_known``: hours that have a journal on disk. A GET for any other hour answers zeros
   without touching the disk, so queries never create files.
-- ``_busy``: hour -> event set when an open/load/close of that hour finishes.
+- ``_busy``: hour -> the open/load/close of that hour in progress (``_Work``).
 - ``_wanted``: hour -> how many submissions are waiting for the hour's shard to open.
 
 Rules:
@@ -17,7 +17,9 @@ Rules:
 2. Opens, loads and closes run in tasks the registry owns (``_delegate``); a request only
    waits for their outcome. A cancelled request (a client hung up) abandons its wait, never
    the work, so no bookkeeping is left half-done. Only the registry's own shutdown cancels
-   that work, and every await on those paths that holds a resource is shielded.
+   that work, and every await on those paths that holds a resource is shielded. Whoever
+   wants the same work on a busy hour (say fifty GETs of one uncached hour) gets its
+   outcome instead of starting it again.
 3. A shard leaves ``_live`` (and its aggregate reaches ``_cached``) only from its own task,
    once ``run`` has returned and its journal is closed: a new shard of the hour cannot start
    before that (``_start_shard`` refuses loudly, and ``DataDir.journal_writer`` refuses a
@@ -42,8 +44,8 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 import trio
 
@@ -67,6 +69,15 @@ class _Retry:
 
 
 _RETRY = _Retry()
+
+
+@dataclass(eq=False)
+class _Work:
+    """An open, load or close of one hour in progress, and its outcome once it has one."""
+
+    action: Callable[[int], Awaitable[Any]]
+    outcome: Pending[Any] = field(default_factory=Pending)
+    done: trio.Event = field(default_factory=trio.Event)
 
 
 @dataclass(frozen=True)
@@ -108,7 +119,7 @@ class Registry:
         self._live: dict[int, HourShard] = {}
         self._cached: OrderedDict[int, HourAggregate] = OrderedDict()
         self._known: set[int] = set()
-        self._busy: dict[int, trio.Event] = {}
+        self._busy: dict[int, _Work] = {}
         self._wanted: dict[int, int] = {}
         self._loads = 0
         self._opens = 0
@@ -142,7 +153,7 @@ class Registry:
         """Close every shard (answering what is queued, snapshotting) and stop."""
         self._stopping = True  # no new opens or loads from here on
         while self._busy:  # let opens, loads and closes in progress finish
-            await next(iter(self._busy.values())).wait()
+            await next(iter(self._busy.values())).done.wait()
         async with trio.open_nursery() as nursery:
             for hour in list(self._open):
                 nursery.start_soon(self._close_when_free, hour)
@@ -251,29 +262,25 @@ class Registry:
     async def _delegate(
         self, hour: int, action: Callable[[int], Awaitable[T]]
     ) -> T | _Retry:
-        """Run ``action(hour)`` in a task the registry owns and wait for its result; if the
-        hour is busy, wait for that work instead and return ``_RETRY``. Cancelling the
-        caller abandons the wait only."""
-        done = self._busy.get(hour)
-        if done is not None:
-            await done.wait()
+        """Run ``action(hour)`` in a task the registry owns and wait for its result. If the
+        hour is busy with the same action, its result is ours too; if with another, wait for
+        it and return ``_RETRY``. Cancelling the caller abandons the wait only."""
+        work = self._busy.get(hour)
+        if work is not None:
+            await work.done.wait()
+            if work.action == action:
+                return cast("T", work.outcome.result())
             return _RETRY
         if self._stopping or self._nursery is None:
             raise NotReady("shutting down")
-        pending: Pending[T] = Pending()
-        self._busy[hour] = done = trio.Event()  # claimed now: nobody starts a second action
-        self._nursery.start_soon(self._owned, hour, action, pending, done)
-        return await pending.wait()
+        work = self._busy[hour] = _Work(action)  # claimed now: nobody starts a second one
+        self._nursery.start_soon(self._owned, hour, work)
+        return cast("T", await work.outcome.wait())
 
-    async def _owned(
-        self,
-        hour: int,
-        action: Callable[[int], Awaitable[T]],
-        pending: Pending[T],
-        done: trio.Event,
-    ) -> None:
+    async def _owned(self, hour: int, work: _Work) -> None:
+        pending = work.outcome
         try:
-            pending.set(await action(hour))
+            pending.set(await work.action(hour))
         except ShardstatsError as exc:
             pending.fail(exc)
         except Exception as exc:
@@ -286,17 +293,22 @@ class Registry:
             if not pending.done:  # cancelled by the registry's own shutdown
                 pending.fail(NotReady("shutting down"))
             del self._busy[hour]
-            done.set()
+            work.done.set()
 
     async def _guarded(self, hour: int, action: Callable[[int], Awaitable[T]]) -> T:
         """Run ``action`` in the calling (registry-owned) task with the hour marked busy."""
         assert hour not in self._busy, f"hour {hour} is already busy"
-        done = self._busy[hour] = trio.Event()
+        work = self._busy[hour] = _Work(action)
         try:
-            return await action(hour)
+            result = await action(hour)
+            work.outcome.set(result)
+            return result
+        except BaseException as exc:
+            work.outcome.fail(exc if isinstance(exc, Exception) else NotReady("shutting down"))
+            raise
         finally:
             del self._busy[hour]
-            done.set()
+            work.done.set()
 
     async def _open_shard(self, hour: int) -> None:
         dying = self._live.get(hour)
@@ -406,8 +418,8 @@ class Registry:
         # ``_retire`` ran in the shard's task right after ``closed`` was set.
 
     async def _close_when_free(self, hour: int) -> None:
-        while (done := self._busy.get(hour)) is not None:
-            await done.wait()
+        while (work := self._busy.get(hour)) is not None:
+            await work.done.wait()
         await self._guarded(hour, self._close)
 
     async def _load_cached(self, hour: int) -> HourAggregate | None:

@@ -1,4 +1,4 @@
-"""Many requests wanting hours at once: each wanted hour opens about once."""
+"""Many requests wanting hours at once: each wanted hour opens (or loads) about once."""
 
 from __future__ import annotations
 
@@ -32,4 +32,25 @@ async def test_hours_wanted_at_once_open_about_once_each(
         assert opens <= 2 * len(hours), f"{opens} opens for {len(hours)} hours"
         for hour in hours:
             assert (await service.query(hour)).clicks == per_hour
+
+
+async def test_concurrent_reads_of_an_uncached_hour_share_one_load(tmp_path: Path) -> None:
+    hour = BASE_HOUR - 5
+    async with running(make_service(tmp_path)) as service:
+        for i in range(3):
+            await service.submit(Event(hour * HOUR_MS + i, f"u{i}", EventKind.CLICK))
+    async with running(
+        make_service(tmp_path, max_cached_hours=0, max_open_shards=1, preload_hours=0)
+    ) as service:
+        before = service.statistics().registry.loads
+        answers = []
+
+        async def query() -> None:
+            answers.append(await service.query(hour))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(50):
+                nursery.start_soon(query)
+        assert service.statistics().registry.loads - before == 1
+        assert [a.clicks for a in answers] == [3] * 50
 
