@@ -343,7 +343,7 @@ class Registry:
             await self._nursery.start(self._run_shard, shard)
         except BaseException:
             if base is not None and hour not in self._cached:
-                self._cached[hour] = base
+                self._cache(hour, base)
             raise
         self._known.add(hour)
         self._open[hour] = shard
@@ -474,6 +474,8 @@ class Registry:
             now = trio.current_time()
             current = self._current_hour()
             for hour, shard in list(self._open.items()):
-                if (hour < current and hour not in self._busy
+                # An earlier close awaited: the hour may have closed and reopened since.
+                if (self._open.get(hour) is shard and hour < current
+                        and hour not in self._busy and hour not in self._wanted
                         and now - shard.last_used >= self._limits.shard_idle):
                     await self._guarded(hour, self._close)
