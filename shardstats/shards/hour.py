@@ -23,12 +23,18 @@ Theory of operation:
   fails loudly instead of writing beside it.
 - Cancellation of ``run`` (server shutdown) never interrupts an open, a commit or the final
   snapshot half-way: those awaits are shielded; each is bounded by one disk operation.
+- A bug that stops the shard (an exception no storage failure explains, say while applying
+  a committed batch) still answers everyone: the batch in flight and whatever is queued get
+  an ``InternalError``. The owner is told before the inbox closes (``on_stop``), so no
+  submission meets a closed inbox; the shard's aggregate is then untrustworthy (it may lack
+  committed rows), so it is neither snapshotted nor kept (``failed``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -37,7 +43,7 @@ from shardstats.core import snapshot as codec
 from shardstats.core.aggregate import HourAggregate
 from shardstats.core.events import EventColumns
 from shardstats.core.stream import StreamTag, Verdict, admit
-from shardstats.errors import StorageError, StreamGap
+from shardstats.errors import InternalError, ShardstatsError, StorageError, StreamGap
 from shardstats.shards import loader
 from shardstats.shards.dictionary import UserDictionary
 from shardstats.shards.failures import report_failure
@@ -74,6 +80,7 @@ class HourShard:
         snapshot_interval: float,
         base: HourAggregate | None = None,
         observer: Observer = NULL_OBSERVER,
+        on_stop: Callable[[HourShard], None] | None = None,
     ) -> None:
         self.hour = hour
         self._datadir = datadir
@@ -82,6 +89,7 @@ class HourShard:
         self._snapshot_interval = snapshot_interval
         self._base = base
         self._observer = observer
+        self._on_stop = on_stop
         self.inbox, self._receive = trio.open_memory_channel[Submission](inbox_size)
         self.aggregate = HourAggregate(hour)
         self._journal: Journal | None = None
@@ -90,8 +98,12 @@ class HourShard:
         self._snapshot_seq = -1
         self._snapshot_soon = False
         self._batches = self._events = self._failed = 0
+        self._batch: list[Submission] = []  # the batch being committed, answered by _finish
         self.closed = trio.Event()
         self.started = False
+        # Died of a bug: its aggregate may lack committed rows (or hold half a block), so
+        # the registry drops it and the hour is read again from the journal.
+        self.failed: ShardstatsError | None = None
         self.last_used = trio.current_time()
 
     def statistics(self) -> ShardStatistics:
@@ -131,6 +143,10 @@ class HourShard:
                 self.started = True
                 task_status.started()
                 await self._serve()
+            except Exception as exc:
+                if self.started:
+                    self.failed = InternalError(f"hour {self.hour}: shard stopped: {exc!r}")
+                raise
             finally:
                 with trio.CancelScope(shield=True):
                     await self._finish()
@@ -179,10 +195,12 @@ class HourShard:
                         break
                     batch.append(item)
                     size += len(item[0])
+                self._batch = batch
                 with trio.CancelScope(shield=True):
                     await self._commit(batch)
                 # Do not keep the last batch (up to max_batch events) alive while idle: every
                 # open hour would hold one, and the garbage collector would keep walking them.
+                self._batch = []
                 del batch, first, item
             if trio.current_time() >= next_snapshot:
                 await self.snapshot()
@@ -291,9 +309,9 @@ class HourShard:
         if aggregate.last_seq == self._snapshot_seq or self._journal_id == b"":
             return
         started = time.perf_counter()
-        data = codec.encode(aggregate, self._journal_id)
         seq = aggregate.last_seq
         try:
+            data = codec.encode(aggregate, self._journal_id)
             await trio.to_thread.run_sync(self._datadir.write_snapshot, self.hour, data)
         except Exception as exc:
             self._observer.snapshot(time.perf_counter() - started, False)
@@ -304,16 +322,29 @@ class HourShard:
         self._snapshot_seq = seq
 
     async def _finish(self) -> None:
+        # The owner stops routing to this shard before its inbox closes (a shard that dies
+        # closes it on its own), so no submission meets a closed inbox.
+        if self._on_stop is not None:
+            self._on_stop(self)
         self.inbox.close()
+        # After an unexpected stop the batch in flight and anything still queued must not
+        # wait forever (nor for the disk work below).
+        error = self.failed or StorageError(f"hour {self.hour} shard stopped")
+        for _, pending, _ in self._batch:
+            if not pending.done:
+                pending.fail(error)
+        self._batch = []
+        while True:
+            try:
+                _, pending, _ = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            pending.fail(error)
         try:
-            await self.snapshot()
-            await self._drop_journal()
+            try:
+                if self.failed is None:  # never snapshot what a bug may have left half-done
+                    await self.snapshot()
+            finally:
+                await self._drop_journal()
         finally:
-            # Anything still queued (only after an unexpected stop) must not wait forever.
-            while True:
-                try:
-                    _, pending, _ = self._receive.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-                pending.fail(StorageError(f"hour {self.hour} shard stopped"))
             self.closed.set()

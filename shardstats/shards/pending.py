@@ -36,6 +36,11 @@ class Pending(Generic[T]):
         except trio.Cancelled:
             self.abandoned = True
             raise
+        return self.result()
+
+    def result(self) -> T:
+        """The outcome once ``done`` (raises the failure); for more waiters than one."""
+        assert self.done, "no outcome yet"
         if self._error is not None:
             raise self._error
         return self._value  # type: ignore[return-value]

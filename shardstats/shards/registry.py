@@ -8,7 +8,8 @@ State (all touched only from the event loop, so no locks):
   ``max_cached_hours``.
 - ``_known``: hours that have a journal on disk. A GET for any other hour answers zeros
   without touching the disk, so queries never create files.
-- ``_busy``: hour -> event set when an open/load/close of that hour finishes.
+- ``_busy``: hour -> the open/load/close of that hour in progress (``_Work``).
+- ``_wanted``: hour -> how many submissions are waiting for the hour's shard to open.
 
 Rules:
 1. An hour is in at most one of ``_open`` and ``_cached``, and while it is in ``_busy``
@@ -16,26 +17,35 @@ Rules:
 2. Opens, loads and closes run in tasks the registry owns (``_delegate``); a request only
    waits for their outcome. A cancelled request (a client hung up) abandons its wait, never
    the work, so no bookkeeping is left half-done. Only the registry's own shutdown cancels
-   that work, and every await on those paths that holds a resource is shielded.
+   that work, and every await on those paths that holds a resource is shielded. Whoever
+   wants the same work on a busy hour (say fifty GETs of one uncached hour) gets its
+   outcome instead of starting it again.
 3. A shard leaves ``_live`` (and its aggregate reaches ``_cached``) only from its own task,
    once ``run`` has returned and its journal is closed: a new shard of the hour cannot start
    before that (``_start_shard`` refuses loudly, and ``DataDir.journal_writer`` refuses a
    second writer of the journal even if this bookkeeping were wrong).
 4. A closing shard leaves ``_open`` before its inbox closes, so no submission can reach a
-   closed inbox.
+   closed inbox: the registry takes it out before closing it, and a shard that stops on
+   its own (a bug) tells the registry first. An open of the hour then waits for that shard
+   to end. A shard stopped by a bug leaves no aggregate behind: the hour is read again
+   from its journal, which may hold rows the dead shard never applied.
 5. Cached aggregates are frozen: readers may hold them across awaits; a shard that reopens
    the hour works on a copy.
 6. The current hour is never evicted for being idle (it is snapshotted periodically instead).
+7. A shard is not evicted to make room while submissions that waited for it to open have
+   not yet submitted (``_wanted``): otherwise, with many hours wanted at once, the waiters
+   for slots evict each new shard before its requesters use it and every hour reopens
+   over and over. Those requesters submit as soon as they run, so the pin is short.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 import trio
 
@@ -61,6 +71,15 @@ class _Retry:
 _RETRY = _Retry()
 
 
+@dataclass(eq=False)
+class _Work:
+    """An open, load or close of one hour in progress, and its outcome once it has one."""
+
+    action: Callable[[int], Awaitable[Any]]
+    outcome: Pending[Any] = field(default_factory=Pending)
+    done: trio.Event = field(default_factory=trio.Event)
+
+
 @dataclass(frozen=True)
 class RegistryLimits:
     max_open_shards: int = 16
@@ -79,6 +98,7 @@ class RegistryStatistics:
     known_hours: int
     queued: int
     loads: int
+    opens: int
 
 
 class Registry:
@@ -99,11 +119,13 @@ class Registry:
         self._live: dict[int, HourShard] = {}
         self._cached: OrderedDict[int, HourAggregate] = OrderedDict()
         self._known: set[int] = set()
-        self._busy: dict[int, trio.Event] = {}
+        self._busy: dict[int, _Work] = {}
+        self._wanted: dict[int, int] = {}
         self._loads = 0
+        self._opens = 0
         self._opening = 0
         self._stopping = False
-        self._slots_changed = trio.Event()
+        self._waiting_for_room: deque[trio.Event] = deque()  # opens waiting, oldest first
         # Cold loads of past hours each open a journal (3 descriptors) in a worker thread;
         # a flood of GETs for random hours must not open an unbounded number at once.
         self._load_limiter = trio.CapacityLimiter(limits.concurrent_loads)
@@ -112,7 +134,8 @@ class Registry:
     def statistics(self) -> RegistryStatistics:
         queued = sum(s.statistics().queued for s in self._open.values())
         return RegistryStatistics(
-            len(self._open), len(self._cached), len(self._known), queued, self._loads
+            len(self._open), len(self._cached), len(self._known), queued, self._loads,
+            self._opens,
         )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -130,7 +153,7 @@ class Registry:
         """Close every shard (answering what is queued, snapshotting) and stop."""
         self._stopping = True  # no new opens or loads from here on
         while self._busy:  # let opens, loads and closes in progress finish
-            await next(iter(self._busy.values())).wait()
+            await next(iter(self._busy.values())).done.wait()
         async with trio.open_nursery() as nursery:
             for hour in list(self._open):
                 nursery.start_soon(self._close_when_free, hour)
@@ -157,15 +180,35 @@ class Registry:
         hour = events.timestamps[0] // HOUR_MS
         while True:
             shard = self._open.get(hour)
-            if shard is not None:
-                self._open.move_to_end(hour)
-                try:
-                    pending = shard.submit_nowait(events)
-                except trio.WouldBlock:
-                    raise Overloaded(f"hour {hour} has too many queued requests") from None
-                await pending.wait()
-                return
-            await self._delegate(hour, self._open_shard)
+            if shard is None:
+                shard = await self._opened(hour)
+            # No checkpoint from here to the submission: the shard cannot close in between.
+            self._open.move_to_end(hour)
+            try:
+                pending = shard.submit_nowait(events)
+            except trio.WouldBlock:
+                raise Overloaded(f"hour {hour} has too many queued requests") from None
+            except trio.ClosedResourceError:  # rule 4 makes this unreachable; if not, retry
+                log.error("hour %d: an open shard had a closed inbox", hour)
+                await shard.closed.wait()
+                continue
+            await pending.wait()
+            return
+
+    async def _opened(self, hour: int) -> HourShard:
+        """Wait until the hour's shard is open, keeping it from eviction (rule 7) until the
+        caller's next checkpoint, by which it has submitted."""
+        self._wanted[hour] = self._wanted.get(hour, 0) + 1
+        try:
+            while (shard := self._open.get(hour)) is None:
+                await self._delegate(hour, self._open_shard)
+            return shard
+        finally:
+            if self._wanted[hour] == 1:
+                del self._wanted[hour]
+                self._notify_slots()
+            else:
+                self._wanted[hour] -= 1
 
     async def submit_stream(self, events: EventColumns, tag: StreamTag) -> Pending[None]:
         """Queue one hour's part of a log record (cluster mode) behind what was queued for
@@ -219,29 +262,25 @@ class Registry:
     async def _delegate(
         self, hour: int, action: Callable[[int], Awaitable[T]]
     ) -> T | _Retry:
-        """Run ``action(hour)`` in a task the registry owns and wait for its result; if the
-        hour is busy, wait for that work instead and return ``_RETRY``. Cancelling the
-        caller abandons the wait only."""
-        done = self._busy.get(hour)
-        if done is not None:
-            await done.wait()
+        """Run ``action(hour)`` in a task the registry owns and wait for its result. If the
+        hour is busy with the same action, its result is ours too; if with another, wait for
+        it and return ``_RETRY``. Cancelling the caller abandons the wait only."""
+        work = self._busy.get(hour)
+        if work is not None:
+            await work.done.wait()
+            if work.action == action:
+                return cast("T", work.outcome.result())
             return _RETRY
         if self._stopping or self._nursery is None:
             raise NotReady("shutting down")
-        pending: Pending[T] = Pending()
-        self._busy[hour] = done = trio.Event()  # claimed now: nobody starts a second action
-        self._nursery.start_soon(self._owned, hour, action, pending, done)
-        return await pending.wait()
+        work = self._busy[hour] = _Work(action)  # claimed now: nobody starts a second one
+        self._nursery.start_soon(self._owned, hour, work)
+        return cast("T", await work.outcome.wait())
 
-    async def _owned(
-        self,
-        hour: int,
-        action: Callable[[int], Awaitable[T]],
-        pending: Pending[T],
-        done: trio.Event,
-    ) -> None:
+    async def _owned(self, hour: int, work: _Work) -> None:
+        pending = work.outcome
         try:
-            pending.set(await action(hour))
+            pending.set(await work.action(hour))
         except ShardstatsError as exc:
             pending.fail(exc)
         except Exception as exc:
@@ -254,19 +293,27 @@ class Registry:
             if not pending.done:  # cancelled by the registry's own shutdown
                 pending.fail(NotReady("shutting down"))
             del self._busy[hour]
-            done.set()
+            work.done.set()
 
     async def _guarded(self, hour: int, action: Callable[[int], Awaitable[T]]) -> T:
         """Run ``action`` in the calling (registry-owned) task with the hour marked busy."""
         assert hour not in self._busy, f"hour {hour} is already busy"
-        done = self._busy[hour] = trio.Event()
+        work = self._busy[hour] = _Work(action)
         try:
-            return await action(hour)
+            result = await action(hour)
+            work.outcome.set(result)
+            return result
+        except BaseException as exc:
+            work.outcome.fail(exc if isinstance(exc, Exception) else NotReady("shutting down"))
+            raise
         finally:
             del self._busy[hour]
-            done.set()
+            work.done.set()
 
     async def _open_shard(self, hour: int) -> None:
+        dying = self._live.get(hour)
+        if dying is not None:  # stopped on its own (rule 4) and still closing its journal
+            await dying.closed.wait()
         await self._make_room(hour)
         self._opening += 1
         try:
@@ -289,16 +336,18 @@ class Registry:
             snapshot_interval=self._limits.snapshot_interval,
             base=base,
             observer=self.observer,
+            on_stop=self._stopping_shard,
         )
         self._live[hour] = shard
         try:
             await self._nursery.start(self._run_shard, shard)
         except BaseException:
             if base is not None and hour not in self._cached:
-                self._cached[hour] = base
+                self._cache(hour, base)
             raise
         self._known.add(hour)
         self._open[hour] = shard
+        self._opens += 1
         self._loads += base is None
 
     async def _run_shard(
@@ -314,33 +363,51 @@ class Registry:
         finally:
             self._retire(shard)
 
+    def _stopping_shard(self, shard: HourShard) -> None:
+        """Called by a shard before its inbox closes (rule 4)."""
+        if self._open.get(shard.hour) is shard:
+            del self._open[shard.hour]
+
     def _retire(self, shard: HourShard) -> None:
         """The shard's task has ended (its journal is closed): free its slot, keep its
-        aggregate. Runs in the shard's own task, so no caller's cancellation can skip it."""
+        aggregate unless a bug stopped it. Runs in the shard's own task, so no caller's
+        cancellation can skip it."""
         hour = shard.hour
         if self._live.get(hour) is shard:
             del self._live[hour]
         if self._open.get(hour) is shard:
             del self._open[hour]
-        if shard.started:
+        if shard.started and shard.failed is None:
             self._cache(hour, shard.aggregate)
         self._notify_slots()
 
     async def _make_room(self, hour: int) -> None:
         """Close idle shards (LRU, the current hour last) until a slot is free for ``hour``."""
         while len(self._live) + self._opening >= self._limits.max_open_shards:
-            idle = [h for h in self._open if h not in self._busy]
+            idle = [h for h in self._open if h not in self._busy and h not in self._wanted]
             if idle:
                 current = self._current_hour()
                 victim = next((h for h in idle if h != current), idle[0])
                 await self._guarded(victim, self._close)
-            else:  # every slot is being opened or closed by someone else: wait for a change
-                await self._slots_changed.wait()
+            else:  # every slot is being opened, closed or used: wait for a change
+                await self._wait_for_room()
+
+    async def _wait_for_room(self) -> None:
+        # One waiter is woken per change: each change (a shard retired, opened or no longer
+        # wanted) frees one slot or one victim, and waking all of them made every change
+        # cost a pass over every waiting open (quadratic with hundreds of hours at once).
+        wake = trio.Event()
+        self._waiting_for_room.append(wake)
+        try:
+            await wake.wait()
+        finally:
+            if not wake.is_set():  # cancelled (shutdown): a later change is not ours
+                self._waiting_for_room.remove(wake)
 
     def _notify_slots(self) -> None:
-        """Wake everyone waiting for a shard slot (they re-check the count)."""
-        self._slots_changed.set()
-        self._slots_changed = trio.Event()
+        """Wake the longest waiting open, if any (it re-checks the count)."""
+        if self._waiting_for_room:
+            self._waiting_for_room.popleft().set()
 
     async def _close(self, hour: int) -> None:
         shard = self._open.pop(hour, None)
@@ -351,8 +418,8 @@ class Registry:
         # ``_retire`` ran in the shard's task right after ``closed`` was set.
 
     async def _close_when_free(self, hour: int) -> None:
-        while (done := self._busy.get(hour)) is not None:
-            await done.wait()
+        while (work := self._busy.get(hour)) is not None:
+            await work.done.wait()
         await self._guarded(hour, self._close)
 
     async def _load_cached(self, hour: int) -> HourAggregate | None:
@@ -407,6 +474,8 @@ class Registry:
             now = trio.current_time()
             current = self._current_hour()
             for hour, shard in list(self._open.items()):
-                if (hour < current and hour not in self._busy
+                # An earlier close awaited: the hour may have closed and reopened since.
+                if (self._open.get(hour) is shard and hour < current
+                        and hour not in self._busy and hour not in self._wanted
                         and now - shard.last_used >= self._limits.shard_idle):
                     await self._guarded(hour, self._close)
