@@ -1091,9 +1091,9 @@ class Bench:
     def cluster_slo(self, data: dict[str, Any], nats: NatsProcess,
                     start: Callable[[Server], Server]) -> None:
         scale = self.scale
-        self.say(f"-- SLO x10 (1000 POST/s + 200 GET/s, open loop, {scale.slo_s:g} s): "
-                 "embedded, then cluster (fresh servers; cluster GETs wait at the read "
-                 "barrier)")
+        self.say(f"-- SLO x1 (100 POST/s + 20 GET/s), then x10 (1000 POST/s + 200 GET/s), open "
+                 f"loop, {scale.slo_s:g} s each: embedded, then cluster (fresh servers; cluster "
+                 "GETs wait at the read barrier); CPU over the x10 phase")
         servers = {
             "embedded": (self.shardstats(self.work / "cluster-slo-embedded"), None),
             "cluster": (self.shardstats(self.work / "cluster-slo-node",
@@ -1102,27 +1102,33 @@ class Bench:
         for name, (server, log) in servers.items():
             start(server)
             session = self.session(server.url)
+            one = trio.run(functools.partial(
+                session.open_loop, 100, 20, scale.slo_s, warmup=0.5, check_after=False,
+                label=f"SLO 1x {name}"))
+            self.say(format_load(one))
+            self.reports[f"cluster_slo1_{name}"] = one
             pids = [server.pid] + ([log.pid] if log is not None else [])
             before = [process_cpu(pid) for pid in pids]
+            acked0 = session.ledger.acknowledged
             calls0 = scrape(server.url, "shardstats_read_barrier_calls_total")
             report = trio.run(functools.partial(
                 session.open_loop, 1000, 200, scale.slo_s, warmup=0.5, check_after=False,
                 label=f"SLO 10x {name}"))
             calls1 = scrape(server.url, "shardstats_read_barrier_calls_total")
             spent = sum(process_cpu(pid) for pid in pids) - sum(before)
-            acked = session.ledger.acknowledged
-            report.check = trio.run(session.read_back)
+            acked = session.ledger.acknowledged - acked0
+            report.check = trio.run(session.read_back)  # both phases' events
             self.say(format_load(report))
-            self.checked(f"cluster SLO x10 {name}", report)
+            self.checked(f"cluster SLO {name}", report)
             self.reports[f"cluster_slo_{name}"] = report
             data[f"slo_cpu_per_post_{name}_us"] = spent / max(1, acked) * 1e6
             self.say(f"{name}: CPU {spent:.2f} s for {acked:,} acknowledged POSTs (and the "
-                     f"GETs) = {spent / max(1, acked) * 1e6:,.0f} us per POST at this load")
+                     f"GETs) = {spent / max(1, acked) * 1e6:,.0f} us per POST at the x10 load")
             if calls0 is not None and calls1 is not None:
                 got = sum(s.requests for c, s in report.classes.items()
                           if c is not RequestClass.POST)
-                self.say(f"read barrier: {calls1 - calls0:,.0f} stream-info calls in the run "
-                         f"(warm-up included); {got:,} GETs in the measured window")
+                self.say(f"read barrier: {calls1 - calls0:,.0f} stream-info calls in the x10 run "
+                         f"(warm-up included); {got:,} GETs in its measured window")
                 data["barrier_calls"] = calls1 - calls0
             server.stop()
 
@@ -1289,6 +1295,18 @@ class Bench:
             res.add(ratio_row("cluster projected single-POST capacity per added core vs "
                               "embedded", 1e6 / c if c else 0.0, 1e6 / e if e else 0.0,
                               fmt_rate, "", None))
+        if "slo_cpu_per_post_cluster_us" in data and "slo_cpu_per_post_embedded_us" in data:
+            res.add(ratio_row("cluster CPU per POST at the SLO x10 load (GETs included) vs "
+                              "embedded", data["slo_cpu_per_post_cluster_us"],
+                              data["slo_cpu_per_post_embedded_us"], lambda v: f"{v:,.0f} us",
+                              "", None))
+        one_c, one_e = r.get("cluster_slo1_cluster"), r.get("cluster_slo1_embedded")
+        if one_c is not None:
+            mine = one_c.classes[RequestClass.GET_CURRENT]
+            ref = one_e.classes[RequestClass.GET_CURRENT].p99_ms if one_e else None
+            res.add(Row(f"cluster SLO x1 (100 POST/s + 20 GET/s): GET current p99 ({mine.ok} "
+                        "GETs, read barrier) vs embedded", fmt_ms(mine.p99_ms), fmt_ms(ref),
+                        f"{mine.p99_ms / ref:.2f}" if mine.p99_ms is not None and ref else "-"))
         for cls, label in ((RequestClass.GET_CURRENT, "current"), (None, "past")):
             clu, emb = r.get("cluster_slo_cluster"), r.get("cluster_slo_embedded")
             if clu is None:
