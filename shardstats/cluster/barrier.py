@@ -70,6 +70,7 @@ class ReadBarrier:
             return Consistency.FRESH
         with trio.move_on_after(self._timeout):
             await self._materializer.wait_applied(target)
+        if self._materializer.applied >= target:  # reached, perhaps just as time ran out
             return Consistency.FRESH
         self.behind += 1
         raise Behind(f"this node has applied the log to seq {self._materializer.applied}, "
