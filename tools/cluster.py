@@ -324,7 +324,6 @@ def cmd_up(run_dir: Path, layout: Layout, foreground: bool) -> int:
     if not foreground:
         print(f"stop with: python -m tools.cluster down --dir {run_dir}")
         return 0
-    print("Ctrl-C stops everything", flush=True)
     return run_foreground(run_dir, children)
 
 
@@ -332,6 +331,7 @@ def run_foreground(run_dir: Path, children: Sequence[Child]) -> int:
     stopping: list[int] = []
     previous = {sig: signal.signal(sig, lambda signum, _frame: stopping.append(signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
+    print("Ctrl-C stops everything", flush=True)  # only now: the handlers are in place
     try:
         while not stopping:
             gone = [c for c in children if not alive(c)]
