@@ -124,6 +124,10 @@ class Settings:
     cluster_duplicate_window_seconds: float = field(
         default=120.0, metadata=_doc("stream window in which a repeated Nats-Msg-Id is dropped")
     )
+    cluster_max_lag_seconds: float = field(
+        default=30.0,
+        metadata=_doc("/healthz answers 503 while this node applies the log later than this"),
+    )
     cluster_retention_days: int = field(
         default=0, metadata=_doc("stream max age when this node creates it (0: keep forever)")
     )
@@ -142,7 +146,7 @@ class Settings:
         for name in ("snapshot_interval_seconds", "shard_idle_seconds",
                      "graceful_timeout_seconds", "cluster_publish_timeout_seconds",
                      "cluster_read_barrier_timeout_seconds",
-                     "cluster_duplicate_window_seconds"):
+                     "cluster_duplicate_window_seconds", "cluster_max_lag_seconds"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:  # nan <= 0 is False: check finiteness
                 raise ConfigError(f"{name} must be a positive number of seconds")

@@ -11,6 +11,7 @@
     ├── StorageError                 500  a journal/dictionary/snapshot operation failed
     │   └── CorruptFile              500  a file is not what it should be
     ├── InternalError                500  an unexpected error (a bug), logged with its traceback
+    ├── StreamGap                    500  cluster: a log record for an hour ahead of a failed one
     └── DataDirLocked                    another process owns the data directory (CLI exit 3)
 
 Pure code (``core``) raises only ``InvalidInput`` and ``CorruptFile``.

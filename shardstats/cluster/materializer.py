@@ -173,15 +173,16 @@ class Materializer:
         return pendings
 
     async def _collect(self, receive: trio.MemoryReceiveChannel[_InFlight]) -> None:
-        async with receive:
-            async for record, pendings in receive:
-                for pending in pendings:
-                    await pending.wait()  # a failure ends the pass (raised to ``run``)
-                self._in_flight.popleft()
-                self.applied = record.seq
-                self._records += 1
-                self._advanced.set()
-                self._advanced = trio.Event()
+        # Not closed on the way out: a failure here must reach the dispatcher as the
+        # nursery's cancellation, not as a BrokenResourceError from its next send.
+        async for record, pendings in receive:
+            for pending in pendings:
+                await pending.wait()  # a failure ends the pass (raised to ``run``)
+            self._in_flight.popleft()
+            self.applied = record.seq
+            self._records += 1
+            self._advanced.set()
+            self._advanced = trio.Event()
 
     async def _save_periodically(self) -> None:
         while True:

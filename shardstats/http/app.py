@@ -34,6 +34,7 @@ from shardstats.http.hot import (
     HotRoutes,
     LeanFront,
     Reply,
+    consistency_header,
     json_error,
 )
 from shardstats.http.metrics import CONTENT_TYPE, Metrics, method_label
@@ -107,6 +108,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
             return {"error": "missing or invalid bearer token"}, 401, dict([BEARER_QUERY])
         try:
             wanted = range_from_query(request.query_string, service.settings.max_range_hours)
+            consistency = await service.read_barrier()
             total, segments = await service.range_counts(wanted)
         except ShardstatsError as exc:
             return _reply(json_error(exc))
@@ -116,7 +118,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
             "step": wanted.step,
             "total": total.as_json(),
             "series": [segment.as_json() for segment in segments],
-        }, 200
+        }, 200, dict(consistency_header(consistency))
 
     @app.get("/metrics")
     async def prometheus() -> ResponseValue:
@@ -140,9 +142,23 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
 
     @app.get("/healthz")
     async def healthz() -> ResponseValue:
-        if service.ready:
+        if not service.ready:
+            return {"status": "recovering"}, 503, {"Retry-After": "1"}
+        cluster = service.cluster.statistics() if service.cluster is not None else None
+        if cluster is None:
             return {"status": "ready"}, 200
-        return {"status": "recovering"}, 503, {"Retry-After": "1"}
+        applied = cluster.materializer
+        body = {"status": "ready", "node": cluster.node_name,
+                "log_connected": cluster.log.connected, "applied_seq": applied.applied_seq,
+                "lag_records": applied.lag_records,
+                "lag_seconds": round(applied.lag_seconds, 3)}
+        if not applied.caught_up:
+            body["status"] = "catching up"
+        elif applied.lag_seconds > service.settings.cluster_max_lag_seconds:
+            body["status"] = "lagging"
+        if body["status"] != "ready":  # a balancer sends the traffic elsewhere meanwhile
+            return body, 503, {"Retry-After": "1"}
+        return body, 200
 
     @app.after_request
     async def strip_empty_body_headers(response: Response) -> Response:

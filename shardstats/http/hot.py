@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from shardstats.cluster.barrier import Consistency
 from shardstats.core.events import hour_of
 from shardstats.core.validation import event_from_query, timestamp_from_query
 from shardstats.errors import InvalidInput, ShardstatsError, Unavailable
@@ -31,6 +32,7 @@ Reply = tuple[int, list[tuple[str, str]], bytes]
 BEARER_INGEST = ("www-authenticate", 'Bearer realm="shardstats ingest"')
 BEARER_QUERY = ("www-authenticate", 'Bearer realm="shardstats query"')
 _JSON = ("content-type", "application/json")
+CONSISTENCY_HEADER = "shardstats-consistency"
 _INTERNAL_ERROR = b'{"error":"internal error"}'
 _TOKEN_ERROR = b'{"error":"missing or invalid bearer token"}'
 
@@ -94,12 +96,19 @@ class HotRoutes:
         if not self.query_allowed(authorization):
             return 401, [_JSON, BEARER_QUERY], _TOKEN_ERROR
         try:
-            counts = await self._service.query(hour_of(timestamp_from_query(query)))
+            hour = hour_of(timestamp_from_query(query))
+            consistency = await self._service.read_barrier()
+            counts = await self._service.query(hour)
         except ShardstatsError as exc:
             return json_error(exc)
         body = b'{"clicks":%d,"impressions":%d,"unique_users":%d}' % (
             counts.clicks, counts.impressions, counts.unique_users)
-        return 200, [_JSON], body
+        return 200, [_JSON, *consistency_header(consistency)], body
+
+
+def consistency_header(consistency: Consistency) -> list[tuple[str, str]]:
+    """Cluster mode, the log unreachable: the answer is this node's own state."""
+    return [] if consistency is Consistency.FRESH else [(CONSISTENCY_HEADER, "stale")]
 
 
 ASGIApp = Callable[..., Awaitable[None]]

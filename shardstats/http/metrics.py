@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from shardstats.cluster.node import ClusterStatistics
 from shardstats.shards.observer import Observer
 from shardstats.shards.service import Service
 
@@ -113,7 +114,7 @@ class _ServiceCollector(Collector):
     def __init__(self, service: Service) -> None:
         self._service = service
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         stats = self._service.statistics()
         reg, dic = stats.registry, stats.dictionary
         yield GaugeMetricFamily("shardstats_ready", "1 once recovery is done", stats.ready)
@@ -131,3 +132,42 @@ class _ServiceCollector(Collector):
             "shardstats_recovery_seconds", "Time from start to ready",
             stats.recovery_seconds if stats.recovery_seconds is not None else float("nan"),
         )
+        cluster = self._service.cluster
+        if cluster is not None:
+            yield from _cluster_families(cluster.statistics())
+
+
+def _cluster_families(stats: ClusterStatistics | None) -> Iterator[Metric]:
+    """Cluster mode only (``node``/``log`` gauges): how far this node is behind the log."""
+    if stats is None:
+        return
+    m, p = stats.materializer, stats.publisher
+    for name, doc, value in (
+        ("log_connected", "1 while the NATS connection is up", stats.log.connected),
+        ("log_applied_seq", "Every log record up to this seq is in this node's hours",
+         m.applied_seq),
+        ("log_last_seq", "The log's last seq as last seen", m.log_last_seq),
+        ("log_lag_records", "Log records not applied yet", m.lag_records),
+        ("log_lag_seconds", "Age of the oldest log record not applied yet", m.lag_seconds),
+        ("log_caught_up", "1 once the node applied the log as far as it was at start",
+         m.caught_up),
+        ("log_records_applied_total", "Log records applied since start", m.records),
+        ("log_invalid_records_total", "Log records skipped as undecodable", m.invalid_records),
+        ("log_passes_total", "Passes over the log (restarts after failures + 1)", m.passes),
+        ("publish_queued_requests", "Requests waiting for the publisher", p.queued),
+        ("publish_in_flight_records", "Records sent, PubAck pending", p.in_flight),
+        ("publish_records_total", "Records acknowledged by the log", p.records),
+        ("publish_failed_records_total", "Records the log did not acknowledge",
+         p.failed_records),
+        ("publish_unknown_outcomes_total", "Publishes without an answer in time",
+         p.unknown_outcomes),
+        ("read_barrier_calls_total", "Log last-seq calls made for GETs", stats.barrier_calls),
+        ("read_barrier_stale_total", "GETs answered stale (log unreachable)",
+         stats.barrier_stale),
+        ("read_barrier_behind_total", "GETs answered 503: node behind past the bound",
+         stats.barrier_behind),
+    ):
+        if name.endswith("_total"):
+            yield CounterMetricFamily(f"shardstats_{name}", doc, float(value))
+        else:
+            yield GaugeMetricFamily(f"shardstats_{name}", doc, float(value))

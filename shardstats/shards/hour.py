@@ -191,6 +191,13 @@ class HourShard:
     async def _commit(self, batch: list[Submission]) -> None:
         stream_seq = None
         if any(tag is not None for _, _, tag in batch):
+            # Judge log records against the journal as it is: after a commit reported as
+            # failed, reopening it reads the stream seq of rows that landed all the same.
+            try:
+                await self._journal_for_write()
+            except Exception as exc:
+                await self._fail(batch, exc, time.perf_counter())
+                return
             batch, stream_seq = self._admit_stream(batch)
             if not batch:
                 return
@@ -202,12 +209,7 @@ class HourShard:
             extra = () if stream_seq is None else (stream_seq,)  # cluster mode only
             last, kept = await trio.to_thread.run_sync(journal.append, events, uids, *extra)
         except Exception as exc:
-            self._failed += 1
-            self._observer.commit(len(events), time.perf_counter() - started, False)
-            error = report_failure(exc, log, f"hour {self.hour}: commit of {len(events)} events")
-            await self._drop_journal()
-            for _, pending, _ in batch:
-                pending.fail(error)
+            await self._fail(batch, exc, started)
             return
         if stream_seq is not None:
             self._stream_seq = stream_seq
@@ -220,6 +222,15 @@ class HourShard:
         self._observer.commit(len(events), time.perf_counter() - started, True)
         for _, pending, _ in batch:
             pending.set(None)
+
+    async def _fail(self, batch: list[Submission], exc: Exception, started: float) -> None:
+        count = sum(len(columns) for columns, _, _ in batch)
+        self._failed += 1
+        self._observer.commit(count, time.perf_counter() - started, False)
+        error = report_failure(exc, log, f"hour {self.hour}: commit of {count} events")
+        await self._drop_journal()
+        for _, pending, _ in batch:
+            pending.fail(error)
 
     def _admit_stream(self, batch: list[Submission]) -> tuple[list[Submission], int | None]:
         """Answer log records already applied or out of turn (``core.stream`` rule 4) and
