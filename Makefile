@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck check clean
+.PHONY: run cluster test lint typecheck check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/shardstats serve
+
+# Cluster mode on this machine (README "Cluster mode"): 3 nats-servers, 3 nodes on 8081-8083,
+# HAProxy on 8080 when installed. Runs in the foreground; Ctrl-C stops everything.
+cluster: $(STAMP)
+	$(BIN)/python -m tools.cluster up --foreground
 
 test: $(STAMP)
 	$(BIN)/ruff check shardstats tests tools
