@@ -59,7 +59,10 @@ class UserDictionary:
         return uids  # type: ignore[return-value]  # every None was replaced just above
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self._store = await trio.to_thread.run_sync(self._datadir.open_users)
+        # Shielded: a cancelled wait (shutdown during start-up) would leave the opened store
+        # with nobody to close it.
+        with trio.CancelScope(shield=True):
+            self._store = await trio.to_thread.run_sync(self._datadir.open_users)
         task_status.started()
         try:
             async for request in self._receive:
