@@ -4,8 +4,10 @@ nats-py runs on one asyncio loop in a dedicated thread (``aiothread.AsyncioThrea
 method here is a trio coroutine that hops to that loop for the NATS call and back.
 
 The stream (created by the first node that finds it missing):
-- name ``JetStreamConfig.stream`` (default ``shardstats``); subjects ``<stream>.events`` (what
-  is published and consumed today) and ``<stream>.events.>`` (room for partitions later);
+- name ``JetStreamConfig.stream`` (default ``shardstats``); subject ``<stream>.events`` only
+  (what is published and consumed: a record on another subject would raise the stream's last
+  seq, the read barrier's target, past anything a node applies; partitions will add their
+  subjects together with consumers for them);
 - file storage, ``replicas`` copies (RAFT: a PubAck means stored on a quorum), a duplicate
   window of ``duplicate_window`` seconds for ``Nats-Msg-Id``, ``max_age`` = retention
   (0: keep everything). An existing stream is used as it is; a replica count other than the
@@ -404,7 +406,9 @@ async def _ensure_stream(js: JetStreamContext, config: JetStreamConfig) -> api.S
         pass
     wanted = api.StreamConfig(
         name=config.stream,
-        subjects=[config.subject, f"{config.subject}.>"],
+        # Only the subject nodes consume: a message on any other subject of the stream would
+        # raise the stream's last seq (the read barrier's target) past what nodes ever apply.
+        subjects=[config.subject],
         storage=api.StorageType.FILE,
         num_replicas=config.replicas,
         duplicate_window=config.duplicate_window,

@@ -113,15 +113,19 @@ class Materializer:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._save_periodically)
                 nursery.start_soon(self._learn_start_target)
+                failures = 0  # passes in a row that ended without applying anything
                 while True:
                     self._passes += 1
+                    start = self.applied
                     try:
                         await self._pass()
                     except* ShardstatsError as group:
-                        first = group.exceptions[0]
+                        failures = 0 if self.applied > start else failures + 1
                         log.warning("materializer: pass from seq %d ended: %s; retrying",
-                                    self.applied, first)
-                    await trio.sleep(self._retry_delay)
+                                    self.applied, group.exceptions[0])
+                    # A record that keeps failing (a full disk, a bug) is retried ever more
+                    # slowly, up to a second apart, not hammered (nor its logs).
+                    await trio.sleep(min(1.0, self._retry_delay * 2 ** min(failures, 3)))
         finally:
             with trio.CancelScope(shield=True):
                 await self._save()

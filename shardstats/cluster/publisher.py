@@ -30,7 +30,13 @@ import trio
 from shardstats.cluster.log import EventLog
 from shardstats.core import stream
 from shardstats.core.events import EventColumns
-from shardstats.errors import LogOutcomeUnknown, NotReady, Overloaded, ShardstatsError
+from shardstats.errors import (
+    LogOutcomeUnknown,
+    LogUnavailable,
+    NotReady,
+    Overloaded,
+    ShardstatsError,
+)
 from shardstats.shards.pending import Pending
 
 log = logging.getLogger("shardstats.cluster")
@@ -62,7 +68,8 @@ class Publisher:
         self._log = log_
         self._prefix = f"{node_name}:{secrets.token_hex(4)}:"
         self._counter = itertools.count(1)
-        self._max_events = max_events
+        # Every record within the fixed bound all nodes check (``core.stream`` rule 1).
+        self._max_events = min(max_events, stream.MAX_HOURS_PER_RECORD)
         self._max_bytes = max_bytes
         self._slots = trio.Semaphore(in_flight)
         self._in_flight_limit = in_flight
@@ -147,7 +154,12 @@ class Publisher:
         except LogOutcomeUnknown as exc:
             self._unknown += 1
             log.warning("publish %s: %s; retrying once with the same id", msg_id, exc)
-            await self._log.publish(data, msg_id)
+            try:
+                await self._log.publish(data, msg_id)
+            except LogUnavailable as again:
+                # The first attempt may have been stored: a 503 would invite a retry that
+                # counts it twice. Unknown it stays (500).
+                raise LogOutcomeUnknown(f"{exc}; the retry could not be sent: {again}") from again
 
 
 def _size(events: EventColumns) -> int:

@@ -5,7 +5,10 @@ Rules:
 1. A log record is one block of validated events (any hours), as columns, msgpack-encoded
    with a format number first. The publisher validated every event against its own clock;
    a materializer applies what the log holds without judging it again (every node must apply
-   the same events), but refuses a record it cannot decode, and all nodes refuse it alike.
+   the same events), but refuses a record it cannot decode or store, by fixed rules that do
+   not depend on a node's settings or clock, so all nodes refuse it alike: an unknown kind,
+   an empty or newline-holding user or id, a timestamp outside 0..2**63-1, more than
+   ``MAX_HOURS_PER_RECORD`` hours.
 2. Every node applies the log in order. Per hour, the journal keeps the highest stream seq
    whose events it holds, committed in the same transaction as those events, so the hour's
    state is exactly "every record up to that seq" and never a record without its
@@ -32,9 +35,11 @@ from typing import NamedTuple
 
 import msgspec
 
-from shardstats.core.events import EventColumns, EventKind
+from shardstats.core.events import HOUR_MS, EventColumns, EventKind
 
 FORMAT = 1
+MAX_HOURS_PER_RECORD = 4096  # publishers never exceed it (at most this many events a record)
+MAX_TIMESTAMP_MS = 2**63 - 1  # what a journal block (int64) holds
 _KINDS = frozenset(int(k) for k in EventKind)
 
 _Wire = tuple[int, list[int], list[str], list[int], list[str | None] | None]
@@ -65,8 +70,11 @@ def decode(data: bytes) -> EventColumns:
         raise InvalidRecord("empty block, empty user or a newline in a user")
     if not set(kinds) <= _KINDS:
         raise InvalidRecord("unknown event kind")
-    if min(timestamps) < 0:
-        raise InvalidRecord("negative timestamp")
+    if min(timestamps) < 0 or max(timestamps) > MAX_TIMESTAMP_MS:
+        raise InvalidRecord("timestamp out of range")
+    if len(events) > MAX_HOURS_PER_RECORD and len(
+            {t // HOUR_MS for t in timestamps}) > MAX_HOURS_PER_RECORD:
+        raise InvalidRecord(f"more than {MAX_HOURS_PER_RECORD} hours in one record")
     if ids is not None and any(i is not None and ("\n" in i or not i) for i in ids):
         raise InvalidRecord("an empty event id or a newline in one")
     return events

@@ -44,3 +44,15 @@ def test_admit_skips_redeliveries_refuses_gaps_applies_the_rest() -> None:
     assert applied == 9
     assert admit(0, [StreamTag(2, 1)]) == ([Verdict.REFUSE], 0)  # its predecessor is missing
     assert admit(0, [StreamTag(2, None)]) == ([Verdict.APPLY], 2)  # first of a pass
+
+
+def test_records_a_journal_cannot_hold_are_refused_alike_everywhere() -> None:
+    big = stream._encoder.encode((1, [2**63], ["u"], [1], None))
+    with pytest.raises(stream.InvalidRecord, match="timestamp"):
+        stream.decode(big)
+    hours = stream.MAX_HOURS_PER_RECORD + 1
+    spread = EventColumns([h * 3_600_000 for h in range(hours)], ["u"] * hours, [1] * hours)
+    with pytest.raises(stream.InvalidRecord, match="hours"):
+        stream.decode(stream.encode(spread))
+    many = EventColumns([5] * hours, ["u"] * hours, [1] * hours)  # many events, one hour: fine
+    assert stream.decode(stream.encode(many)) == many
