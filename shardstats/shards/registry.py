@@ -217,14 +217,12 @@ class Registry:
         order (``core.stream``)."""
         hour = events.timestamps[0] // HOUR_MS
         while True:
-            shard = self._open.get(hour)
-            if shard is not None:
-                self._open.move_to_end(hour)
-                try:
-                    return await shard.submit_stream(events, tag)
-                except trio.ClosedResourceError:  # evicted while we waited for room
-                    continue
-            await self._delegate(hour, self._open_shard)
+            shard = self._open.get(hour) or await self._opened(hour)
+            self._open.move_to_end(hour)
+            try:
+                return await shard.submit_stream(events, tag)
+            except trio.ClosedResourceError:  # evicted while we waited for room
+                continue
 
     async def query(self, hour: int) -> HourCounts:
         aggregate = await self._aggregate(hour)
