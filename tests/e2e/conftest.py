@@ -45,7 +45,8 @@ class ServerGone(AssertionError):
 class ServerProcess:
     """One ``shardstats serve`` child process."""
 
-    def __init__(self, data_dir: Path, log_path: Path, env: Mapping[str, str]) -> None:
+    def __init__(self, data_dir: Path, log_path: Path, env: Mapping[str, str],
+                 bind: str = "127.0.0.1:0") -> None:
         self.data_dir = data_dir
         self.log_path = log_path
         self.env = dict(env)
@@ -53,7 +54,7 @@ class ServerProcess:
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "shardstats", "serve",
-                 "--bind", "127.0.0.1:0", "--data-dir", str(data_dir)],
+                 "--bind", bind, "--data-dir", str(data_dir)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -174,10 +175,12 @@ class ServerFactory:
         base.update(env or {})
         return base
 
-    def spawn(self, data_dir: Path, env: Mapping[str, str] | None = None) -> ServerProcess:
-        """Start a process and return at once (no waiting)."""
+    def spawn(self, data_dir: Path, env: Mapping[str, str] | None = None,
+              bind: str = "127.0.0.1:0") -> ServerProcess:
+        """Start a process and return at once (no waiting). ``bind``: a fixed port, say to
+        restart a server where its clients look for it."""
         log_path = self._log_dir / f"server-{len(self._servers) + 1}.log"
-        server = ServerProcess(data_dir, log_path, self.environment(env))
+        server = ServerProcess(data_dir, log_path, self.environment(env), bind)
         self._servers.append(server)
         self._logs.append(log_path)
         return server
@@ -187,9 +190,10 @@ class ServerFactory:
         data_dir: Path,
         env: Mapping[str, str] | None = None,
         timeout: float = START_TIMEOUT,
+        bind: str = "127.0.0.1:0",
     ) -> ServerProcess:
         """Start a process and return once ``/healthz`` answers 200."""
-        server = self.spawn(data_dir, env)
+        server = self.spawn(data_dir, env, bind)
         deadline = time.monotonic() + timeout
         server.wait_listening(timeout)
         server.wait_healthy(max(1.0, deadline - time.monotonic()))
