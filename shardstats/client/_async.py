@@ -195,6 +195,7 @@ class AsyncBufferedSender:
 
     async def flush(self) -> None:
         """Return once every event sent so far is delivered or rejected."""
+        self._raise_if_stopped()
         self._flushes += 1
         self._changed.fire()
         try:
@@ -214,6 +215,8 @@ class AsyncBufferedSender:
         return [*self._in_flight, *self._buffer]
 
     def _raise_if_stopped(self, closing_ok: bool = False) -> None:
+        if self._running is None:
+            raise RuntimeError("use the sender as `async with client.buffered() as sender:`")
         if self._failure is not None:
             raise self._failure
         if self._closing and not closing_ok:

@@ -127,8 +127,9 @@ class BufferedSender:
 
     One batch is in flight at a time; ``send`` blocks while ``max_buffer`` events wait.
     Rejected events (400 verdicts) are logged, kept in ``rejected`` and passed to
-    ``on_rejected``. When a delivery gives up, the sender stops and ``send``, ``flush`` and
-    ``close`` raise that ``DeliveryFailed``, whose ``events`` hold every event not delivered.
+    ``on_rejected`` (called from the sender's thread). When a delivery gives up, the sender
+    stops and ``send``, ``flush`` and ``close`` raise that ``DeliveryFailed``, whose
+    ``events`` hold every event not delivered.
     """
 
     def __init__(self, client: Client, *, max_events: int = 1000, max_delay: float = 1.0,

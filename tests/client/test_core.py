@@ -215,3 +215,12 @@ def test_batch_lines_are_json_with_the_four_keys() -> None:
     event = make_event("zoë \"quoted\"", "impression", 5, "id-1")
     assert json.loads(batch_body([event, event]).split(b"\n")[1]) == {
         "timestamp": 5, "user": "zoë \"quoted\"", "event": "impression", "id": "id-1"}
+
+
+async def test_an_async_sender_outside_its_block_says_how_to_use_it() -> None:
+    from shardstats.client import AsyncClient
+
+    async with AsyncClient("http://127.0.0.1:9") as client:
+        sender = client.buffered()
+        with pytest.raises(RuntimeError, match="async with"):
+            await sender.send("alice", "click")
