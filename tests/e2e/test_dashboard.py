@@ -15,6 +15,7 @@ import random
 import shutil
 import time
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,7 @@ def check_matches(page: Page, expected: dict[str, Any]) -> None:
         ticks = [number(t) for t in page.eval_on_selector_all(
             f"#chart-{chart} text.ytick", "ts => ts.map(t => t.textContent)")]
         assert ticks[0] == 0 and len(ticks) >= 3
-        assert len({b - a for a, b in zip(ticks, ticks[1:], strict=False)}) == 1
+        assert len({b - a for a, b in pairwise(ticks)}) == 1
         assert ticks[-1] >= max(r[k] for r in rows for k in keys)
 
 
