@@ -155,24 +155,33 @@ class AsyncBufferedSender:
 
     @asynccontextmanager
     async def _run(self) -> AsyncIterator[None]:
+        # Nothing is raised inside the task group (it would arrive wrapped in an
+        # ExceptionGroup): the block's exception and a delivery failure are raised after it.
+        body_error: BaseException | None = None
         async with anyio.create_task_group() as group:
             group.start_soon(self._work)
             try:
                 yield
-            except anyio.get_cancelled_exc_class():
+            except anyio.get_cancelled_exc_class() as exc:
+                body_error = exc
                 group.cancel_scope.cancel()  # no flush: unsent() keeps what was not sent
-                raise
-            except BaseException:
-                await self._close()  # what was sent before the error still goes out
-                raise
-            await self._close()
+            except BaseException as exc:
+                body_error = exc
+                await self._drain()  # what was sent before the error still goes out
+            else:
+                await self._drain()
+        if body_error is not None:
+            if self._failure is not None:
+                body_error.add_note(f"and the sender failed: {self._failure} "
+                                    "(the events are in sender.unsent())")
+            raise body_error
+        if self._failure is not None:
+            raise self._failure
 
-    async def _close(self) -> None:
+    async def _drain(self) -> None:
         self._closing = True
         self._changed.fire()
         await self._done.wait()
-        if self._failure is not None:
-            raise self._failure
 
     async def send(self, user: str, event: EventKind, timestamp: int | None = None, *,
                    id: str | None = None) -> Event:
@@ -211,7 +220,10 @@ class AsyncBufferedSender:
         return len(self._buffer) + len(self._in_flight)
 
     def unsent(self) -> list[Event]:
-        """Events not known to be delivered (after a cancellation, say): send them again."""
+        """Events not known to be delivered (after a cancellation or a failure): sending them
+        again is safe (they keep their ids)."""
+        if isinstance(self._failure, DeliveryFailed):
+            return list(self._failure.events)
         return [*self._in_flight, *self._buffer]
 
     def _raise_if_stopped(self, closing_ok: bool = False) -> None:
