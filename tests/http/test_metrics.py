@@ -85,8 +85,8 @@ def hostile_round(i: int) -> list[tuple[str, str, bytes]]:
 async def test_metrics_do_not_grow_with_what_clients_invent(tmp_path: Path) -> None:
     """Every label comes from a fixed set: however many methods, paths and bad queries
     clients invent, a scrape has the same series after the first round as after the last."""
-    async with running_app(tmp_path / "data", front="lean", now_ms=NOW) as harness:
-        app = harness.asgi
+    async with running_app(tmp_path / "data", now_ms=NOW) as harness:
+        app = harness.app
 
         async def scrape() -> list[str]:
             response = await raw_asgi(app, "GET", "/metrics", b"")
