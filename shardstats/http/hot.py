@@ -23,12 +23,14 @@ from shardstats.cluster.barrier import Consistency
 from shardstats.core.events import hour_of
 from shardstats.core.validation import event_from_query, timestamp_from_query
 from shardstats.errors import InvalidInput, ShardstatsError, Unavailable
-from shardstats.http.metrics import Metrics, method_label, reason_label
+from shardstats.http.metrics import Metrics, method_label
 from shardstats.shards.service import Service
 
 log = logging.getLogger("shardstats.http")
 
-ERROR_HEADER = "x-shardstats-error"
+ERROR_HEADER = "x-shardstats-error"  # a 400's message; its problem in the two below
+ERROR_FIELD_HEADER = "x-shardstats-error-field"
+ERROR_REASON_HEADER = "x-shardstats-error-reason"
 Reply = tuple[int, list[tuple[str, str]], bytes]
 BEARER_INGEST = ("www-authenticate", 'Bearer realm="shardstats ingest"')
 BEARER_QUERY = ("www-authenticate", 'Bearer realm="shardstats query"')
@@ -55,8 +57,11 @@ def token_checker(token: str) -> Callable[[str | None], bool]:
 def json_error(exc: ShardstatsError) -> Reply:
     if exc.status == 500:
         log.error("GET failed: %s", exc)
-    message = "internal error" if exc.status == 500 else str(exc)
-    body = json.dumps({"error": message}, separators=(",", ":")).encode()
+    if isinstance(exc, InvalidInput):
+        document = exc.as_json()
+    else:
+        document = {"error": "internal error" if exc.status == 500 else str(exc)}
+    body = json.dumps(document, separators=(",", ":")).encode()
     return exc.status, [_JSON, *retry_after(exc)], body
 
 
@@ -86,9 +91,10 @@ class HotRoutes:
     def _post_error(self, exc: ShardstatsError) -> Reply:
         headers = retry_after(exc)
         if isinstance(exc, InvalidInput):
-            self._metrics.rejected.labels(reason_label(str(exc))).inc()
+            self._metrics.reject(exc.problem)
             log.info("POST rejected: %s", exc)
-            headers.append((ERROR_HEADER, str(exc)))
+            headers += [(ERROR_HEADER, str(exc)), (ERROR_FIELD_HEADER, exc.problem.field),
+                        (ERROR_REASON_HEADER, exc.problem.reason)]
         elif exc.status == 500:
             log.error("POST failed: %s", exc)
         return exc.status, headers, b""

@@ -23,6 +23,7 @@ from shardstats.clock import FixedClock
 from shardstats.config import Settings
 from shardstats.core.events import HOUR_MS
 from shardstats.core.validation import MAX_QUERY_BYTES
+from shardstats.errors import Field, Reason
 from shardstats.http.app import create_app
 from shardstats.shards.service import Service
 from shardstats.storage.journal import Journal
@@ -57,6 +58,9 @@ async def assert_post_400(h: Harness, query: str | bytes) -> str:
     reason = response.headers.get("X-Shardstats-Error")
     assert isinstance(reason, str)
     assert reason, "a POST 400 names its reason in X-Shardstats-Error"
+    # ... and its problem as codes from fixed sets.
+    Field(response.headers["X-Shardstats-Error-Field"])
+    Reason(response.headers["X-Shardstats-Error-Reason"])
     return reason
 
 
@@ -65,9 +69,11 @@ async def assert_get_400(h: Harness, query: str | bytes) -> str:
     assert response.status_code == 400, (query, response.status_code)
     assert response.mimetype == "application/json"
     body = json.loads(await response.get_data())
-    assert list(body) == ["error"]
+    assert list(body) == ["error", "field", "reason"]
     assert isinstance(body["error"], str)
     assert body["error"]
+    Field(body["field"])
+    Reason(body["reason"])
     return body["error"]
 
 
@@ -531,6 +537,55 @@ async def test_post_400_reasons_name_the_problem(harness: Harness) -> None:
     assert "more than once" in await reason(f"{valid()}&event=click")
 
 
+PROBLEMS = {
+    # query: (field, reason) of the 400
+    "": ("timestamp", "missing"),
+    f"timestamp={NOW_MS}&event=click": ("user", "missing"),
+    f"timestamp={NOW_MS}&user=a": ("event", "missing"),
+    valid(timestamp=""): ("timestamp", "empty"),
+    valid(user=""): ("user", "empty"),
+    valid(timestamp="x"): ("timestamp", "malformed"),
+    valid(timestamp=str(2**63)): ("timestamp", "too_large"),
+    valid(timestamp=str(PAST_BOUND - 1)): ("timestamp", "too_old"),
+    valid(timestamp=str(FUTURE_BOUND + 1)): ("timestamp", "too_new"),
+    valid(user="x" * 257): ("user", "too_long"),
+    valid(user="a%00"): ("user", "control_character"),
+    valid(user="%ff"): ("user", "encoding"),
+    valid(event="tap"): ("event", "unknown_value"),
+    f"{valid()}&event=click": ("event", "repeated"),
+    f"{valid()}&id=": ("id", "empty"),
+    f"{valid()}&id={'i' * 129}": ("id", "too_long"),
+    f"{valid()}&pad={'x' * MAX_QUERY_BYTES}": ("query", "too_long"),
+}
+
+
+async def test_a_post_400_gives_its_problem_as_codes(harness: Harness) -> None:
+    for query, (field, reason) in PROBLEMS.items():
+        response = await harness.post(query)
+        assert response.status_code == 400
+        got = (response.headers["X-Shardstats-Error-Field"],
+               response.headers["X-Shardstats-Error-Reason"])
+        assert got == (field, reason), (query[:80], response.headers["X-Shardstats-Error"])
+
+
+@pytest.mark.parametrize("path, query, field, reason", [
+    ("/analytics", "", "timestamp", "missing"),
+    ("/analytics", "timestamp=1e3", "timestamp", "malformed"),
+    ("/analytics", "timestamp=1&timestamp=2", "timestamp", "repeated"),
+    ("/analytics/range", "from=1", "to", "missing"),
+    ("/analytics/range", "from=2&to=1", "to", "out_of_order"),
+    ("/analytics/range", f"from=0&to={NOW_MS}", "to", "too_large"),
+    ("/analytics/range", "from=1&to=2&step=week", "step", "unknown_value"),
+])
+async def test_a_get_400_gives_its_problem_as_codes(
+    harness: Harness, path: str, query: str, field: str, reason: str
+) -> None:
+    response = await harness.request("GET", query, path)
+    assert response.status_code == 400
+    body = await response.get_json()
+    assert (body["field"], body["reason"]) == (field, reason), body["error"]
+
+
 async def test_rejected_posts_change_nothing(harness: Harness) -> None:
     await harness.event(NOW_MS, "alice", "click")
     for query in [*BAD_SHAPES.values(), *(valid(event=e) for e in BAD_EVENTS.values())]:
@@ -888,7 +943,7 @@ async def test_any_query_string_gives_a_contract_status(
             assert body["clicks"] + body["impressions"] == (post.status_code == 204)
             assert body["unique_users"] == (post.status_code == 204)
         else:
-            assert list(body) == ["error"]
+            assert list(body) == ["error", "field", "reason"]
             assert isinstance(body["error"], str)
         event(f"POST {post.status_code}, GET {get.status_code}")
 
