@@ -106,9 +106,12 @@ class _ServiceCollector(Collector):
         yield GaugeMetricFamily("shardstats_ready", "1 once recovery is done", stats.ready)
         yield GaugeMetricFamily("shardstats_open_shards", "Hours with a running shard",
                                 reg.open_shards)
-        yield GaugeMetricFamily("shardstats_cached_hours", "Closed hours held in memory",
+        # Counts of hours, not durations: no "_hours" in a name, which reads as a unit
+        # (`promtool check metrics`).
+        yield GaugeMetricFamily("shardstats_cached_hour_aggregates",
+                                "Closed hours whose aggregate is held in memory",
                                 reg.cached_hours)
-        yield GaugeMetricFamily("shardstats_known_hours", "Hours with a journal on disk",
+        yield GaugeMetricFamily("shardstats_hour_journals", "Hours with a journal on disk",
                                 reg.known_hours)
         yield GaugeMetricFamily("shardstats_queued_requests", "Requests waiting in shard inboxes",
                                 reg.queued)

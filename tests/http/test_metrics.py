@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import pytest
+import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from shardstats.cluster.memory import InMemoryLog
 from shardstats.config import Settings
 from tests.http.apps import ready_client
 from tests.http.conftest import raw_asgi, running_app
+from tests.http.test_cluster_http import cluster_service
 
 NOW = 1_780_000_000_000
 
@@ -103,3 +108,31 @@ async def test_metrics_do_not_grow_with_what_clients_invent(tmp_path: Path) -> N
         after = await scrape()
     assert after == before
     assert len("\n".join(after)) < 50_000
+
+
+PROMTOOL = shutil.which("promtool")
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (Debian: apt-get install "
+                    "prometheus; .ci/run installs it)")
+@pytest.mark.parametrize("mode", ["embedded", "cluster"])
+async def test_metrics_pass_the_prometheus_linter(tmp_path: Path, mode: str) -> None:
+    """``promtool check metrics`` on a real scrape, after traffic that creates every kind of
+    series (latencies of each front, rejections, commits, cluster gauges)."""
+    factory = cluster_service(InMemoryLog()) if mode == "cluster" else None
+    async with running_app(tmp_path / "data", now_ms=NOW, service_factory=factory,
+                           node_name="n1") as h:
+        await h.event(NOW, "alice")
+        await h.post("timestamp=x&user=a&event=click")
+        await h.get(f"timestamp={NOW}")
+        await h.request("PUT", "")
+        await h.request("POST", "", "/analytics/batch", body=b'{"timestamp": 1}\nnope')
+        await h.request("GET", f"from={NOW}&to={NOW}", "/analytics/range")
+        scrape = (await h.client.get("/metrics")).body
+    assert b"shardstats_events_rejected_total" in scrape
+    assert (mode == "cluster") == (b"shardstats_log_applied_seq" in scrape)
+    assert PROMTOOL is not None
+    with trio.fail_after(60):
+        result = await trio.run_process([PROMTOOL, "check", "metrics"], stdin=scrape,
+                                        capture_stdout=True, capture_stderr=True, check=False)
+    assert result.returncode == 0, (result.stdout + result.stderr).decode()
