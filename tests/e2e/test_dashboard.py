@@ -126,7 +126,10 @@ def check_matches(page: Page, expected: dict[str, Any]) -> None:
 
 def hover(page: Page, chart: str, index: int, count: int) -> dict[str, int]:
     """Point at step ``index`` of a chart; the values its tooltip shows, by series."""
-    box = page.locator(f"#chart-{chart} rect").bounding_box()
+    for _ in range(100):  # None while a refresh redraws the chart
+        box = page.locator(f"#chart-{chart} rect").bounding_box()
+        if box is not None:
+            break
     band = box["width"] / count
     page.mouse.move(box["x"] + band * (index + 0.5), box["y"] + box["height"] / 2)
     tip = page.locator(f"#tip-{chart}")
