@@ -39,12 +39,20 @@ class ClientError(Exception):
 
 
 class EventRejected(ClientError):
-    """The server answered ``400`` for this event: it will never be counted, retry or not."""
+    """The server answered ``400`` for this event: it will never be counted, retry or not.
 
-    def __init__(self, event: Event, reason: str) -> None:
+    ``reason``: the server's message (its wording may change); ``field`` and ``code``: the
+    stable codes of the problem (``timestamp``/``too_old``, ``user``/``too_long``, ...; see
+    the README's API section), None from a server that does not send them.
+    """
+
+    def __init__(self, event: Event, reason: str, field: str | None = None,
+                 code: str | None = None) -> None:
         super().__init__(f"event rejected: {reason}")
         self.event = event
         self.reason = reason
+        self.field = field
+        self.code = code
 
 
 class DeliveryFailed(ClientError):
@@ -300,7 +308,9 @@ def deliver_one(event: Event, policy: Retry, clock: Clock,
         if judgement.verdict == "delivered":
             return []
         if judgement.verdict == "rejected":
-            raise EventRejected(event, judgement.reason)
+            raise EventRejected(event, judgement.reason,
+                                answer.headers.get(ERROR_HEADER + "-field"),
+                                answer.headers.get(ERROR_HEADER + "-reason"))
         yield from _wait_or_give_up(backoff, clock, judgement, [event])
 
 
