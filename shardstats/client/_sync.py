@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -123,7 +124,8 @@ class Client:
 class BufferedSender:
     """Collects events and posts them to ``/analytics/batch`` from a background thread: when
     ``max_events`` are waiting, or ``max_delay`` seconds after the oldest was added, or on
-    ``flush()``/``close()``. Use it as a context manager: leaving it flushes.
+    ``flush()``/``close()``. Use it as a context manager: leaving it flushes (one never closed
+    is flushed when the interpreter exits).
 
     One batch is in flight at a time; ``send`` blocks while ``max_buffer`` events wait.
     Rejected events (400 verdicts) are logged, kept in ``rejected`` and passed to
@@ -153,6 +155,9 @@ class BufferedSender:
         self._thread = threading.Thread(target=self._work, name="shardstats-sender",
                                         daemon=True)
         self._thread.start()
+        # A sender nobody closed is flushed when the interpreter exits (the thread is a daemon
+        # so that exit does not hang on it); close() unregisters this.
+        atexit.register(self.close)
 
     def __enter__(self) -> Self:
         return self
@@ -194,6 +199,7 @@ class BufferedSender:
 
     def close(self) -> None:
         """Flush, then stop the thread. Idempotent; raises the delivery failure if any."""
+        atexit.unregister(self.close)
         with self._changed:
             self._closing = True
             self._changed.notify_all()

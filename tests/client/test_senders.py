@@ -6,6 +6,8 @@ failure handed to the caller. The server is ``httpx.MockTransport`` answering ba
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -163,3 +165,23 @@ async def test_a_cancelled_async_sender_keeps_what_it_did_not_send() -> None:
                 await trio.sleep_forever()
         assert server.batches == []
         assert sender.unsent() == sent
+
+
+def test_a_sender_never_closed_is_flushed_when_the_interpreter_exits() -> None:
+    script = """
+import httpx
+from shardstats.client import Client
+
+def answer(request):
+    lines = request.content.split(b"\\n")
+    print("posted", len(lines), flush=True)
+    return httpx.Response(200, json={"accepted": len(lines), "errors": [],
+                                     "results": ["accepted"] * len(lines)})
+
+sender = Client(transport=httpx.MockTransport(answer)).buffered(max_delay=3600)
+for i in range(3):
+    sender.send(f"u{i}", "click", 1)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout == "posted 3\n"
