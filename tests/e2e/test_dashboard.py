@@ -265,3 +265,25 @@ def test_dashboard_on_a_phone(shardstats_server: ServerFactory, data_dir: Path,
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=True)
     context.close()
+
+
+def test_dashboard_with_a_query_token(shardstats_server: ServerFactory, data_dir: Path,
+                                      browser: Any) -> None:
+    server = shardstats_server.start(data_dir, {"SHARDSTATS_QUERY_TOKEN": "s3cret"})
+    now = int(time.time() * 1000)
+    seed(server, now)
+    hour = now - now % HOUR
+    page = browser.new_page(viewport={"width": 1000, "height": 800})
+    page.goto(server.url + "/", timeout=15_000)
+    page.wait_for_function("document.getElementById('status').textContent.includes('token')",
+                           timeout=15_000)
+    page.fill("#token", "s3cret")
+    page.press("#token", "Tab")  # a change event: kept, and the data fetched again
+    page.wait_for_selector("body[data-range-loaded][data-current-loaded]", timeout=15_000)
+    headers = {"Authorization": "Bearer s3cret"}
+    first, last = hour - 47 * HOUR, hour + HOUR - 1
+    with httpx.Client(base_url=server.url, headers=headers) as client:
+        total = client.get(f"/analytics/range?from={first}&to={last}").json()["total"]
+    assert shown(page, "total-users") == total["unique_users"]
+    assert page.text_content("#status") == ""
+    assert page.evaluate("localStorage.getItem('shardstats-token')") == "s3cret"
