@@ -8,6 +8,7 @@ a test checks the two agree.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import re
@@ -20,6 +21,8 @@ from typing import Any
 from shardstats.errors import ConfigError
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
+
+log = logging.getLogger("shardstats.config")
 
 ENV_PREFIX = "SHARDSTATS_"
 ENV_CONFIG = "SHARDSTATS_CONFIG"
@@ -66,7 +69,9 @@ class Settings:
     inbox_size: int = field(
         default=4096, metadata=_doc("queued requests per hour before POST answers 503")
     )
-    max_batch: int = field(default=4096, metadata=_doc("most events in one group commit"))
+    max_commit_events: int = field(
+        default=4096, metadata=_doc("most events in one group commit")
+    )
     snapshot_interval_seconds: float = field(
         default=30.0, metadata=_doc("how often an open hour with new events is snapshotted")
     )
@@ -133,7 +138,7 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
-        for name in ("max_user_bytes", "max_open_shards", "inbox_size", "max_batch",
+        for name in ("max_user_bytes", "max_open_shards", "inbox_size", "max_commit_events",
                      "max_range_hours", "max_batch_bytes", "max_batch_lines"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
@@ -196,6 +201,8 @@ class Settings:
 
 
 SETTING_NAMES = tuple(f.name for f in fields(Settings))
+# Old names still accepted in every layer, with a warning in the log: old -> new.
+DEPRECATED_NAMES = {"max_batch": "max_commit_events"}
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
@@ -225,9 +232,15 @@ def _coerce(name: str, value: Any, source: str) -> Any:
 
 
 def _apply(values: dict[str, Any], layer: Mapping[str, Any], source: str) -> None:
-    for name, value in layer.items():
+    for given, value in layer.items():
+        name = DEPRECATED_NAMES.get(given, given)
         if name not in SETTING_NAMES:
-            raise ConfigError(f"{source}: unknown setting {name!r}")
+            raise ConfigError(f"{source}: unknown setting {given!r}")
+        if name != given:
+            if name in layer:
+                raise ConfigError(f"{source}: {given!r} is the old name of {name!r}; give "
+                                  f"only {name!r}")
+            log.warning("%s: setting %r is deprecated, use %r", source, given, name)
         values[name] = _coerce(name, value, source)
 
 

@@ -247,12 +247,12 @@ async def test_failed_hours_are_reported_per_line_across_pieces(
     from shardstats.errors import ShardstatsError, StorageError
     from shardstats.http import batch as batch_route
 
-    monkeypatch.setattr(batch_route, "PIECE_EVENTS", 1)  # pieces of max_batch (3) events
+    monkeypatch.setattr(batch_route, "PIECE_EVENTS", 1)  # pieces of max_commit_events (3)
 
     past = NOW_MS - HOUR_MS
     lines = [VALID % i if i % 2 else VALID.replace(b"%d" % NOW_MS, b"%d" % past) % i
              for i in range(7)]
-    async with make_harness(max_batch=3) as h:  # pieces: lines 1-3, 4-6, 7
+    async with make_harness(max_commit_events=3) as h:  # pieces: lines 1-3, 4-6, 7
         real = h.service.submit_batch
         pieces: list[int] = []
 
