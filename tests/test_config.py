@@ -69,12 +69,12 @@ def test_defaults() -> None:
 def test_setting_names_and_describe_cover_every_field() -> None:
     assert set(DEFAULTS) <= set(SETTING_NAMES)
     described = describe()
-    assert [name for name, _, _ in described] == list(SETTING_NAMES)
+    assert [setting.name for setting in described] == list(SETTING_NAMES)
     defaults = dataclasses.asdict(Settings())
-    for name, default, doc in described:
-        assert default == defaults[name]
-        assert isinstance(doc, str)
-        assert doc
+    for setting in described:
+        assert setting.default == defaults[setting.name]
+        assert isinstance(setting.doc, str)
+        assert setting.doc.endswith("."), setting.name  # a sentence, in every place it goes
 
 
 def test_load_ignores_the_process_environment_when_environ_is_given(
