@@ -1,7 +1,8 @@
 """``shardstats.client`` against a real server: killed with SIGKILL and restarted on the same
 port while a buffered sender streams, every event it was given is counted exactly once (the
 retries carry the same event ids); a rejected event is reported and posted once; a sender
-that cannot deliver before its deadline says so and hands back every event it did not deliver.
+that cannot deliver before its deadline says so and hands back every event it did not deliver;
+sends to an overloaded hour get 503 with Retry-After, wait and get through, each once.
 The async client runs under trio and under asyncio."""
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class CountingTransport(httpx.HTTPTransport):
     def __init__(self) -> None:
         super().__init__()
         self.requests: Counter[str] = Counter()
+        self.statuses: Counter[int] = Counter()
         self.errors = 0
         self.kill_after_commit: ServerProcess | None = None
         self.killed = threading.Event()
@@ -53,6 +55,7 @@ class CountingTransport(httpx.HTTPTransport):
         except httpx.TransportError:
             self.errors += 1
             raise
+        self.statuses[response.status_code] += 1
         return self._maybe_kill(request, response)
 
     def _maybe_kill(self, request: httpx.Request, response: httpx.Response) -> httpx.Response:
@@ -217,3 +220,30 @@ def test_giving_up_hands_back_the_events_and_resending_them_counts_each_once(
         server = shardstats_server.start(data_dir, bind=f"127.0.0.1:{port}")
         assert client.send_batch(undelivered) == []
     assert counts(server, timestamp) == expected(events)
+
+
+def test_an_overloaded_hour_answers_503_and_every_send_gets_through_once(
+        shardstats_server: ServerFactory, data_dir: Path) -> None:
+    env = {"SHARDSTATS_INBOX_SIZE": "4", "SHARDSTATS_MAX_COMMIT_EVENTS": "2"}
+    server = shardstats_server.start(data_dir, env)
+    timestamp = int(time.time() * 1000)
+    transport = CountingTransport()
+    failures: list[BaseException] = []
+
+    def sends(client: Client, seed: int) -> None:
+        try:
+            for i in range(15):
+                client.send(f"t{seed}-{i}", "click", timestamp)
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    with Client(server.url, transport=transport, retry=Retry(deadline=60)) as client:
+        threads = [threading.Thread(target=sends, args=(client, seed)) for seed in range(32)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    assert failures == []
+    assert transport.statuses[503] > 0, "the inbox never filled; nothing was tested"
+    assert transport.statuses[204] == 32 * 15
+    assert counts(server, timestamp) == {"unique_users": 480, "clicks": 480, "impressions": 0}
