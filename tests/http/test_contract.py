@@ -690,7 +690,9 @@ async def test_503_when_service_never_started(tmp_path: Path) -> None:
         await client.post("/analytics", scope_base={"query_string": valid().encode()}),
         body=None,
     )
-    await assert_503(await client.get(f"/analytics?timestamp={NOW_MS}"), body="error")
+    response = await client.get(f"/analytics?timestamp={NOW_MS}")
+    await assert_503(response, body="error")
+    assert "recovering" in (await response.get_json())["error"]  # says why
     lean = lean_front(app)
     await assert_503(await raw_asgi(lean, "POST", "/analytics", valid().encode()), body=None)
     get = await raw_asgi(lean, "GET", "/analytics", f"timestamp={NOW_MS}".encode())
