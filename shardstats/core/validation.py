@@ -1,6 +1,6 @@
 """Turn a raw query string into a typed ``Event`` or hour, or an ``InvalidInput`` that says why.
 
-Rules (DESIGN.md §1 and issue 2):
+Rules (the API section of the README):
 - the query string is form-encoded (``+`` is a space) UTF-8; invalid percent-encoded UTF-8 is
   rejected rather than replaced, so a user id is never silently altered;
 - a known parameter given twice is invalid; unknown parameters are ignored;

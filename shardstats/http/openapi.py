@@ -1,7 +1,8 @@
 """The OpenAPI 3.1 document of every route, and a docs page rendered from it.
 
-Written by hand rather than generated: the routes are few, the contract is exact (DESIGN.md
-§1), and a test checks every route of the app appears here and that the document validates.
+Written by hand rather than generated: the routes are few, the contract is exact (the API
+section of the README), and a test checks every route of the app appears here and that the
+document validates.
 The docs page is plain HTML rendered on the server, so it works offline (no CDN, no JS).
 """
 

@@ -1,4 +1,4 @@
-"""The cost of one ``POST /analytics/batch`` is bounded (issue 10, item 3).
+"""The cost of one ``POST /analytics/batch`` is bounded (README, ``POST /analytics/batch``).
 
 - too many lines: ``413`` before any line is judged;
 - the answer is never much larger than the body, whatever the body holds;

@@ -1,4 +1,5 @@
-"""The HTTP contract of DESIGN.md §1, through Quart's test client with the lifespan running.
+"""The HTTP contract of ``POST``/``GET /analytics`` (the API section of the README), with the
+lifespan running.
 
 Every request names its exact query-string bytes (see ``conftest.Harness.request``).
 """
