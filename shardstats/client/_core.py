@@ -5,7 +5,8 @@ Rules (the reason a sent event is counted exactly once, whatever fails on the wa
 1. An event gets its ``id`` and its ``timestamp`` when it is created, never later: every
    retry sends the same bytes, so the server, which remembers ids per hour, counts it once.
 2. An attempt whose outcome is unknown (a transport error or timeout, any 5xx, a ``failed:``
-   line of a batch) is retried; so is a ``503``, waiting at least its ``Retry-After``.
+   line of a batch) is retried; so are ``408`` and ``429``, and a ``503`` or ``429`` waits at
+   least its ``Retry-After``.
 3. An answer that will not change by retrying (``400``, a ``rejected:`` line, ``401``, any
    other 4xx) is never retried: a rejected event is reported, anything else gives up.
 4. Retries back off exponentially with jitter, and no attempt starts after the delivery's
