@@ -215,7 +215,7 @@ DOCUMENT: dict[str, Any] = {
         "/docs": {"get": {"summary": "Human-readable API documentation", "responses": {
             "200": {"description": "HTML", "content": {"text/html": {
                 "schema": {"type": "string"}}}}}}},
-        "/": {"get": {"summary": "Dashboard: the last 48 hours and a range picker",
+        "/": {"get": {"summary": "Dashboard: the current hour, a range per hour or day, CSV",
                       "responses": {"200": {"description": "HTML", "content": {"text/html": {
                           "schema": {"type": "string"}}}}}}},
     },
