@@ -12,9 +12,10 @@ import pytest
 import trio
 
 from shardstats.cluster.jetstream import JetStreamConfig, JetStreamLog, default_node_name
-from shardstats.cluster.natsproc import NatsCluster, free_ports
+from shardstats.cluster.natsproc import free_ports
 from shardstats.config import Settings
 from shardstats.errors import LogUnavailable
+from tools.spawn import NatsCluster
 
 from .conftest import jetstream_config
 

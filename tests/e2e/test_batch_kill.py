@@ -33,7 +33,8 @@ from tests.e2e.test_server import (
 )
 
 if TYPE_CHECKING:
-    from tests.e2e.conftest import ServerFactory, ServerProcess
+    from tests.e2e.conftest import ServerFactory
+    from tools.spawn import ShardstatsServer
 
 BATCH_CLIENTS = 6
 
@@ -51,7 +52,7 @@ def batch_body(events: list[tuple[Event, str | None]], bad: list[int]) -> bytes:
 
 
 async def batches_then_kill(
-    server: ServerProcess, workload: Workload, ledger: Ledger, rng: random.Random, tag: str
+    server: ShardstatsServer, workload: Workload, ledger: Ledger, rng: random.Random, tag: str
 ) -> None:
     threshold = rng.randint(2_000, 12_000)
     accepted = 0

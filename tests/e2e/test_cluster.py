@@ -21,7 +21,7 @@ import httpx
 import pytest
 import trio
 
-from shardstats.cluster.natsproc import NatsCluster, find_nats_server, open_nats_cluster
+from shardstats.cluster.natsproc import find_nats_server
 from tests.e2e.test_batch_kill import batch_body
 from tests.e2e.test_server import (
     HOUR_MS,
@@ -35,9 +35,11 @@ from tests.e2e.test_server import (
     now_ms,
     recent_hours,
 )
+from tools.spawn import NatsCluster, open_nats_cluster
 
 if TYPE_CHECKING:
-    from tests.e2e.conftest import ServerFactory, ServerProcess
+    from tests.e2e.conftest import ServerFactory
+    from tools.spawn import ShardstatsServer
 
 PUBLISH_TIMEOUT = 2.0  # SHARDSTATS_CLUSTER_PUBLISH_TIMEOUT_SECONDS: an unknown outcome in 2 s
 FAIL_FAST = PUBLISH_TIMEOUT + 5.0  # a POST without a log quorum answers 5xx within this
@@ -56,14 +58,7 @@ pytestmark = [
 @dataclass
 class Cluster:
     nats: NatsCluster
-    factory: ServerFactory
-    data_dirs: list[Path]
-    envs: list[dict[str, str]]
-    nodes: list[ServerProcess]
-
-    async def restart_node(self, index: int) -> ServerProcess:
-        self.nodes[index] = await self.factory.astart(self.data_dirs[index], self.envs[index])
-        return self.nodes[index]
+    nodes: list[ShardstatsServer]
 
 
 @pytest.fixture
@@ -74,17 +69,12 @@ async def cluster(shardstats_server: ServerFactory, tmp_path: Path) -> AsyncIter
                  "SHARDSTATS_NODE_NAME": f"node{i + 1}",
                  "SHARDSTATS_CLUSTER_PUBLISH_TIMEOUT_SECONDS": str(PUBLISH_TIMEOUT)}
                 for i in range(3)]
-        dirs = [tmp_path / f"node{i + 1}" for i in range(3)]
-        nodes = [shardstats_server.spawn(d, env) for d, env in zip(dirs, envs, strict=True)]
-
-        def wait_all() -> None:
-            for node in nodes:
-                node.wait_listening()
-                node.wait_healthy()
-
-        await trio.to_thread.run_sync(wait_all)
+        nodes = [shardstats_server.spawn(tmp_path / f"node{i + 1}", env)
+                 for i, env in enumerate(envs)]
+        for node in nodes:
+            await node.await_ready()
         try:
-            yield Cluster(nats, shardstats_server, dirs, envs, nodes)
+            yield Cluster(nats, nodes)
         finally:
             for node in nodes:  # before NATS goes: a node stopping would wait for it
                 node.kill()
@@ -335,7 +325,7 @@ async def test_kill_node_and_nats_server_mid_load_loses_no_ack(cluster: Cluster)
     before = await agreed_answers(survivors, ledger)
 
     # The killed node comes back on the same data directory and catches up exactly.
-    restarted = await cluster.restart_node(2)
+    restarted = await cluster.nodes[2].astart()
     after = await agreed_answers([*survivors, restarted.url], ledger)
     assert after == before
 
@@ -419,7 +409,7 @@ async def test_majority_of_nats_servers_down_posts_fail_fast_gets_answer(
         assert reply.json()["clicks"] >= expected[ts // HOUR_MS]["clicks"]
 
     for server in cluster.nats.servers:  # all at once: one alone never gets ready
-        await server.start()
+        server.spawn()
     await cluster.nats.wait_ready()
     with trio.fail_after(CONVERGE):
         while True:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import ServerFactory, ServerProcess
+from tests.e2e.conftest import ServerFactory
 
 HOUR = 3_600_000
 pytestmark = pytest.mark.e2e
@@ -20,13 +20,6 @@ pytestmark = pytest.mark.e2e
 
 def fd_count(pid: int) -> int:
     return len(list(Path(f"/proc/{pid}/fd").iterdir()))
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def gauge(client: httpx.Client, name: str) -> float:
@@ -45,7 +38,7 @@ def test_flood_of_hours_stays_within_bounds(
     server = shardstats_server.start(data_dir, env)
     now = int(time.time() * 1000)
     baseline_fds = fd_count(server.pid)
-    peak_fds, peak_rss, peaks = baseline_fds, rss_mib(server.pid), {"open": 0.0, "cached": 0.0}
+    peak_fds, peak_rss, peaks = baseline_fds, server.rss_mib(), {"open": 0.0, "cached": 0.0}
     stop = threading.Event()
 
     def flood(seed: int) -> None:
@@ -68,7 +61,7 @@ def test_flood_of_hours_stays_within_bounds(
             deadline = time.monotonic() + 12
             while time.monotonic() < deadline:
                 peak_fds = max(peak_fds, fd_count(server.pid))
-                peak_rss = max(peak_rss, rss_mib(server.pid))
+                peak_rss = max(peak_rss, server.rss_mib())
                 peaks["open"] = max(peaks["open"], gauge(client, "shardstats_open_shards"))
                 peaks["cached"] = max(peaks["cached"], gauge(client, "shardstats_cached_hours"))
                 time.sleep(0.2)
@@ -194,7 +187,7 @@ def test_sigterm_under_load_loses_nothing_and_exits_in_time(
     time.sleep(1.5)
     started = time.monotonic()
     server.signal(signal.SIGTERM)
-    code = server.wait_exit(timeout=grace + 10)
+    code = server.wait_exit(grace + 10)
     took = time.monotonic() - started
     for thread in threads:
         thread.join(timeout=grace + 15)
@@ -202,7 +195,7 @@ def test_sigterm_under_load_loses_nothing_and_exits_in_time(
     assert took < grace + 5
     assert not hung and not any(t.is_alive() for t in threads)
     assert sum(acked.values()) > 0
-    restarted: ServerProcess = shardstats_server.start(data_dir)
+    restarted = shardstats_server.start(data_dir)
     with httpx.Client(base_url=restarted.url, timeout=30) as client:
         for hour in sent:
             clicks = client.get(f"/analytics?timestamp={hour * HOUR}").json()["clicks"]

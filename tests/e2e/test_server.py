@@ -32,7 +32,8 @@ import trio
 from shardstats.core import snapshot as snapshot_codec
 
 if TYPE_CHECKING:
-    from tests.e2e.conftest import ServerFactory, ServerProcess
+    from tests.e2e.conftest import ServerFactory
+    from tools.spawn import ShardstatsServer
 
 HOUR_MS = 3_600_000
 CLIENTS = 32
@@ -285,7 +286,7 @@ async def post_all(url: str, workload: Workload, ledger: Ledger, per_client: int
 
 
 async def load_then_signal(
-    server: ServerProcess,
+    server: ShardstatsServer,
     workload: Workload,
     ledger: Ledger,
     rng: random.Random,
@@ -681,7 +682,7 @@ async def test_sigterm_with_pipelined_request_exits_promptly(
 
 
 async def _sigterm_with_pipelined_request(
-    server: ServerProcess,
+    server: ShardstatsServer,
     busy: trio.SocketStream,
     idle: trio.SocketStream,
     get: bytes,
