@@ -1,9 +1,9 @@
 """Cluster mode end to end: three nats-servers (R=3) and three ``shardstats serve`` nodes.
 
 Real processes on 127.0.0.1, the same oracle as ``test_server`` (``Ledger``: per hour what was
-sent and what was acknowledged; acked <= counted <= sent). An event with an id is recorded
-once however often it is sent, so a retry of the same id on another node that were counted
-twice breaks the upper bound. Every wait is bounded; convergence is polled, never slept on.
+sent and what was acknowledged; acked <= counted <= sent). An event with an id is filed once
+however often it is sent, so a retry of the same id on another node that were counted twice
+breaks the upper bound. Every wait is bounded; convergence is polled, never slept on.
 """
 
 from __future__ import annotations
@@ -25,16 +25,13 @@ from shardstats.cluster.natsproc import find_nats_server
 from tests.e2e.test_batch_kill import batch_body
 from tests.e2e.test_server import (
     HOUR_MS,
-    Counts,
-    Event,
-    Ledger,
     Workload,
     answers,
-    bound_problems,
     client_for,
     now_ms,
     recent_hours,
 )
+from tools.loadgen.ledger import Counts, Event, Ledger, check
 from tools.spawn import NatsCluster, open_nats_cluster
 
 if TYPE_CHECKING:
@@ -111,8 +108,6 @@ class Load:
     failing: bool = False  # a nats-server was killed: 500/503 are allowed from now on
     acks: int = 0  # events acknowledged (a batch line counts one)
     single_acks: int = 0  # single POSTs answered 204
-    sent_ids: set[str] = field(default_factory=set)
-    acked_ids: set[str] = field(default_factory=set)
     duplicates: int = 0  # ids sent again to another node after their 204
     serial: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -122,18 +117,9 @@ class Load:
         shift = alive.index(start) if start in alive else home
         return alive[(shift + attempt) % len(alive)]
 
-    def sent(self, event: Event, eid: str | None) -> None:
-        if eid is None or eid not in self.sent_ids:
-            self.ledger.record_sent(event)
-            if eid is not None:
-                self.sent_ids.add(eid)
-
     def acked(self, event: Event, eid: str | None) -> None:
         self.acks += 1
-        if eid is None or eid not in self.acked_ids:
-            self.ledger.record_acked(event)
-            if eid is not None:
-                self.acked_ids.add(eid)
+        self.ledger.record_acked(event, eid)
 
     def tolerated(self, url: str, status: int | None, what: str) -> None:
         """A non-success is only fine from a killed node, or while NATS fails over."""
@@ -167,7 +153,7 @@ class Load:
         while not stop.is_set():
             event = self.workload.event()
             eid = f"p{number}-{next(self.serial)}" if self.rng.random() < 0.3 else None
-            self.sent(event, eid)
+            self.ledger.record_sent(event, eid)
             for attempt in range(3 if eid else 1):  # an id makes a retry elsewhere safe
                 if await self.post(clients, self.target(home, attempt), event, eid):
                     self.acked(event, eid)
@@ -191,7 +177,7 @@ class Load:
                           for _ in range(self.rng.randint(20, 200))]
                 attempt = 0
             for event, eid in events:
-                self.sent(event, eid)
+                self.ledger.record_sent(event, eid)
             url = self.target(home, attempt)
             verdicts = await self.batch(clients[url], url, events)
             for (event, eid), verdict in zip(events, verdicts, strict=True):
@@ -281,12 +267,12 @@ async def agreed_answers(urls: list[str], ledger: Ledger,
                 raise
             problems, got, ranges = [str(exc)], [], []
         else:
-            problems = bound_problems(got[0], ledger)
+            problems = check(ledger, got[0]).problems
         if got and not problems and all(g == got[0] for g in got) \
                 and all(r == ranges[0] for r in ranges):
             series = {item["start"] // HOUR_MS: item for item in ranges[0]["series"]}
             for hour, counts in got[0].items():  # the range agrees with the hours
-                assert {k: series[hour][k] for k in counts} == counts, (hour, series[hour])
+                assert Counts.from_json(series[hour]) == counts, (hour, series[hour])
             return got[0]
         if trio.current_time() > deadline:
             detail = "\n".join(f"{url}: {g}" for url, g in zip(urls, got, strict=False))
@@ -320,7 +306,7 @@ async def test_kill_node_and_nats_server_mid_load_loses_no_ack(cluster: Cluster)
         await wait_acks(load, load.acks + 800, load.single_acks + 200, within=40)
         running.stop.set()
 
-    assert load.duplicates > 0 and ledger.acked, ledger.statuses
+    assert load.duplicates > 0 and ledger.acknowledged, ledger.statuses
     survivors = urls[:2]
     before = await agreed_answers(survivors, ledger)
 
@@ -361,7 +347,7 @@ async def test_majority_of_nats_servers_down_posts_fail_fast_gets_answer(
     ledger = Ledger()
     async with client_for(urls[0]) as client:
         for i in range(20):
-            event = (ts, f"before-{i}", "click")
+            event = Event(ts, f"before-{i}", "click")
             response = await client.post("/analytics", params={
                 "timestamp": str(ts), "user": event[1], "event": "click"})
             assert response.status_code == 204
@@ -394,7 +380,7 @@ async def test_majority_of_nats_servers_down_posts_fail_fast_gets_answer(
                     got = await answers(url, ledger.hours)
                 # Local state: everything acknowledged before the outage; a POST answered 500
                 # may still have been stored (then counted).
-                assert got[ts // HOUR_MS]["clicks"] >= expected[ts // HOUR_MS]["clicks"]
+                assert got[ts // HOUR_MS].clicks >= expected[ts // HOUR_MS].clicks
 
     # The quorum returns: POSTs succeed again (after the stream's leader election).
     # No nats-server at all: GETs still answer, from local state, and say so.
@@ -406,7 +392,7 @@ async def test_majority_of_nats_servers_down_posts_fail_fast_gets_answer(
                 reply = await client.get("/analytics", params={"timestamp": str(ts)})
         assert reply.status_code == 200, (reply.status_code, reply.text)
         assert reply.headers.get("shardstats-consistency") == "stale", reply.headers
-        assert reply.json()["clicks"] >= expected[ts // HOUR_MS]["clicks"]
+        assert reply.json()["clicks"] >= expected[ts // HOUR_MS].clicks
 
     for server in cluster.nats.servers:  # all at once: one alone never gets ready
         server.spawn()

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import ServerFactory
+from tools.loadgen.ledger import Counts, Event, Ledger, check
 
 HOUR = 3_600_000
 pytestmark = pytest.mark.e2e
@@ -156,8 +157,7 @@ def test_sigterm_under_load_loses_nothing_and_exits_in_time(
     grace = 5
     server = shardstats_server.start(data_dir, {"SHARDSTATS_GRACEFUL_TIMEOUT_SECONDS": str(grace)})
     now = int(time.time() * 1000)
-    acked: dict[int, int] = {}
-    sent: dict[int, int] = {}
+    ledger = Ledger()
     lock = threading.Lock()
     hung: list[str] = []
 
@@ -165,11 +165,12 @@ def test_sigterm_under_load_loses_nothing_and_exits_in_time(
         rng = random.Random(seed)
         with httpx.Client(base_url=server.url, timeout=grace + 10) as client:
             while True:
-                ts = now - rng.choice([0, 0, 0, 1, 5]) * HOUR
+                event = Event(now - rng.choice([0, 0, 0, 1, 5]) * HOUR, f"c{seed}", "click")
                 with lock:
-                    sent[ts // HOUR] = sent.get(ts // HOUR, 0) + 1
+                    ledger.record_sent(event)
                 try:
-                    r = client.post(f"/analytics?timestamp={ts}&user=c{seed}&event=click")
+                    r = client.post(f"/analytics?timestamp={event.timestamp}&user=c{seed}"
+                                    "&event=click")
                 except httpx.TimeoutException:
                     hung.append(f"client {seed}")
                     return
@@ -177,7 +178,7 @@ def test_sigterm_under_load_loses_nothing_and_exits_in_time(
                     return  # refused or closed: the server is stopping
                 if r.status_code == 204:
                     with lock:
-                        acked[ts // HOUR] = acked.get(ts // HOUR, 0) + 1
+                        ledger.record_acked(event)
                 elif r.status_code not in (503,):
                     return
 
@@ -194,9 +195,10 @@ def test_sigterm_under_load_loses_nothing_and_exits_in_time(
     assert code == 0
     assert took < grace + 5
     assert not hung and not any(t.is_alive() for t in threads)
-    assert sum(acked.values()) > 0
+    assert ledger.acknowledged > 0
     restarted = shardstats_server.start(data_dir)
     with httpx.Client(base_url=restarted.url, timeout=30) as client:
-        for hour in sent:
-            clicks = client.get(f"/analytics?timestamp={hour * HOUR}").json()["clicks"]
-            assert acked.get(hour, 0) <= clicks <= sent[hour], hour
+        got = {hour: Counts.from_json(client.get(f"/analytics?timestamp={hour * HOUR}").json())
+               for hour in ledger.hours}
+    result = check(ledger, got)
+    assert result.ok, result.problems
