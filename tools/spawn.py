@@ -15,9 +15,10 @@
     with ShardstatsServer(...) as server: ...   # started, and SIGKILLed on exit if running
 
 From trio, ``await server.astart()``, ``await server.await_ready()``,
-``await server.await_exit(10)`` and ``await server.astop()`` run the same code in a worker thread (a cancelled wait is abandoned;
-the thread ends within its own bound). ``spawn()`` starts the process without waiting (to see
-it fail, or to start several at once) and ``wait_ready()`` waits for it afterwards.
+``await server.await_exit(10)`` and ``await server.astop()`` run the same code in a worker
+thread (a cancelled wait is abandoned; the thread ends within its own bound). ``spawn()``
+starts the process without waiting (to see it fail, or to start several at once) and
+``wait_ready()`` waits for it afterwards.
 
 The classes: ``Child`` (any process, its log file, signals, bounded waits; ``ready()`` says
 when it serves), ``HttpServer`` (a child that logs ``listening on http://HOST:PORT`` and
@@ -99,8 +100,12 @@ class Child:
 
     ``cpus`` runs it under ``taskset -c CPUS`` (the pid is still the program's: taskset
     execs it). ``new_session`` puts it in a session of its own, out of reach of a terminal's
-    Ctrl-C (a tool that returns and leaves it running).
+    Ctrl-C (a tool that returns and leaves it running). ``ready_within`` and ``stop_within``
+    are its default bounds (set them on the instance: a bench's big data set loads longer).
     """
+
+    ready_within = READY_SECONDS
+    stop_within = STOP_SECONDS
 
     def __init__(self, argv: Sequence[str], log_path: Path, *, env: Mapping[str, str] | None = None,
                  cwd: Path = REPO, cpus: str | None = None, new_session: bool = False,
@@ -167,29 +172,29 @@ class Child:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self._log_offset = log.tell()
+            self._spawned_at = time.monotonic()
             self.proc = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=self.env, cwd=self.cwd, start_new_session=self.new_session)
-        self._spawned_at = time.monotonic()
         return self
 
     def ready(self) -> bool:
         """Whether it serves (subclasses ask it; a plain child is ready once started)."""
         return True
 
-    def wait_ready(self, within: float = READY_SECONDS) -> Self:
-        self.poll_until(self.ready, within, "getting ready")
+    def wait_ready(self, within: float | None = None) -> Self:
+        self.poll_until(self.ready, within or self.ready_within, "getting ready")
         self.ready_seconds = time.monotonic() - self._spawned_at
         return self
 
-    async def await_ready(self, within: float = READY_SECONDS) -> Self:
+    async def await_ready(self, within: float | None = None) -> Self:
         return await _off_loop(self.wait_ready, within)
 
-    def start(self, within: float = READY_SECONDS) -> Self:
+    def start(self, within: float | None = None) -> Self:
         """``spawn`` and ``wait_ready``."""
         return self.spawn().wait_ready(within)
 
-    async def astart(self, within: float = READY_SECONDS) -> Self:
+    async def astart(self, within: float | None = None) -> Self:
         return await _off_loop(self.start, within)
 
     def poll_until(self, condition: Callable[[], bool], within: float, what: str) -> None:
@@ -233,25 +238,29 @@ class Child:
     async def await_exit(self, within: float) -> int:
         return await _off_loop(self.wait_exit, within)
 
-    def stop(self, within: float = STOP_SECONDS) -> float:
+    def stop(self, within: float | None = None) -> float:
         """SIGTERM and wait; the seconds it took. After ``within``: SIGKILL, SpawnError."""
         if not self.running():
             return 0.0
         started = time.monotonic()
         self.terminate()
         try:
-            self.wait_exit(within)
+            self.wait_exit(within or self.stop_within)
         except SpawnError:
             self.kill()
             raise
         return time.monotonic() - started
 
-    async def astop(self, within: float = STOP_SECONDS) -> float:
+    async def astop(self, within: float | None = None) -> float:
         return await _off_loop(self.stop, within)
 
     def __enter__(self) -> Self:
         if not self.running():
-            self.start()
+            try:
+                self.start()
+            except BaseException:
+                self.kill()  # it may run on, not ready
+                raise
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -403,7 +412,7 @@ class NatsCluster:
             server.spawn()
         await self.wait_ready()
 
-    async def wait_ready(self, within: float = READY_SECONDS) -> None:
+    async def wait_ready(self, within: float | None = None) -> None:
         for server in self.servers:
             if server.running():
                 await _off_loop(server.wait_ready, within)
@@ -416,7 +425,7 @@ class NatsCluster:
         with contextlib.suppress(SpawnError):  # killed after the bound: not under test here
             await self.servers[index].astop(5.0)
 
-    async def restart(self, index: int, within: float = READY_SECONDS) -> None:
+    async def restart(self, index: int, within: float | None = None) -> None:
         """Start a stopped or killed server again (same ports, same store) and wait ready."""
         await self.kill(index)
         await self.servers[index].astart(within)

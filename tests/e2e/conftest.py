@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.spawn import READY_SECONDS, ShardstatsServer
+from tools.spawn import ShardstatsServer
 
 SERVER_LOGS = pytest.StashKey[list[Path]]()
 LOG_TAIL_LINES = 150
@@ -39,12 +39,12 @@ class ServerFactory:
         return server.spawn()
 
     def start(self, data_dir: Path, env: Mapping[str, str] | None = None,
-              within: float = READY_SECONDS) -> ShardstatsServer:
+              within: float | None = None) -> ShardstatsServer:
         """Start a process and return once ``/healthz`` answers 200."""
         return self.spawn(data_dir, env).wait_ready(within)
 
     async def astart(self, data_dir: Path, env: Mapping[str, str] | None = None,
-                     within: float = READY_SECONDS) -> ShardstatsServer:
+                     within: float | None = None) -> ShardstatsServer:
         return await self.spawn(data_dir, env).await_ready(within)
 
     def cleanup(self) -> None:

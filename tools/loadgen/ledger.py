@@ -145,6 +145,16 @@ class HourLedger:
         return baseline + self.acknowledged.counts(), baseline + self.sent.counts()
 
 
+def _first(seen: set[str], eid: str | None) -> bool:
+    """Whether an event with id ``eid`` (None: no id) is filed now, the id remembered."""
+    if eid is None:
+        return True
+    if eid in seen:
+        return False
+    seen.add(eid)
+    return True
+
+
 class Ledger:
     """Sent and acknowledged events per hour (see the module docstring). Not thread-safe."""
 
@@ -207,19 +217,13 @@ class Ledger:
 
     def record_sent(self, event: Filed, eid: str | None = None) -> None:
         """Before the first byte leaves: from now on the event may be counted."""
-        if eid is not None:
-            if eid in self._sent_ids:
-                return
-            self._sent_ids.add(eid)
-        self._hour(event.hour).sent.add(self._rank(event.user), event.click)
+        if _first(self._sent_ids, eid):
+            self._hour(event.hour).sent.add(self._rank(event.user), event.click)
 
     def record_acked(self, event: Filed, eid: str | None = None) -> None:
         """The server acknowledged the event (``record_sent`` was called for it)."""
-        if eid is not None:
-            if eid in self._acked_ids:
-                return
-            self._acked_ids.add(eid)
-        self._hour(event.hour).acknowledged.add(self._rank(event.user), event.click)
+        if _first(self._acked_ids, eid):
+            self._hour(event.hour).acknowledged.add(self._rank(event.user), event.click)
 
     # -- totals ---------------------------------------------------------------------------
 
