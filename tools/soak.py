@@ -28,7 +28,8 @@ import httpx
 if __package__ in (None, ""):  # run as a script: make ``tools`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools.loadgen.ledger import HOUR_MS, CheckResult, Counts, Event, Ledger, check
+from tools.loadgen.ledger import CheckResult, Counts, Event, Ledger, check
+from tools.loadgen.workload import HOUR_MS
 from tools.spawn import ShardstatsServer
 
 STRESS_ENV = {

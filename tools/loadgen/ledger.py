@@ -37,7 +37,7 @@ from typing import NamedTuple, Protocol
 
 from pyroaring import BitMap
 
-HOUR_MS = 3_600_000
+from tools.loadgen.workload import HOUR_MS
 
 
 class Filed(Protocol):
