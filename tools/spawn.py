@@ -54,7 +54,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import trio
 
@@ -364,14 +364,23 @@ class NatsServer(Child):
     def monitor_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.monitor}"
 
-    def monitor(self, path: str) -> dict[str, object] | None:
-        """A monitoring endpoint's JSON (``/jsz?streams=true``, ...), or None."""
+    def monitor(self, path: str) -> dict[str, Any] | None:
+        """A monitoring endpoint's JSON (``/jsz``, ``/varz``, ...), or None."""
         try:
             with urllib.request.urlopen(self.monitor_url + path, timeout=2.0) as response:
                 data = json.loads(response.read())
         except (OSError, ValueError, http.client.HTTPException):
             return None
         return data if isinstance(data, dict) else None
+
+    def stream(self, name: str) -> dict[str, Any] | None:
+        """A JetStream stream as this server sees it (``state``, ``config``, ``cluster``)."""
+        jsz = self.monitor("/jsz?streams=true&config=true") or {}
+        for account in jsz.get("account_details", []):
+            for detail in account.get("stream_detail", []):
+                if detail.get("name") == name:
+                    return dict(detail)
+        return None
 
     def ready(self) -> bool:
         if http_status(f"{self.monitor_url}/healthz?js-enabled-only=true", 1.0) != 200:

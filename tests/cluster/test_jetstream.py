@@ -3,9 +3,7 @@ connection that cannot be made."""
 
 from __future__ import annotations
 
-import json
 import logging
-import urllib.request
 from typing import Any
 
 import pytest
@@ -23,14 +21,9 @@ pytestmark = pytest.mark.cluster
 
 
 def stream_config(cluster: NatsCluster, name: str) -> dict[str, Any]:
-    url = f"{cluster.servers[0].monitor_url}/jsz?streams=true&config=true"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        jsz = json.load(response)
-    for account in jsz["account_details"]:
-        for stream in account.get("stream_detail", []):
-            if stream["name"] == name:
-                return dict(stream["config"])
-    raise AssertionError(f"no stream {name} in /jsz")
+    stream = cluster.servers[0].stream(name)
+    assert stream is not None, f"no stream {name} in /jsz"
+    return dict(stream["config"])
 
 
 @pytest.mark.e2e

@@ -9,9 +9,7 @@ breaks the upper bound. Every wait is bounded; convergence is polled, never slep
 from __future__ import annotations
 
 import itertools
-import json
 import random
-import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,17 +77,11 @@ async def cluster(shardstats_server: ServerFactory, tmp_path: Path) -> AsyncIter
 
 def stream_leader(nats: NatsCluster, stream: str = "shardstats") -> int:
     """The index of the nats-server leading the stream (RAFT), from a monitoring endpoint."""
+    names = [s.name for s in nats.servers]
     for server in nats.servers:
-        if not server.running():
-            continue
-        url = f"{server.monitor_url}/jsz?streams=true"
-        with urllib.request.urlopen(url, timeout=2) as response:
-            info = json.loads(response.read())
-        for account in info.get("account_details", []):
-            for detail in account.get("stream_detail", []):
-                if detail["name"] == stream and detail.get("cluster", {}).get("leader"):
-                    names = [s.name for s in nats.servers]
-                    return names.index(detail["cluster"]["leader"])
+        detail = server.stream(stream) if server.running() else None
+        if detail and detail.get("cluster", {}).get("leader"):
+            return names.index(detail["cluster"]["leader"])
     raise AssertionError(f"no server names a leader for stream {stream}")
 
 
