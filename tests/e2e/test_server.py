@@ -38,6 +38,7 @@ HOUR_MS = 3_600_000
 CLIENTS = 32
 EXIT_LOCKED = 3
 STOP_TIMEOUT = 25.0  # graceful_timeout_seconds (10) plus the shutdown itself, with margin
+pytestmark = pytest.mark.e2e
 
 # Users that only stay distinct if the server percent-decodes exactly and never normalises:
 # "x y" / "x+y" / "x%20y" differ only in encoding, "é" / "e + combining acute" only in Unicode
@@ -315,7 +316,6 @@ async def kill_cycles(
 # -- 1. concurrent POSTs, exact model ----------------------------------------------------------
 
 
-@pytest.mark.e2e
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     "env",
@@ -355,7 +355,6 @@ async def test_concurrent_posts_match_model_exactly(
     assert all(c == ZERO for c in (await answers(server.url, neighbours)).values())
 
 
-@pytest.mark.e2e
 @pytest.mark.timeout(60)
 async def test_more_hours_than_open_shards_never_stall(
     shardstats_server: ServerFactory, data_dir: Path
@@ -395,7 +394,6 @@ async def test_more_hours_than_open_shards_never_stall(
 # -- 2. SIGKILL under load, three times on one data dir -----------------------------------------
 
 
-@pytest.mark.e2e
 @pytest.mark.timeout(120)
 async def test_sigkill_under_load_keeps_acked_and_invents_nothing(
     shardstats_server: ServerFactory, data_dir: Path
@@ -407,7 +405,6 @@ async def test_sigkill_under_load_keeps_acked_and_invents_nothing(
 # -- 3. the same in non-UTC time zones -----------------------------------------------------------
 
 
-@pytest.mark.e2e
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("zone", ["America/Los_Angeles", "Asia/Kolkata"])
 async def test_sigkill_under_load_in_other_time_zone(
@@ -422,7 +419,6 @@ async def test_sigkill_under_load_in_other_time_zone(
 # -- 4. snapshots are only a cache ---------------------------------------------------------------
 
 
-@pytest.mark.e2e
 @pytest.mark.timeout(120)
 async def test_deleting_every_snapshot_gives_identical_answers(
     shardstats_server: ServerFactory, data_dir: Path
@@ -475,7 +471,6 @@ async def test_deleting_every_snapshot_gives_identical_answers(
 # -- 5. graceful SIGTERM -------------------------------------------------------------------------
 
 
-@pytest.mark.e2e
 @pytest.mark.timeout(120)
 async def test_sigterm_under_load_exits_zero_with_snapshots_and_loses_nothing(
     shardstats_server: ServerFactory, data_dir: Path
@@ -519,7 +514,6 @@ async def test_sigterm_under_load_exits_zero_with_snapshots_and_loses_nothing(
     assert await server.await_exit(10) == 0, server.log()
 
 
-@pytest.mark.e2e
 @pytest.mark.timeout(60)
 async def test_sigterm_with_idle_keep_alive_connection_exits_promptly(
     shardstats_server: ServerFactory, data_dir: Path
@@ -579,7 +573,6 @@ async def read_until_eof(stream: trio.SocketStream) -> bytes:
     return data
 
 
-@pytest.mark.e2e
 @pytest.mark.timeout(60)
 @pytest.mark.xfail(
     strict=True,
@@ -652,7 +645,6 @@ async def _sigterm_with_pipelined_request(
 # -- 6. one server per data directory ------------------------------------------------------------
 
 
-@pytest.mark.e2e
 @pytest.mark.timeout(60)
 async def test_second_server_on_same_data_dir_is_refused(
     shardstats_server: ServerFactory, data_dir: Path
@@ -680,7 +672,6 @@ async def test_second_server_on_same_data_dir_is_refused(
 # -- 7. hour boundaries --------------------------------------------------------------------------
 
 
-@pytest.mark.e2e
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("zone", ["UTC", "Asia/Kolkata"])
 async def test_boundary_timestamps_land_in_the_right_hour(
@@ -717,7 +708,6 @@ async def test_boundary_timestamps_land_in_the_right_hour(
 # -- 8. queries never create files ---------------------------------------------------------------
 
 
-@pytest.mark.e2e
 @pytest.mark.timeout(60)
 async def test_get_of_unwritten_hour_is_zero_and_creates_nothing(
     shardstats_server: ServerFactory, data_dir: Path
