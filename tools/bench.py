@@ -79,7 +79,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -95,7 +94,7 @@ if __package__ in (None, ""):  # run as a script: make ``tools`` importable
 import trio
 
 from shardstats.cluster.natsproc import find_nats_server
-from tools.bench_cluster import NatsProcess, SplitSession, process_cpu
+from tools.bench_cluster import SplitSession, process_cpu
 from tools.loadgen.client import Connection, Endpoint
 from tools.loadgen.ledger import Counts
 from tools.loadgen.ranges import compare_range, expected_range
@@ -112,9 +111,9 @@ from tools.loadgen.runner import (
     stderr_progress,
 )
 from tools.loadgen.workload import HOUR_MS, FillPlan, RequestClass, WorkloadConfig
+from tools.spawn import HttpServer, NatsServer, server_env
 
 REPO = Path(__file__).resolve().parents[1]
-LISTENING = re.compile(r"listening on (http://[0-9.]+:\d+)")
 READY_IN = re.compile(r"ready in ([0-9.]+) s")
 BIG_AGE = 3  # the big past hour is 3 hours ago
 
@@ -183,105 +182,10 @@ FULL = Scale("full", warmup=2.0, rounds=3, throughput_s=15.0, connections=64, sl
 # -- servers under test ----------------------------------------------------------------------
 
 
-def base_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDSTATS_")}
-    env.update(TZ="UTC", PYTHONUNBUFFERED="1")
-    env.update(extra or {})
-    return env
-
-
-class Server:
-    """A server process started by the bench; prints ``listening on http://...`` on stderr."""
-
-    def __init__(self, name: str, argv: list[str], log_path: Path, *, cpus: str | None,
-                 env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.argv = ([*("taskset", "-c", cpus)] if cpus else []) + argv
-        self.log_path = log_path
-        self.env = base_env(env)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-        self.ready_s = 0.0
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def start(self, timeout: float = 120.0) -> float:
-        """Spawn and wait for ``/healthz`` 200; returns seconds from spawn to ready."""
-        t0 = time.monotonic()
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, env=self.env, cwd=REPO)
-        deadline = t0 + timeout
-        while not self.url:
-            match = LISTENING.search(self.log())
-            if match:
-                self.url = match.group(1)
-                break
-            self._check(deadline, "say where it listens")
-            time.sleep(0.002)
-        host, port = self.url.removeprefix("http://").split(":")
-        while True:
-            conn = http.client.HTTPConnection(host, int(port), timeout=5)
-            try:
-                conn.request("GET", "/healthz")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            finally:
-                conn.close()
-            self._check(deadline, "answer /healthz 200")
-            time.sleep(0.002)
-        self.ready_s = time.monotonic() - t0
-        return self.ready_s
-
-    def _check(self, deadline: float, what: str) -> None:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.name} exited ({self.proc.returncode}) before it would "
-                               f"{what}; log:\n{self.log()[-3000:]}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{self.name} did not {what} in time; log:\n{self.log()[-3000:]}")
-
-    def ready_in_log(self) -> float | None:
-        found = READY_IN.findall(self.log())
-        return float(found[-1]) if found else None
-
-    def rss_mib(self) -> float:
-        """VmRSS of the server process, MiB (the process that ``taskset`` became)."""
-        with open(f"/proc/{self.pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmRSS")
-
-    def stop(self, timeout: float = 60.0) -> float:
-        """SIGTERM (graceful) and wait; returns the seconds it took to exit."""
-        if self.proc is None or self.proc.poll() is not None:
-            return 0.0
-        t0 = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            raise RuntimeError(f"{self.name} did not stop within {timeout} s") from None
-        return time.monotonic() - t0
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+def ready_in_log(server: HttpServer) -> float | None:
+    """The recovery time the server logged at its last start ("ready in X s")."""
+    found = READY_IN.findall(server.log())
+    return float(found[-1]) if found else None
 
 
 def scrape(url: str, name: str) -> float | None:
@@ -305,10 +209,6 @@ def scrape(url: str, name: str) -> float | None:
             except (IndexError, ValueError):
                 return None
     return None
-
-
-def python_server(module_args: list[str]) -> list[str]:
-    return [sys.executable, "-m", *module_args]
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -396,15 +296,21 @@ class Bench:
         self.say()
         self.say(f"== {title}")
 
-    def server(self, name: str, module_args: list[str], env: dict[str, str] | None = None
-               ) -> Server:
+    def server(self, name: str, module_args: list[str], env: dict[str, str] | None = None,
+               cpus: str | None = None) -> HttpServer:
+        """A server under test (``python -m MODULE_ARGS``, logs "listening on"), pinned."""
         self._servers += 1
-        log = self.work / f"{self._servers:02d}-{name}.log"
-        return Server(name, python_server(module_args), log, cpus=self.server_cpus, env=env)
+        server = HttpServer([sys.executable, "-m", *module_args],
+                            self.work / f"{self._servers:02d}-{name}.log", env=server_env(env),
+                            cpus=cpus or self.server_cpus, name=name)
+        server.ready_within = 120.0  # a big data set loads before /healthz answers
+        server.stop_within = 60.0  # and is snapshotted before it exits
+        return server
 
-    def shardstats(self, data_dir: Path, env: dict[str, str] | None = None) -> Server:
-        return self.server("shardstats", ["shardstats", "serve", "--bind", "127.0.0.1:0",
-                                          "--data-dir", str(data_dir)], env)
+    def shardstats(self, data_dir: Path, env: dict[str, str] | None = None,
+                   name: str = "shardstats", cpus: str | None = None) -> HttpServer:
+        return self.server(name, ["shardstats", "serve", "--bind", "127.0.0.1:0",
+                                  "--data-dir", str(data_dir)], env, cpus)
 
     def session(self, url: str, **kwargs: Any) -> LoadSession:
         kwargs.setdefault("baseline", {})
@@ -416,7 +322,7 @@ class Bench:
             self.results.failures.append(f"{name}: read-back failed: "
                                          + "; ".join(report.check.problems[:5]))
 
-    def throughput(self, name: str, server: Server, check: bool) -> LoadReport:
+    def throughput(self, name: str, server: HttpServer, check: bool) -> LoadReport:
         scale = self.scale
         session = self.session(server.url)
         report = trio.run(lambda: session.closed_loop(
@@ -446,7 +352,7 @@ class Bench:
                          f"port {pg.port}" + (f", run as {pg.as_user}" if pg.as_user else "")
                          + (f", pinned to CPU {self.server_cpus}" if self.server_cpus else ""))
                 self.results.data["postgres_version"] = pg.version
-            servers: dict[str, Server] = {
+            servers: dict[str, HttpServer] = {
                 "shardstats": self.shardstats(self.work / "throughput-data"),
                 "hello": self.server("hello", ["tools.bench_apps", "hello", "--bind",
                                                "127.0.0.1:0"]),
@@ -495,7 +401,7 @@ class Bench:
             if pg is not None:
                 self.postgres_get(pg, servers["postgres"], big_plan)
 
-    def postgres_get(self, pg: Any, server: Server, big_plan: FillPlan) -> None:
+    def postgres_get(self, pg: Any, server: HttpServer, big_plan: FillPlan) -> None:
         from tools.pg_baseline import bulk_load
 
         t0 = time.monotonic()
@@ -632,8 +538,8 @@ class Bench:
         events = sum(c.clicks + c.impressions for c in counts.values())
         server = self.shardstats(data)
         try:
-            ready = server.start()
-            logged = server.ready_in_log()
+            ready = server.start().ready_seconds
+            logged = ready_in_log(server)
             self.say(f"-- restart with {len(counts)} hours / {events:,} events of history: "
                      f"spawn to /healthz 200 in {ready:.2f} s (server log: ready in "
                      f"{logged if logged is not None else '?'} s; the rest is interpreter "
@@ -945,7 +851,7 @@ class Bench:
 
     # -- 8. cluster mode ------------------------------------------------------------------
 
-    def cluster_env(self, nats: NatsProcess, stream: str, node: str) -> dict[str, str]:
+    def cluster_env(self, nats: NatsServer, stream: str, node: str) -> dict[str, str]:
         return {"SHARDSTATS_CLUSTER_NATS_URLS": nats.url, "SHARDSTATS_CLUSTER_REPLICAS": "1",
                 "SHARDSTATS_CLUSTER_STREAM": stream, "SHARDSTATS_NODE_NAME": node}
 
@@ -971,7 +877,7 @@ class Bench:
         data: dict[str, Any] = {}
         self.results.data["cluster"] = data
         with contextlib.ExitStack() as stack:
-            nats = NatsProcess(self.work / "nats", self.server_cpus)
+            nats = NatsServer(self.work / "nats", "bench", cpus=self.server_cpus)
             stack.callback(nats.stop)
             nats.start()
             data["nats_version"] = nats.version()
@@ -980,7 +886,7 @@ class Bench:
                         "(node + nats-server share one core, as the embedded server has one)"
                         if pinned else ""))
 
-            def start(server: Server) -> Server:
+            def start(server: HttpServer) -> HttpServer:
                 stack.callback(server.kill)
                 stack.callback(server.stop)
                 server.start()
@@ -996,8 +902,8 @@ class Bench:
             self.cluster_slo(data, nats, start)
             self.cluster_batch(data, nats, start)
 
-    def cluster_post_rounds(self, data: dict[str, Any], embedded: Server, node: Server,
-                            nats: NatsProcess) -> None:
+    def cluster_post_rounds(self, data: dict[str, Any], embedded: HttpServer, node: HttpServer,
+                            nats: NatsServer) -> None:
         scale = self.scale
         sessions = {"embedded": self.session(embedded.url), "cluster": self.session(node.url)}
         pids = {"embedded": [embedded.pid], "cluster": [node.pid, nats.pid]}
@@ -1045,8 +951,9 @@ class Bench:
             self.say(f"cluster publisher: {records:,.0f} JetStream records for "
                      f"{acked['cluster']:,} POSTs ({data['events_per_record']:.1f} per record)")
 
-    def cluster_two_nodes(self, data: dict[str, Any], node_a: Server, nats: NatsProcess,
-                          client_cpu: str | None, start: Callable[[Server], Server]) -> None:
+    def cluster_two_nodes(self, data: dict[str, Any], node_a: HttpServer, nats: NatsServer,
+                          client_cpu: str | None,
+                          start: Callable[[HttpServer], HttpServer]) -> None:
         """Total POST/s with the 64 connections split over two nodes on one stream; node B
         first on the node's core (CPU 1), then on the load generator's core (CPU 0)."""
         scale = self.scale
@@ -1054,12 +961,9 @@ class Bench:
         if client_cpu is not None:
             layouts.append(("B on the load generator's core", client_cpu))
         for index, (layout, cpus) in enumerate(layouts):
-            self._servers += 1
-            node_b = Server("shardstats", python_server(
-                ["shardstats", "serve", "--bind", "127.0.0.1:0", "--data-dir",
-                 str(self.work / "cluster-node-b")]),
-                self.work / f"{self._servers:02d}-shardstats-b.log", cpus=cpus,
-                env=self.cluster_env(nats, "bench_post", "bench-b"))
+            node_b = self.shardstats(self.work / "cluster-node-b",
+                                     self.cluster_env(nats, "bench_post", "bench-b"),
+                                     "shardstats-b", cpus)
             start(node_b)  # catches up on the stream first (/healthz 200 once it has)
             session = SplitSession([node_a.url, node_b.url], config=WorkloadConfig(),
                                    seed=self.seed + 1 + index, progress=stderr_progress)
@@ -1088,8 +992,8 @@ class Bench:
             data[f"two_nodes_{key}_layout"] = layout
             node_b.stop()
 
-    def cluster_slo(self, data: dict[str, Any], nats: NatsProcess,
-                    start: Callable[[Server], Server]) -> None:
+    def cluster_slo(self, data: dict[str, Any], nats: NatsServer,
+                    start: Callable[[HttpServer], HttpServer]) -> None:
         scale = self.scale
         self.say(f"-- SLO x1 (100 POST/s + 20 GET/s), then x10 (1000 POST/s + 200 GET/s), open "
                  f"loop, {scale.slo_s:g} s each: embedded, then cluster (fresh servers; cluster "
@@ -1132,8 +1036,8 @@ class Bench:
                 data["barrier_calls"] = calls1 - calls0
             server.stop()
 
-    def cluster_batch(self, data: dict[str, Any], nats: NatsProcess,
-                      start: Callable[[Server], Server]) -> None:
+    def cluster_batch(self, data: dict[str, Any], nats: NatsServer,
+                      start: Callable[[HttpServer], HttpServer]) -> None:
         scale = self.scale
         self.say(f"-- batch ingest: {scale.rounds} paired rounds of {scale.batch_s:g} s "
                  f"(+{scale.warmup:g} s warm-up), {scale.batch_connections} connections x "

@@ -10,16 +10,10 @@ import contextlib
 import itertools
 import json
 import math
-import os
 import random
 import re
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
-import httpx
 import pytest
 import trio
 from pyroaring import BitMap
@@ -47,6 +41,7 @@ from tools.loadgen.ranges import (
 from tools.loadgen.runner import BatchTally, FillReport, LoadSession, now_ms
 from tools.loadgen.wire import request_bytes
 from tools.loadgen.workload import HOUR_MS, FillPlan
+from tools.spawn import ShardstatsServer
 
 NOW = 1_795_802_400_000 + 1_234_567  # 20 min into an hour
 CURRENT = NOW // HOUR_MS
@@ -262,9 +257,9 @@ def test_settle_per_line_verdicts() -> None:
     past, now = ledger.hours[CURRENT - 1], ledger.hours[CURRENT]
     assert (past.acknowledged.clicks, past.acknowledged.impressions) == (1, 0)
     assert list(past.acknowledged.users) == [1]
-    assert (past.unacknowledged.impressions, list(past.unacknowledged.users)) == (1, [1])
+    assert (past.sent.impressions, past.unacknowledged, list(past.sent.users)) == (1, 1, [1])
     assert (now.acknowledged.clicks, list(now.acknowledged.users)) == (2, [1, 3])
-    assert now.unacknowledged.events == 0  # the rejected line widens no bound
+    assert now.sent.events == 2 and now.unacknowledged == 0  # the rejected line widens no bound
     assert check(ledger, {CURRENT - 1: Counts(1, 1, 0), CURRENT: Counts(2, 2, 0)}).exact is False
     assert check(ledger, {CURRENT - 1: Counts(1, 1, 1), CURRENT: Counts(2, 2, 0)}).ok
     assert not check(ledger, {CURRENT - 1: Counts(1, 1, 0), CURRENT: Counts(3, 2, 1)}).ok
@@ -566,39 +561,12 @@ def test_whole_request_4xx_is_refused_5xx_unacknowledged() -> None:
 
 # -- end to end -----------------------------------------------------------------------------
 
-REPO = Path(__file__).resolve().parents[2]
-LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
-
-
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("loadgen-batch-e2e")
-    log_path = tmp / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDSTATS_")}
-    env.update(TZ="UTC", PYTHONUNBUFFERED="1", SHARDSTATS_MAX_BATCH_BYTES="200000")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "shardstats", "serve", "--bind", "127.0.0.1:0",
-             "--data-dir", str(tmp / "data")],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        url = None
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, log_path.read_text()
-            match = LISTENING.search(log_path.read_text())
-            url = match.group(1) if match else None
-            if url is not None:
-                with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                        break
-            time.sleep(0.05)
-        yield url
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
+    with ShardstatsServer(tmp / "data", tmp / "server.log",
+                          {"SHARDSTATS_MAX_BATCH_BYTES": "200000"}) as server:
+        yield server.url
 
 
 @pytest.mark.e2e

@@ -10,22 +10,16 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import random
-import re
-import subprocess
-import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
 from tools.loadgen import cli
-from tools.loadgen.ledger import Counts, Ledger, check
+from tools.loadgen.ledger import Counts, Event, Ledger, check
 from tools.loadgen.runner import LoadSession, event_target, fill_plans
 from tools.loadgen.stats import Recorder, percentile, summarize
 from tools.loadgen.wire import ProtocolError, ResponseParser, request_bytes
@@ -42,6 +36,7 @@ from tools.loadgen.workload import (
     coprime_stride,
     past_hour_weights,
 )
+from tools.spawn import ShardstatsServer
 
 NOW = 1_795_802_400_000 + 1_234_567  # a fixed instant, 20 min into an hour
 CURRENT = NOW // HOUR_MS
@@ -327,6 +322,40 @@ def test_check_adds_the_baseline_and_fails_unreadable_hours() -> None:
     assert not result.ok and "could not be read back" in result.problems[0]
 
 
+def test_two_step_filing_with_names_and_event_ids() -> None:
+    """The e2e tests' and the soak's way: sent before the request, acked on its answer."""
+    ledger = Ledger()
+    hour_ms = 7 * HOUR_MS
+    events = [Event(hour_ms + 1, "é", "click"), Event(hour_ms + 2, "e\u0301", "impression"),
+              Event(hour_ms + 3, "é", "impression")]
+    for event in events:
+        ledger.record_sent(event)
+    ledger.record_acked(events[0])
+    # While the other two are in flight the server may count them, or not.
+    assert check(ledger, {7: Counts(1, 1, 0)}).ok
+    assert check(ledger, {7: Counts(2, 1, 2)}).ok
+    assert not check(ledger, {7: Counts(3, 1, 2)}).ok  # two distinct names, not three
+    assert check(ledger, {7: Counts(1, 1, 0)}).exact is False
+    # An id is filed once however often it is sent and acknowledged.
+    again = Event(hour_ms + 4, "x", "click")
+    for _ in range(3):
+        ledger.record_sent(again, eid="id-1")
+        ledger.record_acked(again, eid="id-1")
+    assert ledger.hours[7].acknowledged.counts() == Counts(2, 2, 0)
+    assert ledger.hours[7].sent.counts() == Counts(3, 2, 2)
+    assert (ledger.acknowledged, ledger.unacknowledged) == (2, 2)
+
+
+def test_one_ledger_takes_one_kind_of_user() -> None:
+    ledger = ledger_of((1, 1, True, True))
+    with pytest.raises(TypeError):
+        ledger.record_sent(Event(HOUR_MS, "alice", "click"))
+    named = Ledger()
+    named.record_sent(Event(HOUR_MS, "alice", "click"))
+    with pytest.raises(TypeError):
+        named.settle(1, 5, True, acknowledged=True)
+
+
 def test_counts_from_json_is_strict() -> None:
     assert Counts.from_json({"unique_users": 1, "clicks": 2, "impressions": 3}) == Counts(1, 2, 3)
     bad: object
@@ -382,63 +411,22 @@ def test_request_bytes() -> None:
 
 # -- end to end -----------------------------------------------------------------------------
 
-REPO = Path(__file__).resolve().parents[2]
-LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
-
-
-class Server:
-    def __init__(self, url: str, log_path: Path) -> None:
-        self.url = url
-        self.log_path = log_path
-
-    def log_tail(self) -> str:
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        return "server log (tail):\n" + "\n".join(lines[-40:])
-
-
-def healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShardstatsServer]:
     tmp = tmp_path_factory.mktemp("loadgen-e2e")
-    log_path = tmp / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDSTATS_")}
-    env.update(TZ="UTC", PYTHONUNBUFFERED="1")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "shardstats", "serve", "--bind", "127.0.0.1:0",
-             "--data-dir", str(tmp / "data")],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        url = None
-        while url is None or not healthy(url):
-            assert proc.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, log_path.read_text()
-            match = LISTENING.search(log_path.read_text())
-            url = match.group(1) if match else None
-            time.sleep(0.05)
-        yield Server(url, log_path)
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
+    with ShardstatsServer(tmp / "data", tmp / "server.log") as server:
+        yield server
 
 
 @pytest.mark.e2e
 def test_open_loop_against_a_real_server_reads_back_exactly(
-    server: Server, capsys: pytest.CaptureFixture[str]
+    server: ShardstatsServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = cli.main(["open", server.url, "--post-rate", "150", "--get-rate", "40",
                      "--duration", "2", "--warmup", "0.3", "--baseline", "zero",
                      "--users", "2000", "--seed", "7", "--json", "--quiet"])
     captured = capsys.readouterr()
-    context = f"{captured.out}\n{captured.err}\n{server.log_tail()}"
+    context = f"{captured.out}\n{captured.err}\nserver log (tail):\n{server.tail()}"
     assert code == 0, context
     report = json.loads(captured.out)
     assert report["total"]["errors"] == 0, context
@@ -451,12 +439,12 @@ def test_open_loop_against_a_real_server_reads_back_exactly(
 
 
 @pytest.mark.e2e
-def test_read_back_catches_an_event_the_run_did_not_send(server: Server) -> None:
+def test_read_back_catches_an_event_the_run_did_not_send(server: ShardstatsServer) -> None:
     async def scenario() -> list[str]:
         session = LoadSession(server.url, WorkloadConfig(users=50), seed=8, progress=None)
         await session.read_baseline(session.window_hours(1.0))
         report = await session.closed_loop(4, 0.5, check_after=True)
-        assert report.errors == 0 and report.passed, (report.as_dict(), server.log_tail())
+        assert report.errors == 0 and report.passed, (report.as_dict(), server.tail())
         # Someone else's event lands in an hour the run wrote to: counted > sent.
         hour = max(session.ledger.hours)
         stranger = f"/analytics?timestamp={hour * HOUR_MS + 5}&user=stranger&event=click"
