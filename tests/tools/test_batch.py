@@ -45,7 +45,6 @@ from tools.loadgen.ranges import (
     segments,
 )
 from tools.loadgen.runner import BatchTally, FillReport, LoadSession, now_ms
-from tools.loadgen.wire import request_bytes
 from tools.loadgen.workload import HOUR_MS, FillPlan
 
 NOW = 1_795_802_400_000 + 1_234_567  # 20 min into an hour
@@ -159,16 +158,6 @@ def test_batch_source_draws_live_events_from_the_pool() -> None:
     assert max(set(chunk.users), key=chunk.users.count) == 0  # rank 0 is the most active
     again = Source(random.Random(1), 1_000).chunk(NOW, 20_000, "s-")
     assert again.body == chunk.body
-
-
-def test_request_bytes_with_body() -> None:
-    raw = request_bytes("POST", "/analytics/batch", "h:1", b'{"a":1}\n{"b":2}')
-    head, _, body = raw.partition(b"\r\n\r\n")
-    assert head.split(b"\r\n") == [b"POST /analytics/batch HTTP/1.1", b"Host: h:1",
-                                   b"Content-Type: application/x-ndjson",
-                                   b"Content-Length: 15"]
-    assert body == b'{"a":1}\n{"b":2}'
-    assert request_bytes("POST", "/b", "h", b"").endswith(b"Content-Length: 0\r\n\r\n")
 
 
 # -- verdicts and the ledger ----------------------------------------------------------------
@@ -486,9 +475,10 @@ def test_fill_splits_on_413_and_retries_503() -> None:
     script = Script(max_body=12_000, fail_503=2)
     report, session = fill_with(script, PLANS, 400)
     assert report.method == "batch"
-    assert (report.sent, report.acknowledged, report.rejected) == (800, 800, 0)
-    assert report.retried_503 == 2
-    assert report.split_413 > 0 and max(script.bodies) > 12_000
+    t = report.tally
+    assert (t.sent, t.accepted, t.rejected) == (800, 800, 0)
+    assert t.retried_503 == 2
+    assert t.split > 0 and max(script.bodies) > 12_000
     assert len(script.stored) == 800
     # What the server stored is exactly what the ledger acknowledged.
     result = check(session.ledger, stored_counts(script.stored))
@@ -508,7 +498,7 @@ def test_failed_lines_are_resent_and_bound_the_check() -> None:
     script = Script(fail_line=fail_first_time)
     report, session = fill_with(script, PLANS, 250)
     ledger = session.ledger
-    assert report.sent == 800 and report.resent == len(seen) > 0
+    assert report.tally.sent == 800 and report.tally.resent == len(seen) > 0
     assert len(script.stored) == 800  # every line got in on its second try
     assert ledger.in_flight == 0
     assert ledger.acknowledged == 800 and ledger.unacknowledged == len(seen)
@@ -527,7 +517,7 @@ def test_fill_falls_back_to_single_posts_on_404() -> None:
 
     report, _ = fill_with(no_batch, [FillPlan(CURRENT - 5, 30, 10)], 100)
     assert report.method == "single"
-    assert report.acknowledged == 30 and len(posts) == 30
+    assert report.tally.accepted == 30 and len(posts) == 30
     assert all(re.fullmatch(r"/analytics\?timestamp=\d+&user=lg[0-9a-f]{8}-\d+&event="
                             r"(click|impression)", p) for p in posts)
 
@@ -615,8 +605,8 @@ def test_batch_fill_and_ranges_read_back_exactly(server_url: str) -> None:
         report = await session.prepopulate(plans, connections=2, chunk_events=5_000)
         assert report.method == "batch" and report.check is not None
         assert report.check.ok and report.check.exact, report.as_dict()
-        assert report.acknowledged == 30 * 400 and report.rejected == 0
-        assert report.split_413 > 0  # 5,000 events do not fit in 200 kB
+        assert report.tally.accepted == 30 * 400 and report.tally.rejected == 0
+        assert report.tally.split > 0  # 5,000 events do not fit in 200 kB
         for step in ("hour", "day"):
             want = expected_range(session.ledger, first, last, step)
             assert want is not None
@@ -647,7 +637,7 @@ def test_cli_batch_prepopulate_and_range_commands(server_url: str,
     out = capsys.readouterr().out
     report = json.loads(out)
     assert code == 0, out
-    assert report["method"] == "batch" and report["acknowledged"] == 2_100
+    assert report["method"] == "batch" and report["events_accepted"] == 2_100
     assert report["requests"] == 5 and report["check"]["exact"]
     code = cli.main(["batch", server_url, "--connections", "1", "--batch-events", "300",
                      "--duration", "0.3", "--warmup", "0", "--users", "1000", "--quiet",
