@@ -1,4 +1,4 @@
-"""A keep-alive HTTP/1.1 client: h11 on a trio stream, one request at a time per connection.
+"""A keep-alive HTTP/1.1 client: h11 on a trio socket, one request at a time per connection.
 
 h11 does the protocol (framing, keep-alive, bodiless answers); this module only moves bytes
 and turns failures into ``TransportError``. It costs far less CPU per request than the
@@ -8,6 +8,7 @@ costs several times more per request.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -53,33 +54,40 @@ class Connection:
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
-        self._stream: trio.SocketStream | None = None
+        # A bare trio socket rather than a trio.SocketStream: measurably less CPU per request.
+        self._sock: trio.socket.SocketType | None = None
         self._http = h11.Connection(h11.CLIENT)
         self.connects = 0
 
     async def connect(self) -> None:
-        try:
-            stream = await trio.open_tcp_stream(self.endpoint.host, self.endpoint.port)
-        except OSError as exc:
-            raise TransportError(f"connect to {self.endpoint.authority}: {exc}") from exc
         self.close()
-        self._stream = stream
+        sock = trio.socket.socket()
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await sock.connect((self.endpoint.host, self.endpoint.port))
+        except OSError as exc:
+            sock.close()
+            raise TransportError(f"connect to {self.endpoint.authority}: {exc}") from exc
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
         self._http = h11.Connection(h11.CLIENT)
         self.connects += 1
 
     def close(self) -> None:
-        if self._stream is not None:
-            self._stream.socket.close()
-            self._stream = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     async def request(self, method: str, target: str, body: bytes | None = None,
                       content_type: str = "application/x-ndjson") -> Response:
         """Send one request and read its response; on any failure the connection is closed.
 
         Without ``body`` a POST says ``Content-Length: 0`` (as curl does)."""
-        if self._stream is None:
+        if self._sock is None:
             await self.connect()
-        assert self._stream is not None
+        assert self._sock is not None
         headers = [("Host", self.endpoint.authority)]
         if body is not None:
             headers.append(("Content-Type", content_type))
@@ -90,9 +98,11 @@ class Connection:
             out = http.send(h11.Request(method=method, target=target, headers=headers)) or b""
             if body:
                 out += http.send(h11.Data(data=body)) or b""
-            await self._stream.send_all(out + (http.send(h11.EndOfMessage()) or b""))
-            response = await self._receive(self._stream, http)
-        except (OSError, trio.BrokenResourceError, h11.RemoteProtocolError) as exc:
+            view = memoryview(out + (http.send(h11.EndOfMessage()) or b""))
+            while view:  # a large body takes several sends
+                view = view[await self._sock.send(view):]
+            response = await self._receive(self._sock, http)
+        except (OSError, h11.RemoteProtocolError) as exc:
             self.close()
             raise TransportError(str(exc) or type(exc).__name__) from exc
         except BaseException:
@@ -106,13 +116,13 @@ class Connection:
         return response
 
     @staticmethod
-    async def _receive(stream: trio.SocketStream, http: h11.Connection) -> Response:
+    async def _receive(sock: trio.socket.SocketType, http: h11.Connection) -> Response:
         head: h11.Response | None = None
         body = bytearray()
         while True:
             event = http.next_event()
             if event is h11.NEED_DATA:
-                http.receive_data(await stream.receive_some(RECV_SIZE))
+                http.receive_data(await sock.recv(RECV_SIZE))
             elif isinstance(event, h11.Response):
                 head = event
             elif isinstance(event, h11.Data):
