@@ -24,6 +24,7 @@ import pytest
 import trio
 from pyroaring import BitMap
 
+from tests.tools.fake_server import reply, serve_fake
 from tools.loadgen import cli
 from tools.loadgen.batch import BatchSource as Source
 from tools.loadgen.batch import (
@@ -353,47 +354,17 @@ def test_ledger_user_sets_are_bitmaps() -> None:
 
 # -- the batch sender against a scripted server ---------------------------------------------
 
-Handler = Callable[[str, str, bytes], tuple[int, bytes]]
-
-
-async def serve_fake(handler: Handler, task_status: trio.TaskStatus[int]) -> None:
-    """A minimal keep-alive HTTP/1.1 server; ``handler(method, target, body)`` answers."""
-
-    async def connection(stream: trio.SocketStream) -> None:
-        buffer = b""
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            while True:
-                while b"\r\n\r\n" not in buffer:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        return
-                    buffer += data
-                head, _, buffer = buffer.partition(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                method, target, _ = lines[0].split(" ")
-                length = 0
-                for line in lines[1:]:
-                    name, _, value = line.partition(":")
-                    if name.strip().lower() == "content-length":
-                        length = int(value)
-                while len(buffer) < length:
-                    buffer += await stream.receive_some(65536)
-                body, buffer = buffer[:length], buffer[length:]
-                status, out = handler(method, target, body)
-                await stream.send_all(f"HTTP/1.1 {status} X\r\nContent-Length: {len(out)}\r\n"
-                                      f"\r\n".encode() + out)
-
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.serve_listeners, connection, listeners)
-        task_status.started(port)
+Handler = Callable[[str, str, bytes], tuple[int, bytes]]  # (method, target, body) -> answer
 
 
 def run_against(handler: Handler, scenario: Callable[[LoadSession], object]) -> object:
     async def main() -> object:
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(serve_fake, handler)
+            def respond(head: list[str], body: bytes) -> bytes:
+                method, target, _ = head[0].split(" ")
+                return reply(*handler(method, target, body))
+
+            port = await nursery.start(serve_fake, respond)
             session = LoadSession(f"http://127.0.0.1:{port}", seed=1, progress=None,
                                   timeout=5.0, baseline={})
             try:

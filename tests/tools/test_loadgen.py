@@ -17,13 +17,14 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
+from tests.tools.fake_server import serve_fake
 from tools.loadgen import cli
 from tools.loadgen.client import Connection, Endpoint, TransportError
 from tools.loadgen.ledger import Counts, Ledger, check
@@ -325,37 +326,14 @@ def test_counts_from_json_is_strict() -> None:
 # -- the HTTP client ------------------------------------------------------------------------
 
 
-async def scripted_server(answers: list[bytes], seen: list[bytes], connections: list[int],
-                          task_status: trio.TaskStatus[int]) -> None:
-    """Answers each request (head + Content-Length body) with the next of ``answers``,
-    recording what arrived; closes the connection after an answer that says so."""
+def scripted(answers: list[bytes], seen: list[bytes]) -> Callable[[list[str], bytes], bytes]:
+    """A fake server's handler: the next of ``answers`` to each request (recorded in ``seen``)."""
 
-    async def serve(stream: trio.SocketStream) -> None:
-        connections.append(1)
-        buffer = b""
-        while answers:
-            while b"\r\n\r\n" not in buffer:
-                data = await stream.receive_some(65536)
-                if not data:
-                    return
-                buffer += data
-            head, _, buffer = buffer.partition(b"\r\n\r\n")
-            length = int(re.search(rb"Content-Length: (\d+)", head, re.I)[1]  # type: ignore[index]
-                         if b"content-length" in head.lower() else 0)
-            while len(buffer) < length:
-                buffer += await stream.receive_some(65536)
-            seen.append(head + b"\r\n\r\n" + buffer[:length])
-            buffer = buffer[length:]
-            answer = answers.pop(0)
-            await stream.send_all(answer)
-            if b"close" in answer or b"SMTP" in answer or b"length: 10" in answer:
-                await stream.aclose()
-                return
+    def handler(head: list[str], body: bytes) -> bytes:
+        seen.append("\r\n".join(head).encode() + b"\r\n\r\n" + body)
+        return answers.pop(0)
 
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.serve_listeners, serve, listeners)
-        task_status.started(listeners[0].socket.getsockname()[1])
+    return handler
 
 
 async def test_client_keeps_connections_alive_and_reads_every_framing() -> None:
@@ -368,9 +346,8 @@ async def test_client_keeps_connections_alive_and_reads_every_framing() -> None:
         b"HTTP/1.1 200 \r\ncontent-length: 13\r\n\r\n{\"clicks\": 1}",
     ]
     seen: list[bytes] = []
-    connections: list[int] = []
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(scripted_server, answers, seen, connections)
+        port = await nursery.start(serve_fake, scripted(answers, seen))
         conn = Connection(Endpoint.parse(f"http://127.0.0.1:{port}"))
         got = [await conn.request("POST", "/a?b=1"), await conn.request("GET", "/c"),
                await conn.request("POST", "/analytics/batch", b'{"a":1}\n{"b":2}'),
@@ -381,7 +358,7 @@ async def test_client_keeps_connections_alive_and_reads_every_framing() -> None:
         (204, b""), (200, b"abcdefg"), (503, b""), (200, b"until close"),
         (200, b'{"clicks": 1}')]
     assert got[2].headers[b"retry-after"] == b"1"
-    assert len(connections) == 3  # one kept alive for three requests, then one per close
+    assert conn.connects == 3  # one kept alive for three requests, then one per close
     host = f"Host: 127.0.0.1:{port}".encode()
     assert seen[0] == b"POST /a?b=1 HTTP/1.1\r\n" + host + b"\r\nContent-Length: 0\r\n\r\n"
     assert seen[1] == b"GET /c HTTP/1.1\r\n" + host + b"\r\n\r\n"
@@ -391,9 +368,10 @@ async def test_client_keeps_connections_alive_and_reads_every_framing() -> None:
 
 
 async def test_client_turns_garbage_and_truncation_into_transport_errors() -> None:
-    answers = [b"SMTP ready\r\n\r\n", b"HTTP/1.1 200 \r\ncontent-length: 10\r\n\r\nabc"]
+    answers = [b"SMTP ready\r\n\r\n",
+               b"HTTP/1.1 200 \r\nconnection: close\r\ncontent-length: 10\r\n\r\nabc"]
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(scripted_server, answers, [], [])
+        port = await nursery.start(serve_fake, scripted(answers, []))
         conn = Connection(Endpoint.parse(f"127.0.0.1:{port}"))
         for _ in range(2):
             with pytest.raises(TransportError):
