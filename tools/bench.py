@@ -85,6 +85,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -1745,6 +1746,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except Exception as exc:  # one broken scenario must not hide the others
                 bench.results.failures.append(f"{name}: {type(exc).__name__}: {exc}")
                 print(f"!! {name} failed: {type(exc).__name__}: {exc}", flush=True)
+                traceback.print_exc()
         bench.summarize()
         print()
         print(f"== Summary ({scale.name} mode, {stamp}, {machine()}; {pin_text})")

@@ -24,8 +24,8 @@ import httpx
 import pytest
 import trio
 
-from tests.tools.fake_server import serve_fake
-from tools.loadgen import cli
+from tests.tools.fake_server import reply, serve_fake
+from tools.loadgen import cli, runner
 from tools.loadgen.client import Connection, Endpoint, TransportError
 from tools.loadgen.ledger import Counts, Ledger, check
 from tools.loadgen.runner import LoadSession, event_target, fill_plans
@@ -379,6 +379,33 @@ async def test_client_turns_garbage_and_truncation_into_transport_errors() -> No
         nursery.cancel_scope.cancel()
     with pytest.raises(TransportError, match="connect to"):
         await Connection(Endpoint("127.0.0.1", port)).request("GET", "/")
+
+
+# -- open loop ----------------------------------------------------------------------------
+
+
+async def test_open_loop_gives_each_connection_one_worker_when_late_from_the_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A dispatcher already late at its first arrival (a busy machine) opens connections
+    before the first workers start; still exactly one worker per connection."""
+
+    class LateStart(runner.Stopwatch):
+        def __init__(self) -> None:
+            super().__init__()
+            self.t0 -= 0.5  # every arrival of the 0.5 s run is due at once
+
+    monkeypatch.setattr(runner, "Stopwatch", LateStart)
+    counts = b'{"unique_users": 0, "clicks": 0, "impressions": 0}'
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_fake, lambda head, body: reply(200, counts))
+        session = LoadSession(f"http://127.0.0.1:{port}", seed=1, progress=None)
+        report = await session.open_loop(0.0, 400.0, 0.5, poisson=False, connections=1,
+                                         max_connections=8, job=session.current_get,
+                                         check_after=False)
+        nursery.cancel_scope.cancel()
+    assert report.connections_opened == 8
+    assert (report.total.ok, report.errors) == (200, 0), report.error_examples
 
 
 # -- end to end -----------------------------------------------------------------------------

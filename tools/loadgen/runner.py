@@ -599,7 +599,9 @@ class LoadSession:
 
         async with self._recorder_progress(label, recorder, conns), \
                 trio.open_nursery() as nursery:
-            nursery.start_soon(each, conns, worker)
+            # A copy: the dispatcher below may add connections (each with its own worker)
+            # before this task first runs.
+            nursery.start_soon(each, conns[:], worker)
             async with send:
                 for offset, is_get in schedule:
                     t_sched = t0 + offset
