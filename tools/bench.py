@@ -1658,16 +1658,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work-dir", metavar="DIR",
                         help="where data dirs and logs go (default: a new temporary dir)")
     parser.add_argument("--seed", type=int, default=12345, help="workload RNG seed")
-    sizes = parser.add_argument_group("sizes (override the mode's)")
+    sizes = parser.add_argument_group("sizes (override the mode's; dest = the Scale field)")
     sizes.add_argument("--big-events", type=int)
     sizes.add_argument("--big-users", type=int)
     sizes.add_argument("--history-events", type=int)
-    sizes.add_argument("--throughput-seconds", type=float)
-    sizes.add_argument("--slo-seconds", type=float)
-    sizes.add_argument("--batch-seconds", type=float)
+    sizes.add_argument("--throughput-seconds", type=float, dest="throughput_s")
+    sizes.add_argument("--slo-seconds", type=float, dest="slo_s")
+    sizes.add_argument("--batch-seconds", type=float, dest="batch_s")
     sizes.add_argument("--range-events", type=int, help="events per hour of the range data")
     sizes.add_argument("--range-pool", type=int, help="user pool of the range data")
-    sizes.add_argument("--max-batch-seconds", type=float,
+    sizes.add_argument("--max-batch-seconds", type=float, dest="max_batch_s",
                        help="maximal batches: seconds per body kind")
     sizes.add_argument("--rounds", type=int, help="paired rounds of the POST comparisons")
     parser.add_argument("--only", metavar="LIST",
@@ -1690,14 +1690,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{', '.join(SCENARIOS)}", file=sys.stderr)
             return 2
     scale = QUICK if args.quick else FULL
-    overrides = {
-        "big_events": args.big_events, "big_users": args.big_users,
-        "history_events": args.history_events, "throughput_s": args.throughput_seconds,
-        "slo_s": args.slo_seconds, "batch_s": args.batch_seconds,
-        "range_events": args.range_events, "range_pool": args.range_pool,
-        "max_batch_s": args.max_batch_seconds, "rounds": args.rounds,
-    }
-    scale = dataclasses.replace(scale, **{k: v for k, v in overrides.items() if v is not None})
+    given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(Scale)}
+    scale = dataclasses.replace(scale, **{k: v for k, v in given.items() if v is not None})
     server_cpus, pin_text = pinning(args.no_pin)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="shardstats-bench-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
