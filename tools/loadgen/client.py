@@ -95,12 +95,12 @@ class Connection:
             headers.append(("Content-Length", str(len(body or b""))))
         http = self._http
         try:
-            out = http.send(h11.Request(method=method, target=target, headers=headers)) or b""
-            if body:
-                out += http.send(h11.Data(data=body)) or b""
-            view = memoryview(out + (http.send(h11.EndOfMessage()) or b""))
-            while view:  # a large body takes several sends
-                view = view[await self._sock.send(view):]
+            for part in (http.send(h11.Request(method=method, target=target, headers=headers)),
+                         http.send(h11.Data(data=body)) if body else None,
+                         http.send(h11.EndOfMessage())):
+                view = memoryview(part or b"")  # a body is sent as it is, not copied
+                while view:  # a large body takes several sends
+                    view = view[await self._sock.send(view):]
             response = await self._receive(self._sock, http)
         except (OSError, h11.RemoteProtocolError) as exc:
             self.close()
