@@ -72,18 +72,20 @@ import contextlib
 import dataclasses
 import datetime
 import functools
-import http.client
 import json
 import multiprocessing
 import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+import traceback
+import urllib.request
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +94,7 @@ if __package__ in (None, ""):  # run as a script: make ``tools`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from shardstats.cluster.natsproc import find_nats_server
 from tools.bench_cluster import SplitSession, process_cpu
@@ -188,27 +191,21 @@ def ready_in_log(server: HttpServer) -> float | None:
     return float(found[-1]) if found else None
 
 
-def scrape(url: str, name: str) -> float | None:
-    """One sample from the server's Prometheus ``/metrics`` (None if it has no such line)."""
-    host, port = url.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+def scrape(url: str) -> dict[str, float]:
+    """The unlabelled samples of the server's Prometheus ``/metrics``, by name (none if it
+    cannot be read)."""
     try:
-        conn.request("GET", "/metrics")
-        response = conn.getresponse()
-        if response.status != 200:
-            return None
-        text = response.read().decode("utf-8", "replace")
-    except OSError:
-        return None
-    finally:
-        conn.close()
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            try:
-                return float(line.split()[1])
-            except (IndexError, ValueError):
-                return None
-    return None
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+            text = response.read().decode("utf-8", "replace")
+    except OSError:  # urllib's errors, a non-2xx status included
+        return {}
+    return {sample.name: sample.value for family in text_string_to_metric_families(text)
+            for sample in family.samples if not sample.labels}
+
+
+def grew(before: dict[str, float], after: dict[str, float], name: str) -> float | None:
+    """How much a sample grew between two scrapes (None if either lacks it)."""
+    return after[name] - before[name] if name in before and name in after else None
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -242,15 +239,11 @@ def median_report(reports: Sequence[LoadReport]) -> LoadReport:
     return ordered[(len(ordered) - 1) // 2]
 
 
-def median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
-def rate(report: LoadReport, cls: RequestClass | None = None) -> float:
-    summary = report.total if cls is None else report.classes[cls]
-    return summary.rate
+def round_line(round_no: int, name: str, report: LoadReport) -> str:
+    t = report.total
+    return (f"round {round_no}  {name:<11}{t.rate:>9,.0f}/s  p50 {ms(t.p50_ms):>7} ms  p99 "
+            f"{ms(t.p99_ms):>7} ms  max {ms(t.max_ms):>7} ms  errors {t.errors}  load "
+            f"generator {report.client_cpu:.0%} of its core")
 
 
 def fmt_rate(value: float) -> str:
@@ -268,6 +261,10 @@ def ratio_row(figure: str, value: float, reference: float, unit: Callable[[float
 
 def fmt_ms(value: float | None) -> str:
     return "-" if value is None else f"{ms(value)} ms"
+
+
+def fmt_ratio(value: float | None, reference: float | None) -> str:
+    return "-" if value is None or not reference else f"{value / reference:.2f}"
 
 
 # -- scenarios -------------------------------------------------------------------------------
@@ -322,16 +319,20 @@ class Bench:
             self.results.failures.append(f"{name}: read-back failed: "
                                          + "; ".join(report.check.problems[:5]))
 
-    def throughput(self, name: str, server: HttpServer, check: bool) -> LoadReport:
+    def read_back(self, name: str, session: LoadSession) -> None:
+        """Read back everything ``session`` sent, say the verdict, note a failure."""
+        result = trio.run(session.read_back)
+        self.say(f"{name}: " + "\n".join(format_check(result)))
+        if not result.ok:
+            self.results.failures.append(f"{name}: read-back failed: "
+                                         + "; ".join(result.problems[:5]))
+
+    def post_round(self, session: LoadSession, label: str) -> LoadReport:
+        """One POST throughput round: closed loop at the bench's connections, no read-back."""
         scale = self.scale
-        session = self.session(server.url)
-        report = trio.run(lambda: session.closed_loop(
-            scale.connections, scale.throughput_s, warmup=scale.warmup, get_share=0.0,
-            check_after=check, label=f"POST {name}"))
-        self.say(format_load(report))
-        self.reports[f"post_{name}"] = report
-        self.checked(name, report)
-        return report
+        return trio.run(functools.partial(
+            session.closed_loop, scale.connections, scale.throughput_s, warmup=scale.warmup,
+            check_after=False, label=label))
 
     # -- 1 and 2. POST throughput (paired rounds), PostgreSQL GET of a full hour -------
 
@@ -375,23 +376,12 @@ class Bench:
             sessions = {name: self.session(server.url) for name, server in servers.items()}
             for round_no in range(1, scale.rounds + 1):
                 for name, session in sessions.items():
-                    report = trio.run(functools.partial(
-                        session.closed_loop, scale.connections, scale.throughput_s,
-                        warmup=scale.warmup, check_after=False,
-                        label=f"POST {name} round {round_no}"))
+                    report = self.post_round(session, f"POST {name} round {round_no}")
                     self.rounds.setdefault(name, []).append(report)
-                    t = report.total
-                    self.say(f"round {round_no}  {name:<11}{t.rate:>9,.0f}/s  p50 "
-                             f"{ms(t.p50_ms):>7} ms  p99 {ms(t.p99_ms):>7} ms  max "
-                             f"{ms(t.max_ms):>7} ms  errors {t.errors}  load generator "
-                             f"{report.client_cpu:.0%} of its core")
+                    self.say(round_line(round_no, name, report))
             for name in ("shardstats", "postgres"):
                 if name in sessions:
-                    result = trio.run(sessions[name].read_back)
-                    self.say(f"{name}: " + "\n".join(format_check(result)))
-                    if not result.ok:
-                        self.results.failures.append(
-                            f"POST {name}: read-back failed: " + "; ".join(result.problems[:5]))
+                    self.read_back(f"POST {name}", sessions[name])
             rss = servers["shardstats"].rss_mib()
             self.say(f"shardstats RSS: {rss_fresh:.1f} MiB at start, {rss:.1f} MiB after "
                      f"{scale.rounds} POST runs")
@@ -567,10 +557,9 @@ class Bench:
             cold_big, cold_small, cur, (observed, failures) = trio.run(measure)
             self.say(f"first read of the big past hour since start (cold, "
                      f"{counts[big.hour].unique_users:,} users): {cold_big[0] * 1000:.2f} ms")
-            cold_small.sort()
             self.say(f"first reads of the {len(cold_small)} other past hours (cold): median "
-                     f"{cold_small[len(cold_small) // 2] * 1000:.2f} ms, "
-                     f"max {cold_small[-1] * 1000:.2f} ms")
+                     f"{statistics.median(cold_small) * 1000:.2f} ms, "
+                     f"max {max(cold_small) * 1000:.2f} ms")
             self.say(format_load(cur))
             self.reports["get_current_big"] = cur
             self.results.data["cold_first_read_big_ms"] = cold_big[0] * 1000
@@ -614,13 +603,11 @@ class Bench:
                 return big_job(t) if turn[0] % 2 else other_job(t)
 
             seconds = scale.latency_s
-            loads0 = scrape(server.url, "shardstats_hour_load_seconds_count")
-            spent0 = scrape(server.url, "shardstats_hour_load_seconds_sum")
+            before = scrape(server.url)
             report = trio.run(lambda: session.closed_loop(
                 1, seconds, warmup=0.0, job=alternate, check_after=False,
                 label="GET cold series"))
-            loads1 = scrape(server.url, "shardstats_hour_load_seconds_count")
-            spent1 = scrape(server.url, "shardstats_hour_load_seconds_sum")
+            after = scrape(server.url)
             self.say(f"-- restart with SHARDSTATS_MAX_CACHED_HOURS=1, then one connection "
                      f"alternating the big past hour ({counts[big.hour].unique_users:,} users) "
                      f"and a small one: every read of the big hour loads it from its snapshot "
@@ -628,11 +615,10 @@ class Bench:
             self.say(format_load(report))
             self.reports["get_cold_series"] = report
             reads = report.total.requests
-            if None not in (loads0, loads1, spent0, spent1):
-                assert loads0 is not None and loads1 is not None
-                assert spent0 is not None and spent1 is not None
-                loads = loads1 - loads0
-                mean = (spent1 - spent0) / loads * 1000 if loads else 0.0
+            loads = grew(before, after, "shardstats_hour_load_seconds_count")
+            spent = grew(before, after, "shardstats_hour_load_seconds_sum")
+            if loads is not None and spent is not None:
+                mean = spent / loads * 1000 if loads else 0.0
                 self.say(f"server /metrics: {loads:.0f} hour loads during the {reads} reads "
                          f"(mean load time {mean:.2f} ms, both hours together)")
                 if loads < 0.9 * reads:
@@ -656,14 +642,14 @@ class Bench:
         try:
             server.start()
             session = self.session(server.url)
-            commits0 = scrape(server.url, "shardstats_commit_batch_events_count")
+            before = scrape(server.url)
             report = trio.run(lambda: session.batch_loop(
                 scale.batch_connections, scale.batch_s, warmup=scale.warmup,
                 batch_events=scale.batch_events, pool=scale.batch_pool, label="batch"))
-            commits1 = scrape(server.url, "shardstats_commit_batch_events_count")
+            commits = grew(before, scrape(server.url), "shardstats_commit_batch_events_count")
             self.say(format_batch(report))
-            if commits0 is not None and commits1 is not None:
-                self.say(f"server /metrics: {commits1 - commits0:.0f} group commits for "
+            if commits is not None:
+                self.say(f"server /metrics: {commits:.0f} group commits for "
                          f"{report.tally.requests} batch requests")
             self.checked("batch ingest", report)
             self.batch = report
@@ -909,31 +895,21 @@ class Bench:
         pids = {"embedded": [embedded.pid], "cluster": [node.pid, nats.pid]}
         cpu: dict[str, list[float]] = {"embedded": [0.0], "cluster": [0.0, 0.0]}
         acked = {"embedded": 0, "cluster": 0}
-        records0 = scrape(node.url, "shardstats_publish_records_total")
+        metrics = scrape(node.url)
         for round_no in range(1, scale.rounds + 1):
             for name, session in sessions.items():
                 before = [process_cpu(pid) for pid in pids[name]]
                 acked0 = session.ledger.acknowledged
-                report = trio.run(functools.partial(
-                    session.closed_loop, scale.connections, scale.throughput_s,
-                    warmup=scale.warmup, check_after=False,
-                    label=f"POST {name} round {round_no}"))
+                report = self.post_round(session, f"POST {name} round {round_no}")
                 after = [process_cpu(pid) for pid in pids[name]]
                 cpu[name] = [c + b - a for c, a, b in zip(cpu[name], before, after,
                                                           strict=True)]
                 acked[name] += session.ledger.acknowledged - acked0
                 self.rounds.setdefault(f"cluster:{name}", []).append(report)
-                t = report.total
-                self.say(f"round {round_no}  {name:<9}{t.rate:>9,.0f}/s  p50 {ms(t.p50_ms):>7} "
-                         f"ms  p99 {ms(t.p99_ms):>7} ms  errors {t.errors}  load generator "
-                         f"{report.client_cpu:.0%} of its core")
-        records1 = scrape(node.url, "shardstats_publish_records_total")
+                self.say(round_line(round_no, name, report))
+        records = grew(metrics, scrape(node.url), "shardstats_publish_records_total")
         for name, session in sessions.items():
-            result = trio.run(session.read_back)
-            self.say(f"{name}: " + "\n".join(format_check(result)))
-            if not result.ok:
-                self.results.failures.append(f"cluster POST {name}: read-back failed: "
-                                             + "; ".join(result.problems[:5]))
+            self.read_back(f"cluster POST {name}", session)
         for name in sessions:
             self.reports[f"cluster_post_{name}"] = median_report(self.rounds[f"cluster:{name}"])
             per_post = sum(cpu[name]) / max(1, acked[name])
@@ -945,8 +921,7 @@ class Bench:
             self.say(f"{name}: {acked[name]:,} POSTs acknowledged over the {scale.rounds} rounds "
                      f"(warm-up included), CPU {parts} = {per_post * 1e6:,.0f} us per POST -> "
                      f"{1 / per_post if per_post else 0:,.0f} POST/s per core")
-        if records0 is not None and records1 is not None and acked["cluster"]:
-            records = records1 - records0
+        if records is not None and acked["cluster"]:
             data["events_per_record"] = acked["cluster"] / max(1.0, records)
             self.say(f"cluster publisher: {records:,.0f} JetStream records for "
                      f"{acked['cluster']:,} POSTs ({data['events_per_record']:.1f} per record)")
@@ -971,22 +946,11 @@ class Bench:
             trio.run(session.read_baseline, session.window_hours(total))
             reports = []
             for round_no in range(1, scale.rounds + 1):
-                report = trio.run(functools.partial(
-                    session.closed_loop, scale.connections, scale.throughput_s,
-                    warmup=scale.warmup, check_after=False,
-                    label=f"POST 2 nodes round {round_no}"))
-                reports.append(report)
-                t = report.total
-                self.say(f"round {round_no}  2 nodes ({layout}){t.rate:>9,.0f}/s  p99 "
-                         f"{ms(t.p99_ms)} ms  errors {t.errors}  load generator "
-                         f"{report.client_cpu:.0%} of its core")
+                reports.append(self.post_round(session, f"POST 2 nodes round {round_no}"))
+                self.say(round_line(round_no, f"2 nodes ({layout})", reports[-1]))
             for pin, name in enumerate(("A", "B")):
                 session.pin = pin
-                result = trio.run(session.read_back)
-                self.say(f"read back from node {name}: " + "\n".join(format_check(result)))
-                if not result.ok:
-                    self.results.failures.append(f"cluster 2 nodes, node {name}: read-back "
-                                                 "failed: " + "; ".join(result.problems[:5]))
+                self.read_back(f"cluster 2 nodes, read from node {name}", session)
             key = "same_core" if index == 0 else "client_core"
             self.reports[f"cluster_two_nodes_{key}"] = median_report(reports)
             data[f"two_nodes_{key}_layout"] = layout
@@ -1014,11 +978,11 @@ class Bench:
             pids = [server.pid] + ([log.pid] if log is not None else [])
             before = [process_cpu(pid) for pid in pids]
             acked0 = session.ledger.acknowledged
-            calls0 = scrape(server.url, "shardstats_read_barrier_calls_total")
+            metrics = scrape(server.url)
             report = trio.run(functools.partial(
                 session.open_loop, 1000, 200, scale.slo_s, warmup=0.5, check_after=False,
                 label=f"SLO 10x {name}"))
-            calls1 = scrape(server.url, "shardstats_read_barrier_calls_total")
+            calls = grew(metrics, scrape(server.url), "shardstats_read_barrier_calls_total")
             spent = sum(process_cpu(pid) for pid in pids) - sum(before)
             acked = session.ledger.acknowledged - acked0
             report.check = trio.run(session.read_back)  # both phases' events
@@ -1028,12 +992,12 @@ class Bench:
             data[f"slo_cpu_per_post_{name}_us"] = spent / max(1, acked) * 1e6
             self.say(f"{name}: CPU {spent:.2f} s for {acked:,} acknowledged POSTs (and the "
                      f"GETs) = {spent / max(1, acked) * 1e6:,.0f} us per POST at the x10 load")
-            if calls0 is not None and calls1 is not None:
+            if calls is not None:
                 got = sum(s.requests for c, s in report.classes.items()
                           if c is not RequestClass.POST)
-                self.say(f"read barrier: {calls1 - calls0:,.0f} stream-info calls in the x10 run "
+                self.say(f"read barrier: {calls:,.0f} stream-info calls in the x10 run "
                          f"(warm-up included); {got:,} GETs in its measured window")
-                data["barrier_calls"] = calls1 - calls0
+                data["barrier_calls"] = calls
             server.stop()
 
     def cluster_batch(self, data: dict[str, Any], nats: NatsServer,
@@ -1065,16 +1029,12 @@ class Bench:
                          f"request p50 {ms(lat.p50_ms)} ms, p99 {ms(lat.p99_ms)} ms  "
                          f"errors {errors}")
         for name, session in sessions.items():
-            result = trio.run(session.read_back)
-            self.say(f"{name}: " + "\n".join(format_check(result)))
-            if not result.ok:
-                self.results.failures.append(f"cluster batch {name}: read-back failed: "
-                                             + "; ".join(result.problems[:5]))
+            self.read_back(f"cluster batch {name}", session)
         ratios = [c / e for e, c in zip(rates["embedded"], rates["cluster"], strict=True)
                   if e > 0]
         data["batch_rates"] = rates
-        data["batch"] = (median(rates["cluster"]), median(rates["embedded"]),
-                         median(ratios) if ratios else 0.0)
+        data["batch"] = (statistics.median(rates["cluster"]), statistics.median(rates["embedded"]),
+                         statistics.median(ratios) if ratios else 0.0)
         for server in servers.values():
             server.stop()
 
@@ -1149,14 +1109,11 @@ class Bench:
                             f"{res.data.get('distinct_users', 0):,} distinct)",
                             f"{per_m:,.1f} MiB", "", "", "<= 64 MiB / 1M users",
                             per_m <= 64))
-        if not sized and len(res.rows) > first_sized:
-            for row in res.rows[first_sized:]:
-                if row.met is not None:
-                    row.met, row.unjudged = None, "small data"
-            res.notes.append("rows marked 'small data' are measured on data sets smaller than "
-                             "the targets assume (1M events / 100k users per hour, 48 h x "
-                             "360k events), so they are not judged; run the full mode for "
-                             "those")
+        if not sized:
+            self.small_data(first_sized, "rows marked 'small data' are measured on data sets "
+                            "smaller than the targets assume (1M events / 100k users per hour, "
+                            "48 h x 360k events), so they are not judged; run the full mode "
+                            "for those")
         for key, label in (("slo_1x", "SLO 100 POST/s + 20 GET/s"),
                            ("slo_10x", "SLO 1000 POST/s + 200 GET/s")):
             if key not in r:
@@ -1165,7 +1122,7 @@ class Bench:
             cur_s = rep.classes[RequestClass.GET_CURRENT]
             past = rep.past
             errs = rep.total.errors
-            achieved = f"{rate(rep, RequestClass.POST):,.0f}+{gets(rep):,.0f} /s"
+            achieved = f"{rep.classes[RequestClass.POST].rate:,.0f}+{gets(rep):,.0f} /s"
             res.add(Row(f"{label}: GET current p99", fmt_ms(cur_s.p99_ms), achieved,
                         target="< 200 ms",
                         met=None if cur_s.p99_ms is None else cur_s.p99_ms < 200 and not errs))
@@ -1210,7 +1167,7 @@ class Bench:
             ref = one_e.classes[RequestClass.GET_CURRENT].p99_ms if one_e else None
             res.add(Row(f"cluster SLO x1 (100 POST/s + 20 GET/s): GET current p99 ({mine.ok} "
                         "GETs, read barrier) vs embedded", fmt_ms(mine.p99_ms), fmt_ms(ref),
-                        f"{mine.p99_ms / ref:.2f}" if mine.p99_ms is not None and ref else "-"))
+                        fmt_ratio(mine.p99_ms, ref)))
         for cls, label in ((RequestClass.GET_CURRENT, "current"), (None, "past")):
             clu, emb = r.get("cluster_slo_cluster"), r.get("cluster_slo_embedded")
             if clu is None:
@@ -1218,10 +1175,9 @@ class Bench:
             mine = clu.classes[cls] if cls is not None else clu.past
             theirs = (emb.classes[cls] if cls is not None else emb.past) if emb else None
             ref = theirs.p99_ms if theirs is not None else None
-            shown = f"{mine.p99_ms / ref:.2f}" if mine.p99_ms is not None and ref else "-"
             res.add(Row(f"cluster SLO x10 (1000 POST/s + 200 GET/s): GET {label} p99 "
                         f"({mine.ok} GETs, read barrier) vs embedded", fmt_ms(mine.p99_ms),
-                        fmt_ms(ref), shown, "<= 10 ms",
+                        fmt_ms(ref), fmt_ratio(mine.p99_ms, ref), "<= 10 ms",
                         None if mine.p99_ms is None
                         else mine.p99_ms <= 10 and not clu.total.errors))
             if cls is None:
@@ -1268,20 +1224,7 @@ class Bench:
                         f"{ms(lat.p50_ms)} / {ms(lat.p99_ms)} ms"))
             res.add(Row(f"batch ingest: users in the window (pool {b.pool:,})",
                         f"{b.distinct_in_window:,} distinct, {b.new_in_window:,} new"))
-        alone_rep = r.get("maxbatch_get_alone")
-        alone = alone_rep.classes[RequestClass.GET_CURRENT].p99_ms if alone_rep else None
-        for kind in MAX_BATCH_KINDS:
-            rep = r.get(f"maxbatch_get_during_{kind}")
-            if rep is None:
-                continue
-            during = rep.classes[RequestClass.GET_CURRENT]
-            ratio = (f"{during.p99_ms / alone:.2f}" if during.p99_ms is not None and alone
-                     else "-")
-            res.add(Row(f"GET current p99 while maximal {kind} batches run",
-                        fmt_ms(during.p99_ms), f"{fmt_ms(alone)} (no batches)", ratio,
-                        "<= 20 ms", None if during.p99_ms is None
-                        else during.p99_ms <= 20 and not during.errors))
-
+        self.p99_while("maxbatch_get", MAX_BATCH_KINDS, "maximal {} batches", 20.0)
         first_range = len(res.rows)
         users = res.data.get("range_users_per_hour_median")
         hours = res.data.get("range_hours", scale.range_hours)
@@ -1296,27 +1239,39 @@ class Bench:
                         f"p50 {fmt_ms(summary.p50_ms)}", target="<= 50 ms",
                         met=(None if summary.p99_ms is None
                              else summary.p99_ms <= 50 and not summary.errors)))
-        alone_rep = r.get("range_get_alone")
+        self.p99_while("range_get", classes, "step={} ranges", 10.0)
+        if scale.range_events < 100_000 or hours < 720:
+            self.small_data(first_range, "range rows marked 'small data' use far fewer users "
+                            "per hour than the target assumes (~100k users per hour over "
+                            "720 h), so they are not judged")
+
+    def p99_while(self, prefix: str, kinds: Iterable[str], what: str, limit_ms: float
+                  ) -> None:
+        """A row per kind: the p99 of GETs of the current hour while ``what`` ran
+        (report ``{prefix}_during_{kind}``) against the same GETs alone (``{prefix}_alone``)."""
+        alone_rep = self.reports.get(f"{prefix}_alone")
         alone = alone_rep.classes[RequestClass.GET_CURRENT].p99_ms if alone_rep else None
-        for step in classes:
-            rep = r.get(f"range_get_during_{step}")
+        for kind in kinds:
+            rep = self.reports.get(f"{prefix}_during_{kind}")
             if rep is None:
                 continue
             during = rep.classes[RequestClass.GET_CURRENT]
-            ratio = (f"{during.p99_ms / alone:.2f}" if during.p99_ms is not None and alone
-                     else "-")
-            res.add(Row(f"GET current p99 while step={step} ranges run",
-                        fmt_ms(during.p99_ms), f"{fmt_ms(alone)} (no ranges)", ratio,
-                        "<= 10 ms", None if during.p99_ms is None
-                        else during.p99_ms <= 10 and not during.errors))
-        if scale.range_events < 100_000 or hours < 720:
-            for row in res.rows[first_range:]:
-                if row.met is not None:
-                    row.met, row.unjudged = None, "small data"
-            if len(res.rows) > first_range:
-                res.notes.append("range rows marked 'small data' use far fewer users per hour "
-                                 "than the target assumes (~100k users per hour over 720 h), "
-                                 "so they are not judged")
+            load = what.format(kind)
+            self.results.add(Row(
+                f"GET current p99 while {load} run", fmt_ms(during.p99_ms),
+                f"{fmt_ms(alone)} (no {load.split()[-1]})", fmt_ratio(during.p99_ms, alone),
+                f"<= {limit_ms:g} ms",
+                None if during.p99_ms is None else during.p99_ms <= limit_ms and not during.errors))
+
+    def small_data(self, first_row: int, note: str) -> None:
+        """Rows from ``first_row`` on measure smaller data than their targets assume: they
+        are shown, not judged."""
+        rows = self.results.rows[first_row:]
+        for row in rows:
+            if row.met is not None:
+                row.met, row.unjudged = None, "small data"
+        if rows:
+            self.results.notes.append(note)
 
     def paired(self, a: str, b: str, metric: Callable[[LoadReport], float]
                ) -> tuple[float, float, float] | None:
@@ -1328,7 +1283,8 @@ class Bench:
         ratios = [x / y for x, y in pairs if y > 0]
         if not ratios:
             return None
-        return median([x for x, _ in pairs]), median([y for _, y in pairs]), median(ratios)
+        return (statistics.median(x for x, _ in pairs), statistics.median(y for _, y in pairs),
+                statistics.median(ratios))
 
     def table(self) -> str:
         rows = self.results.rows
@@ -1511,9 +1467,9 @@ class MaxBatchTally:
     unexpected: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        lat = sorted(self.latencies_ms)
-        p50 = f"{lat[len(lat) // 2]:.0f}" if lat else "-"
-        worst = f"{lat[-1]:.0f}" if lat else "-"
+        lat = self.latencies_ms
+        p50 = f"{statistics.median(lat):.0f}" if lat else "-"
+        worst = f"{max(lat):.0f}" if lat else "-"
         return (f"{self.requests} requests, statuses {self.statuses}, {self.accepted:,} "
                 f"events accepted, largest answer {self.answer_bytes_max:,} bytes, "
                 f"latency p50 {p50} ms, max {worst} ms")
@@ -1605,16 +1561,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work-dir", metavar="DIR",
                         help="where data dirs and logs go (default: a new temporary dir)")
     parser.add_argument("--seed", type=int, default=12345, help="workload RNG seed")
-    sizes = parser.add_argument_group("sizes (override the mode's)")
+    sizes = parser.add_argument_group("sizes (override the mode's; dest = the Scale field)")
     sizes.add_argument("--big-events", type=int)
     sizes.add_argument("--big-users", type=int)
     sizes.add_argument("--history-events", type=int)
-    sizes.add_argument("--throughput-seconds", type=float)
-    sizes.add_argument("--slo-seconds", type=float)
-    sizes.add_argument("--batch-seconds", type=float)
+    sizes.add_argument("--throughput-seconds", type=float, dest="throughput_s")
+    sizes.add_argument("--slo-seconds", type=float, dest="slo_s")
+    sizes.add_argument("--batch-seconds", type=float, dest="batch_s")
     sizes.add_argument("--range-events", type=int, help="events per hour of the range data")
     sizes.add_argument("--range-pool", type=int, help="user pool of the range data")
-    sizes.add_argument("--max-batch-seconds", type=float,
+    sizes.add_argument("--max-batch-seconds", type=float, dest="max_batch_s",
                        help="maximal batches: seconds per body kind")
     sizes.add_argument("--rounds", type=int, help="paired rounds of the POST comparisons")
     parser.add_argument("--only", metavar="LIST",
@@ -1637,14 +1593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{', '.join(SCENARIOS)}", file=sys.stderr)
             return 2
     scale = QUICK if args.quick else FULL
-    overrides = {
-        "big_events": args.big_events, "big_users": args.big_users,
-        "history_events": args.history_events, "throughput_s": args.throughput_seconds,
-        "slo_s": args.slo_seconds, "batch_s": args.batch_seconds,
-        "range_events": args.range_events, "range_pool": args.range_pool,
-        "max_batch_s": args.max_batch_seconds, "rounds": args.rounds,
-    }
-    scale = dataclasses.replace(scale, **{k: v for k, v in overrides.items() if v is not None})
+    given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(Scale)}
+    scale = dataclasses.replace(scale, **{k: v for k, v in given.items() if v is not None})
     server_cpus, pin_text = pinning(args.no_pin)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="shardstats-bench-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -1693,6 +1643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except Exception as exc:  # one broken scenario must not hide the others
                 bench.results.failures.append(f"{name}: {type(exc).__name__}: {exc}")
                 print(f"!! {name} failed: {type(exc).__name__}: {exc}", flush=True)
+                traceback.print_exc()
         bench.summarize()
         print()
         print(f"== Summary ({scale.name} mode, {stamp}, {machine()}; {pin_text})")

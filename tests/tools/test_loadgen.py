@@ -1,4 +1,4 @@
-"""The load generator's own logic: traffic shape, percentiles, read-back check, HTTP parsing.
+"""The load generator's own logic: traffic shape, percentiles, read-back check, HTTP client.
 
 Distribution tests draw enough samples from a seeded RNG that the tolerances are many
 standard deviations wide; nothing here depends on timing. One end-to-end test runs the load
@@ -12,17 +12,18 @@ import json
 import math
 import random
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 import trio
 
-from tools.loadgen import cli
+from tests.tools.fake_server import reply, serve_fake
+from tools.loadgen import cli, runner
+from tools.loadgen.client import Connection, Endpoint, TransportError
 from tools.loadgen.ledger import Counts, Event, Ledger, check
 from tools.loadgen.runner import LoadSession, event_target, fill_plans
-from tools.loadgen.stats import Recorder, percentile, summarize
-from tools.loadgen.wire import ProtocolError, ResponseParser, request_bytes
+from tools.loadgen.stats import Recorder, percentiles, summarize
 from tools.loadgen.workload import (
     HOUR_MS,
     FillPlan,
@@ -194,39 +195,26 @@ def test_user_ids_are_url_safe() -> None:
 # -- percentiles and rates ------------------------------------------------------------------
 
 
-def test_percentile_nearest_rank_hand_computed() -> None:
-    data = [15.0, 20.0, 35.0, 40.0, 50.0]
-    assert percentile(data, 5) == 15.0
-    assert percentile(data, 30) == 20.0  # rank ceil(1.5) = 2
-    assert percentile(data, 40) == 20.0  # rank 2 exactly
-    assert percentile(data, 50) == 35.0  # rank ceil(2.5) = 3
-    assert percentile(data, 100) == 50.0
-    assert percentile(data, 0) == 15.0
-    ten = [float(i) for i in range(1, 11)]
-    assert (percentile(ten, 50), percentile(ten, 90), percentile(ten, 99)) == (5.0, 9.0, 10.0)
+def test_percentiles_interpolate_between_samples() -> None:
+    ten = [float(i) for i in range(10, 0, -1)]  # unsorted on purpose
+    assert percentiles(ten) == pytest.approx((5.5, 9.1, 9.91))
     hundred = [float(i) for i in range(1, 101)]
-    assert (percentile(hundred, 50), percentile(hundred, 90), percentile(hundred, 99)) == (
-        50.0, 90.0, 99.0)
-    thousand = [float(i) for i in range(1, 1001)]
-    assert percentile(thousand, 99) == 990.0
-    assert percentile(thousand, 99.9) == 999.0
-    assert percentile([7.0], 99) == 7.0
+    assert percentiles(hundred) == pytest.approx((50.5, 90.1, 99.01))
+    assert percentiles([7.0]) == (7.0, 7.0, 7.0)
+    assert percentiles([1.0, 3.0]) == pytest.approx((2.0, 2.8, 2.98))
     with pytest.raises(ValueError):
-        percentile([], 50)
-    with pytest.raises(ValueError):
-        percentile(data, 101)
+        percentiles([])
 
 
 def test_summary_in_milliseconds_errors_apart() -> None:
     latencies = [i / 1000 for i in range(1, 101)]  # 1..100 ms
     s = summarize(latencies, Counter({"HTTP 503": 3}), completed_in_window=50, window_s=2.0)
     assert (s.requests, s.ok, s.errors) == (103, 100, 3)
-    assert s.p50_ms == pytest.approx(50.0)
-    assert s.p90_ms == pytest.approx(90.0)
-    assert s.p99_ms == pytest.approx(99.0)
+    assert (s.p50_ms, s.p90_ms, s.p99_ms) == pytest.approx((50.5, 90.1, 99.01))
     assert s.max_ms == pytest.approx(100.0)
     assert s.mean_ms == pytest.approx(50.5)
     assert s.rate == 25.0
+    assert s.as_dict()["rate_per_s"] == 25.0 and s.as_dict()["p99_ms"] == 99.01
     empty = summarize([], Counter({"timeout": 1}), 0, 1.0)
     assert empty.p99_ms is None and empty.errors == 1
 
@@ -255,9 +243,8 @@ def test_recorder_merges_classes() -> None:
         r.record(RequestClass.GET_PAST_WARM, 1.0, 1.0 + (50 + i) / 1000, None)  # 51..100 ms
     past = r.merged([RequestClass.GET_PAST_COLD, RequestClass.GET_PAST_WARM])
     assert past.ok == 100
-    assert past.p50_ms == pytest.approx(50.0)
-    assert past.p99_ms == pytest.approx(99.0)
-    assert r.summary()[RequestClass.GET_PAST_COLD].p99_ms == pytest.approx(50.0)
+    assert (past.p50_ms, past.p99_ms) == pytest.approx((50.5, 99.01))
+    assert r.summary()[RequestClass.GET_PAST_COLD].p99_ms == pytest.approx(49.51)
 
 
 # -- the read-back check --------------------------------------------------------------------
@@ -365,48 +352,89 @@ def test_counts_from_json_is_strict() -> None:
             Counts.from_json(bad)
 
 
-# -- HTTP parsing ---------------------------------------------------------------------------
+# -- the HTTP client ------------------------------------------------------------------------
 
 
-def test_parser_content_length_split_anywhere() -> None:
-    raw = (b"HTTP/1.1 200 \r\ncontent-type: application/json\r\ncontent-length: 13\r\n\r\n"
-           b'{"clicks": 1}')
-    for cut in range(1, len(raw)):
-        parser = ResponseParser()
-        got = parser.feed(raw[:cut]) + parser.feed(raw[cut:])
-        assert len(got) == 1
-        assert (got[0].status, got[0].body, got[0].keep_alive) == (200, b'{"clicks": 1}', True)
-        assert parser.idle
+def scripted(answers: list[bytes], seen: list[bytes]) -> Callable[[list[str], bytes], bytes]:
+    """A fake server's handler: the next of ``answers`` to each request (recorded in ``seen``)."""
+
+    def handler(head: list[str], body: bytes) -> bytes:
+        seen.append("\r\n".join(head).encode() + b"\r\n\r\n" + body)
+        return answers.pop(0)
+
+    return handler
 
 
-def test_parser_204_chunked_and_close() -> None:
-    parser = ResponseParser()
-    got = parser.feed(b"HTTP/1.1 204 \r\ndate: x\r\n\r\nHTTP/1.1 200 OK\r\n"
-                      b"Transfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n3;x=y\r\nefg\r\n0\r\n\r\n")
-    assert [(r.status, r.body) for r in got] == [(204, b""), (200, b"abcdefg")]
-    got = parser.feed(b"HTTP/1.1 503 \r\nretry-after: 1\r\nconnection: close\r\n"
-                      b"content-length: 0\r\n\r\n")
-    assert got[0].status == 503 and not got[0].keep_alive
-    assert got[0].headers[b"retry-after"] == b"1"
-    parser = ResponseParser()
-    assert parser.feed(b"HTTP/1.1 200 OK\r\n\r\nuntil close") == []
-    last = parser.eof()
-    assert last is not None and last.body == b"until close" and not last.keep_alive
+async def test_client_keeps_connections_alive_and_reads_every_framing() -> None:
+    answers = [
+        b"HTTP/1.1 204 \r\ndate: x\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n3;x=y\r\nefg\r\n"
+        b"0\r\n\r\n",
+        b"HTTP/1.1 503 \r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n\r\nuntil close",  # a body delimited by the close
+        b"HTTP/1.1 200 \r\ncontent-length: 13\r\n\r\n{\"clicks\": 1}",
+    ]
+    seen: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_fake, scripted(answers, seen))
+        conn = Connection(Endpoint.parse(f"http://127.0.0.1:{port}"))
+        got = [await conn.request("POST", "/a?b=1"), await conn.request("GET", "/c"),
+               await conn.request("POST", "/analytics/batch", b'{"a":1}\n{"b":2}'),
+               await conn.request("GET", "/d"), await conn.request("GET", "/e")]
+        conn.close()
+        nursery.cancel_scope.cancel()
+    assert [(r.status, r.body) for r in got] == [
+        (204, b""), (200, b"abcdefg"), (503, b""), (200, b"until close"),
+        (200, b'{"clicks": 1}')]
+    assert got[2].headers[b"retry-after"] == b"1"
+    assert conn.connects == 3  # one kept alive for three requests, then one per close
+    host = f"Host: 127.0.0.1:{port}".encode()
+    assert seen[0] == b"POST /a?b=1 HTTP/1.1\r\n" + host + b"\r\nContent-Length: 0\r\n\r\n"
+    assert seen[1] == b"GET /c HTTP/1.1\r\n" + host + b"\r\n\r\n"
+    assert seen[2] == (b"POST /analytics/batch HTTP/1.1\r\n" + host + b"\r\nContent-Type: "
+                       b"application/x-ndjson\r\nContent-Length: 15\r\n\r\n"
+                       b'{"a":1}\n{"b":2}')
 
 
-def test_parser_rejects_garbage_and_truncation() -> None:
-    with pytest.raises(ProtocolError):
-        ResponseParser().feed(b"SMTP ready\r\n\r\n")
-    parser = ResponseParser()
-    parser.feed(b"HTTP/1.1 200 \r\ncontent-length: 10\r\n\r\nabc")
-    with pytest.raises(ProtocolError):
-        parser.eof()
+async def test_client_turns_garbage_and_truncation_into_transport_errors() -> None:
+    answers = [b"SMTP ready\r\n\r\n",
+               b"HTTP/1.1 200 \r\nconnection: close\r\ncontent-length: 10\r\n\r\nabc"]
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_fake, scripted(answers, []))
+        conn = Connection(Endpoint.parse(f"127.0.0.1:{port}"))
+        for _ in range(2):
+            with pytest.raises(TransportError):
+                await conn.request("GET", "/")
+        nursery.cancel_scope.cancel()
+    with pytest.raises(TransportError, match="connect to"):
+        await Connection(Endpoint("127.0.0.1", port)).request("GET", "/")
 
 
-def test_request_bytes() -> None:
-    assert request_bytes("POST", "/a?b=1", "h:1") == (
-        b"POST /a?b=1 HTTP/1.1\r\nHost: h:1\r\nContent-Length: 0\r\n\r\n")
-    assert request_bytes("GET", "/", "h:1") == b"GET / HTTP/1.1\r\nHost: h:1\r\n\r\n"
+# -- open loop ----------------------------------------------------------------------------
+
+
+async def test_open_loop_gives_each_connection_one_worker_when_late_from_the_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A dispatcher already late at its first arrival (a busy machine) opens connections
+    before the first workers start; still exactly one worker per connection."""
+
+    class LateStart(runner.Stopwatch):
+        def __init__(self) -> None:
+            super().__init__()
+            self.t0 -= 0.5  # every arrival of the 0.5 s run is due at once
+
+    monkeypatch.setattr(runner, "Stopwatch", LateStart)
+    counts = b'{"unique_users": 0, "clicks": 0, "impressions": 0}'
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_fake, lambda head, body: reply(200, counts))
+        session = LoadSession(f"http://127.0.0.1:{port}", seed=1, progress=None)
+        report = await session.open_loop(0.0, 400.0, 0.5, poisson=False, connections=1,
+                                         max_connections=8, job=session.current_get,
+                                         check_after=False)
+        nursery.cancel_scope.cancel()
+    assert report.connections_opened == 8
+    assert (report.total.ok, report.errors) == (200, 0), report.error_examples
 
 
 # -- end to end -----------------------------------------------------------------------------
