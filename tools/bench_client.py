@@ -19,7 +19,7 @@ import httpx
 
 from shardstats.client import Client, make_event
 from shardstats.client._core import batch_body
-from tools.dashboard_screenshot import serve
+from tools.spawn import ShardstatsServer
 
 
 def main() -> None:
@@ -29,31 +29,26 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     n, size = args.events, args.batch
-    with tempfile.TemporaryDirectory() as tmp:
-        proc, url = serve(Path(tmp) / "data", Path(tmp) / "server.log")
-        try:
-            with Client(url) as client, httpx.Client(base_url=url, timeout=30) as raw:
-                for round_ in range(args.rounds):
-                    ts = int(time.time() * 1000)
-                    started = time.perf_counter()
-                    for first in range(0, n, size):
-                        body = batch_body([make_event(f"u{i % 5000}", "click", ts)
-                                           for i in range(first, min(n, first + size))])
-                        answer = raw.post("/analytics/batch", content=body).json()
-                        assert answer["accepted"] == min(size, n - first), answer
-                    raw_rate = n / (time.perf_counter() - started)
-                    started = time.perf_counter()
-                    with client.buffered(max_events=size, max_delay=0.05) as sender:
-                        for i in range(n):
-                            sender.send(f"u{i % 5000}", "click", ts)
-                    rate = n / (time.perf_counter() - started)
-                    assert sender.delivered == n
-                    print(f"round {round_ + 1}: plain httpx {raw_rate:,.0f} events/s, "
-                          f"BufferedSender {rate:,.0f} events/s, ratio {rate / raw_rate:.2f}")
-        finally:
-            proc.kill()
-            proc.wait()
-
+    with tempfile.TemporaryDirectory() as tmp, \
+            ShardstatsServer(Path(tmp) / "data", Path(tmp) / "server.log") as server, \
+            Client(server.url) as client, httpx.Client(base_url=server.url, timeout=30) as raw:
+        for round_ in range(args.rounds):
+            ts = int(time.time() * 1000)
+            started = time.perf_counter()
+            for first in range(0, n, size):
+                body = batch_body([make_event(f"u{i % 5000}", "click", ts)
+                                   for i in range(first, min(n, first + size))])
+                answer = raw.post("/analytics/batch", content=body).json()
+                assert answer["accepted"] == min(size, n - first), answer
+            raw_rate = n / (time.perf_counter() - started)
+            started = time.perf_counter()
+            with client.buffered(max_events=size, max_delay=0.05) as sender:
+                for i in range(n):
+                    sender.send(f"u{i % 5000}", "click", ts)
+            rate = n / (time.perf_counter() - started)
+            assert sender.delivered == n
+            print(f"round {round_ + 1}: plain httpx {raw_rate:,.0f} events/s, "
+                  f"BufferedSender {rate:,.0f} events/s, ratio {rate / raw_rate:.2f}")
 
 if __name__ == "__main__":
     main()

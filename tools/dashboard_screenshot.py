@@ -14,18 +14,15 @@ from __future__ import annotations
 import argparse
 import math
 import random
-import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from shardstats.client import Client, Event, make_event
+from tools.spawn import ShardstatsServer
 
 HOUR = 3_600_000
-LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--no-first-run"]
 
@@ -42,23 +39,6 @@ def demo_events(now: int, rng: random.Random) -> list[Event]:
             kind = "click" if rng.random() < 0.3 else "impression"
             events.append(make_event(user, kind, min(now, start + rng.randrange(HOUR))))
     return events
-
-
-def serve(data_dir: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    log = log_path.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "shardstats", "serve", "--bind",
-                             "127.0.0.1:0", "--data-dir", str(data_dir)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = LISTENING.search(log_path.read_text(errors="replace"))
-        if found:
-            return proc, f"http://127.0.0.1:{found.group(1)}"
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"the server did not start:\n{log_path.read_text(errors='replace')}")
 
 
 def shoot(url: str, out: Path) -> None:
@@ -94,17 +74,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "screenshots")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        proc, url = serve(Path(tmp) / "data", Path(tmp) / "server.log")
-        try:
-            events = demo_events(int(time.time() * 1000), random.Random(7))
-            with Client(url) as client:
-                for i in range(0, len(events), 5000):
-                    assert client.send_batch(events[i:i + 5000]) == []
-            shoot(url + "/", args.out)
-        finally:
-            proc.kill()
-            proc.wait()
+    with tempfile.TemporaryDirectory() as tmp, \
+            ShardstatsServer(Path(tmp) / "data", Path(tmp) / "server.log") as server:
+        events = demo_events(int(time.time() * 1000), random.Random(7))
+        with Client(server.url) as client:
+            for i in range(0, len(events), 5000):
+                assert client.send_batch(events[i:i + 5000]) == []
+        shoot(server.url + "/", args.out)
     print(f"{len(events)} events; wrote {args.out}/dashboard.png and dashboard-phone.png")
 
 

@@ -26,7 +26,9 @@ from shardstats.client import (
     Retry,
     make_event,
 )
-from tests.e2e.conftest import ServerFactory, ServerProcess
+from shardstats.cluster.natsproc import free_ports
+from tests.e2e.conftest import ServerFactory
+from tools.spawn import ShardstatsServer
 
 pytestmark = pytest.mark.e2e
 
@@ -45,7 +47,7 @@ class CountingTransport(httpx.HTTPTransport):
         self.requests: Counter[str] = Counter()
         self.statuses: Counter[int] = Counter()
         self.errors = 0
-        self.kill_after_commit: ServerProcess | None = None
+        self.kill_after_commit: ShardstatsServer | None = None
         self.killed = threading.Event()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -95,24 +97,28 @@ def expected(events: list[tuple[str, EventKind]]) -> dict[str, int]:
             "impressions": kinds["impression"]}
 
 
-def counts(server: ServerProcess, timestamp: int) -> dict[str, int]:
+def counts(server: ShardstatsServer, timestamp: int) -> dict[str, int]:
     with Client(server.url) as client:
         found = client.counts(timestamp)
     return {"unique_users": found.unique_users, "clicks": found.clicks,
             "impressions": found.impressions}
 
 
-def restart(factory: ServerFactory, server: ServerProcess, data_dir: Path) -> ServerProcess:
-    """SIGKILL (unless done), then a new process on the same port (clients keep their URL)."""
-    port = server.port
+def start_on_a_fixed_port(factory: ServerFactory, data_dir: Path) -> ShardstatsServer:
+    """A server that ``restart`` starts again where its clients look for it."""
+    return factory.start(data_dir, bind=f"127.0.0.1:{free_ports(1)[0]}")
+
+
+def restart(server: ShardstatsServer) -> ShardstatsServer:
+    """SIGKILL (unless done), then the same server again: data dir, port and log."""
     server.kill()
     time.sleep(0.2)  # the client meets refused connections meanwhile
-    return factory.start(data_dir, bind=f"127.0.0.1:{port}")
+    return server.start()
 
 
 def test_buffered_sender_counts_every_event_once_across_kills(
         shardstats_server: ServerFactory, data_dir: Path) -> None:
-    server = shardstats_server.start(data_dir)
+    server = start_on_a_fixed_port(shardstats_server, data_dir)
     timestamp = int(time.time() * 1000)
     events = plan(3000)
     transport = CountingTransport()
@@ -123,12 +129,12 @@ def test_buffered_sender_counts_every_event_once_across_kills(
             if i == 1000:  # a batch counted, its answer lost: the retry must not count it
                 transport.kill_after_commit = server
                 assert transport.killed.wait(30)
-                server = restart(shardstats_server, server, data_dir)
+                restart(server)
             if i == 2000:  # whatever the batch in flight was doing
                 while sender.delivered < 1000:
                     time.sleep(0.005)
                 assert sender.pending > 0
-                server = restart(shardstats_server, server, data_dir)
+                restart(server)
     assert transport.errors >= 2
     assert sender.delivered == len(events) and sender.rejected == []
     assert sender.pending == 0
@@ -138,13 +144,12 @@ def test_buffered_sender_counts_every_event_once_across_kills(
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])
 def test_async_buffered_sender_counts_every_event_once_across_a_kill(
         shardstats_server: ServerFactory, data_dir: Path, backend: str) -> None:
-    server = shardstats_server.start(data_dir)
+    server = start_on_a_fixed_port(shardstats_server, data_dir)
     timestamp = int(time.time() * 1000)
     events = plan(2000)
     transport = AsyncCountingTransport()
 
     async def main() -> int:
-        nonlocal server
         async with AsyncClient(server.url, transport=transport,
                                retry=Retry(deadline=60)) as client:
             await client.send(*events[0], timestamp)  # one POST /analytics
@@ -156,8 +161,7 @@ def test_async_buffered_sender_counts_every_event_once_across_a_kill(
                         killed = await anyio.to_thread.run_sync(transport.sync.killed.wait, 30)
                         assert killed
                         # the sender's task goes on retrying while the server restarts
-                        server = await anyio.to_thread.run_sync(
-                            restart, shardstats_server, server, data_dir)
+                        await anyio.to_thread.run_sync(restart, server)
             assert sender.rejected == [] and sender.pending == 0
             return sender.delivered
 
@@ -198,8 +202,7 @@ def test_rejected_events_are_reported_and_posted_once(
 
 def test_giving_up_hands_back_the_events_and_resending_them_counts_each_once(
         shardstats_server: ServerFactory, data_dir: Path) -> None:
-    server = shardstats_server.start(data_dir)
-    port = server.port
+    server = start_on_a_fixed_port(shardstats_server, data_dir)
     timestamp = int(time.time() * 1000)
     events = plan(500)
     with Client(server.url, retry=Retry(deadline=1.0, max_backoff=0.2)) as client:
@@ -217,7 +220,7 @@ def test_giving_up_hands_back_the_events_and_resending_them_counts_each_once(
         with pytest.raises(DeliveryFailed):
             sender.send("late", "click", timestamp)  # a stopped sender says so
 
-        server = shardstats_server.start(data_dir, bind=f"127.0.0.1:{port}")
+        server.start()  # again, on its port
         assert client.send_batch(undelivered) == []
     assert counts(server, timestamp) == expected(events)
 

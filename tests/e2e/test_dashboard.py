@@ -22,7 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import ServerFactory, ServerProcess
+from tests.e2e.conftest import ServerFactory
+from tools.spawn import ShardstatsServer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -52,7 +53,7 @@ def browser() -> Iterator[Any]:
             browser.close()
 
 
-def seed(server: ServerProcess, now: int) -> None:
+def seed(server: ShardstatsServer, now: int) -> None:
     """Events over the last six days, most in the last two, users recurring across hours (so
     the sum of per-hour uniques exceeds the exact count), some in the current hour."""
     rng = random.Random(5)
@@ -67,7 +68,7 @@ def seed(server: ServerProcess, now: int) -> None:
         assert client.post("/analytics/batch", content="\n".join(lines)).json()["accepted"] == 600
 
 
-def api_view(server: ServerProcess, first: int, last: int, step: str) -> dict[str, Any]:
+def api_view(server: ShardstatsServer, first: int, last: int, step: str) -> dict[str, Any]:
     """What the page should show for a range: the API's series and total, and per row the sum
     of the hourly uniques of the hours it covers."""
     with httpx.Client(base_url=server.url, timeout=10) as client:
