@@ -27,6 +27,7 @@ from shardstats.config import Settings, load_settings
 from shardstats.core.events import HOUR_MS, MAX_TIMESTAMP_MS
 from shardstats.core.ranges import range_from_query
 from shardstats.errors import BatchTooLarge, DataDirLocked, ShardstatsError
+from shardstats.http.assets import JAVASCRIPT, Asset, static_asset, swagger_asset
 from shardstats.http.batch import BatchRoute
 from shardstats.http.cors import TRUSTED_ORIGIN
 from shardstats.http.hot import (
@@ -139,6 +140,18 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     async def docs() -> ResponseValue:
         return DOCS_PAGE, 200, {"Content-Type": "text/html; charset=utf-8"}
 
+    @app.get("/docs/swagger-ui-bundle.js")
+    async def swagger_js() -> ResponseValue:
+        return _asset(swagger_asset("swagger-ui-bundle.js"))
+
+    @app.get("/docs/swagger-ui.css")
+    async def swagger_css() -> ResponseValue:
+        return _asset(swagger_asset("swagger-ui.css"))
+
+    @app.get("/tracker.js")
+    async def tracker() -> ResponseValue:
+        return _asset(TRACKER)
+
     @app.before_request
     async def start_timer() -> None:
         g.started = time.perf_counter()
@@ -173,7 +186,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
             ).observe(time.perf_counter() - started)
         # Quart labels every response text/html; an empty body has nothing to describe, and a
         # 204 must not carry Content-Length either.
-        if response.status_code == 204:
+        if response.status_code in (204, 304):
             response.headers.pop("Content-Type", None)
             response.headers.pop("Content-Length", None)
         elif response.content_length == 0:
@@ -201,6 +214,8 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
 
 
 DOCS_PAGE = docs_page()
+# An hour, then revalidated with its ETag: pages pick up a new version within the hour.
+TRACKER = static_asset("tracker.js", JAVASCRIPT, "public, max-age=3600")
 DASHBOARD = (resources.files("shardstats.http") / "static" / "dashboard.html").read_text("utf-8")
 async def _freeze_when_ready(service: Service) -> None:
     """Once recovery is done, move everything alive (modules, the app, recovered hours: some
@@ -227,6 +242,12 @@ async def _body_chunks(limit: int) -> list[bytes]:
             raise RequestEntityTooLarge()
         chunks.append(chunk)
     return chunks
+
+
+def _asset(asset: Asset | None) -> ResponseValue:
+    if asset is None:
+        return {"error": "not installed: pip install swagger-ui-py"}, 404
+    return _reply(asset.reply(request.headers.get("If-None-Match")))
 
 
 def _reply(reply: Reply) -> ResponseValue:
