@@ -73,5 +73,5 @@ def swagger_asset(name: str) -> Asset | None:
     folder = swagger_ui_dir()
     if folder is None or name not in SWAGGER_FILES:
         return None
-    # A day: the ETag changes when the package does, and the page revalidates after that.
+    # Cached a day, then revalidated: the ETag changes when the package does.
     return Asset((folder / name).read_bytes(), SWAGGER_FILES[name], "public, max-age=86400")
