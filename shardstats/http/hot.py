@@ -22,15 +22,7 @@ from shardstats.cluster.barrier import Consistency
 from shardstats.core.events import hour_of
 from shardstats.core.validation import event_from_query, timestamp_from_query
 from shardstats.errors import InvalidInput, ShardstatsError, Unavailable
-from shardstats.http.cors import (
-    INGEST_PATHS,
-    REFUSED_REASON,
-    TRUSTED_ORIGIN,
-    BrowserOrigins,
-    Verdict,
-    allow_headers,
-    preflight_headers,
-)
+from shardstats.http.cors import CROSS_ORIGIN_METHODS, INGEST_PATHS, TRUSTED_ORIGIN, CrossOrigin
 from shardstats.http.metrics import Metrics, reason_label
 from shardstats.shards.service import Service
 
@@ -78,11 +70,11 @@ class HotRoutes:
         self._metrics = metrics
         self.ingest_allowed = token_checker(service.settings.ingest_token)
         self.query_allowed = token_checker(service.settings.query_token)
-        self.origins = BrowserOrigins(service.settings.browser_origin_set)
+        self.browser_origins = service.settings.browser_origin_set
 
     async def post(self, query: bytes, authorization: str | None, *,
                    browser: bool = False) -> Reply:
-        """``browser``: sent by a page of a ``browser_origins`` origin (no token needed)."""
+        """``browser``: sent by a page of a ``browser_origins`` site (no token needed)."""
         if not (browser or self.ingest_allowed(authorization)):
             return 401, [BEARER_INGEST], b""
         service = self._service
@@ -147,48 +139,39 @@ def _finish_unhurried(send: Any) -> Any:
 
 
 class LeanFront:
-    """ASGI: ``/analytics`` GET and POST straight to ``HotRoutes``, the rest to ``inner``;
-    browsers' cross-origin ingest judged here for every route that takes it (``cors``)."""
+    """ASGI: ``/analytics`` GET and POST straight to ``HotRoutes``, the rest to ``inner``."""
 
     def __init__(self, inner: ASGIApp, routes: HotRoutes, metrics: Metrics) -> None:
         self._inner = inner
         self._routes = routes
-        self._latency: dict[tuple[str, str, int], Any] = {}  # label lookups cached per series
+        self._latency: dict[tuple[str, int], Any] = {}  # label lookups cached per series
         self._metrics = metrics
+        self._cross_origin = CrossOrigin(routes.browser_origins, metrics)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self._inner(scope, receive, send)
             return
-        path, method = scope["path"], scope["method"]
-        if path == "/analytics" and method in ("GET", "POST"):
-            await self._hot(scope, send, method)
+        if scope["path"] in INGEST_PATHS and scope["method"] in CROSS_ORIGIN_METHODS:
+            # Pages of other sites: refusals and preflights are answered here (``cors``).
+            admitted = await self._cross_origin.admit(scope, send)
+            if admitted is None:
+                return
+            scope, send = admitted
+        if scope["path"] != "/analytics" or scope["method"] not in ("GET", "POST"):
+            await self._inner(scope, receive, _finish_unhurried(send))
             return
-        if path in INGEST_PATHS and method in ("POST", "OPTIONS"):
-            await self._cross_origin(scope, receive, send, path, method)
-            return
-        await self._inner(scope, receive, _finish_unhurried(send))
-
-    async def _hot(self, scope: Any, send: Any, method: str) -> None:
         started = time.perf_counter()
+        method = scope["method"]
         authorization = None
-        origin = host = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
-            elif name == b"origin":
-                origin = value
-            elif name == b"host":
-                host = value
-        verdict = Verdict.ORDINARY
-        if method == "POST" and origin is not None:
-            verdict = self._routes.origins.judge(origin, host)
+                break
         try:
-            if verdict is Verdict.REFUSED:
-                status, headers, body = _refused("/analytics", origin)
-            elif method == "POST":
+            if method == "POST":
                 status, headers, body = await self._routes.post(
-                    scope["query_string"], authorization, browser=verdict is Verdict.ALLOWED)
+                    scope["query_string"], authorization, browser=TRUSTED_ORIGIN in scope)
             else:
                 status, headers, body = await self._routes.get(scope["query_string"],
                                                                authorization)
@@ -198,50 +181,6 @@ class LeanFront:
             status, headers, body = (
                 (500, [], b"") if method == "POST" else (500, [_JSON], _INTERNAL_ERROR)
             )
-        if verdict is Verdict.ALLOWED:
-            assert origin is not None
-            headers = [*headers, *allow_headers(origin)]
-        await self._answer(send, (status, headers, body))
-        self._observe("/analytics", method, status, started)
-
-    async def _cross_origin(self, scope: Any, receive: Any, send: Any, path: str,
-                            method: str) -> None:
-        """``POST /analytics/batch`` and preflights of both ingest routes (``cors`` rules)."""
-        started = time.perf_counter()
-        origin = host = None
-        preflight = False
-        for name, value in scope["headers"]:
-            if name == b"origin":
-                origin = value
-            elif name == b"host":
-                host = value
-            elif name == b"access-control-request-method":
-                preflight = True
-        verdict = self._routes.origins.judge(origin, host)
-        if verdict is Verdict.ORDINARY or (method == "OPTIONS" and not preflight):
-            await self._inner(scope, receive, _finish_unhurried(send))
-            return
-        assert origin is not None
-        if verdict is Verdict.REFUSED:
-            await self._answer(send, _refused(path, origin))
-            self._observe(path, method, 403, started)
-        elif method == "OPTIONS":
-            await self._answer(send, (204, preflight_headers(origin), b""))
-            self._observe(path, method, 204, started)
-        else:
-            extra = [(k.encode("latin-1"), v.encode("latin-1"))
-                     for k, v in allow_headers(origin)]
-            inner_send = _finish_unhurried(send)
-
-            async def send_with_cors(message: dict[str, Any]) -> None:
-                if message["type"] == "http.response.start":
-                    message = {**message, "headers": [*message.get("headers", ()), *extra]}
-                await inner_send(message)
-
-            await self._inner({**scope, TRUSTED_ORIGIN: True}, receive, send_with_cors)
-
-    async def _answer(self, send: Any, reply: Reply) -> None:
-        status, headers, body = reply
         if status != 204:
             headers = [*headers, ("content-length", str(len(body)))]
         await send({
@@ -250,21 +189,9 @@ class LeanFront:
             "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
         })
         await send({"type": "http.response.body", "body": body})
-
-    def _observe(self, route: str, method: str, status: int, started: float) -> None:
-        # Only the few routes and methods above get here, so this cache and the labels stay
-        # small.
-        observe = self._latency.get((route, method, status))
+        # Only GET and POST get here (checked above), so this cache and the labels stay small.
+        observe = self._latency.get((method, status))
         if observe is None:
-            observe = self._metrics.request_seconds.labels(route, method, str(status))
-            self._latency[(route, method, status)] = observe
+            observe = self._metrics.request_seconds.labels("/analytics", method, str(status))
+            self._latency[(method, status)] = observe
         observe.observe(time.perf_counter() - started)
-
-
-def _refused(path: str, origin: bytes | None) -> Reply:
-    log.info("cross-origin POST %s refused: Origin %.200r is not in browser_origins",
-             path, origin)
-    # POST /analytics answers never have a body; the batch route answers errors in JSON.
-    body = b"" if path == "/analytics" else b'{"error":"%s"}' % REFUSED_REASON.encode()
-    headers = [(ERROR_HEADER, REFUSED_REASON)]
-    return 403, [*headers, _JSON] if body else headers, body
