@@ -215,7 +215,9 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
 
 DOCS_PAGE = docs_page()
 # An hour, then revalidated with its ETag: pages pick up a new version within the hour.
-TRACKER = static_asset("tracker.js", JAVASCRIPT, "public, max-age=3600")
+# Cross-Origin-Resource-Policy: pages of sites that require it (COEP) may load it too.
+TRACKER = static_asset("tracker.js", JAVASCRIPT, "public, max-age=3600",
+                       (("Cross-Origin-Resource-Policy", "cross-origin"),))
 DASHBOARD = (resources.files("shardstats.http") / "static" / "dashboard.html").read_text("utf-8")
 async def _freeze_when_ready(service: Service) -> None:
     """Once recovery is done, move everything alive (modules, the app, recovered hours: some

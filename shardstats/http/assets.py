@@ -26,6 +26,7 @@ class Asset:
     body: bytes
     content_type: str
     cache_control: str
+    extra_headers: tuple[tuple[str, str], ...] = ()
     etag: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -34,7 +35,8 @@ class Asset:
 
     def reply(self, if_none_match: str | None) -> tuple[int, Headers, bytes]:
         """200 with the body, or 304 without it when the client holds this version."""
-        headers = [("ETag", self.etag), ("Cache-Control", self.cache_control)]
+        headers = [("ETag", self.etag), ("Cache-Control", self.cache_control),
+                   *self.extra_headers]
         if if_none_match is not None and _matches(if_none_match, self.etag):
             return 304, headers, b""
         return 200, [("Content-Type", self.content_type), *headers], self.body
@@ -49,9 +51,10 @@ def _matches(if_none_match: str, etag: str) -> bool:
     return False
 
 
-def static_asset(name: str, content_type: str, cache_control: str) -> Asset:
+def static_asset(name: str, content_type: str, cache_control: str,
+                 extra_headers: tuple[tuple[str, str], ...] = ()) -> Asset:
     body = (resources.files("shardstats.http") / "static" / name).read_bytes()
-    return Asset(body, content_type, cache_control)
+    return Asset(body, content_type, cache_control, extra_headers)
 
 
 SWAGGER_FILES = {"swagger-ui-bundle.js": JAVASCRIPT, "swagger-ui.css": CSS}

@@ -50,6 +50,8 @@ async def test_served_with_an_etag_and_revalidated(tmp_path: Path, path: str, ki
 async def test_tracker_script_is_self_contained(tmp_path: Path) -> None:
     async with running_app(tmp_path, front="lean") as h:
         script = (await raw_asgi(h.asgi, "GET", "/tracker.js", b"")).body.decode()
+        headers = header_dict(await raw_asgi(h.asgi, "GET", "/tracker.js", b""))
+    assert headers["cross-origin-resource-policy"] == "cross-origin"
     assert len(script.encode()) < 8 * 1024  # small: no framework, no build step
     assert "sendBeacon" in script and "keepalive: true" in script
     assert "data-shardstats-click" in script and "localStorage" in script
