@@ -35,9 +35,13 @@ def browser() -> Iterator[Browser]:
         yield launched
 
 
-def tracked_page(stats: str, persist: bool = True) -> str:
+NO_BEACON = ('<script>Object.defineProperty(Navigator.prototype, "sendBeacon", '
+             '{value: undefined});</script>')
+
+
+def tracked_page(stats: str, persist: bool = True, before: str = "") -> str:
     option = "" if persist else ' data-persist="false"'
-    return f"""<!doctype html><html><head><meta charset=utf-8><title>shop</title>
+    return f"""<!doctype html><html><head><meta charset=utf-8><title>shop</title>{before}
 <script defer src="{stats}/tracker.js"{option}></script></head><body>
 <a id="out" href="/next.html">next page</a>
 <button id="buy" data-shardstats-click><span id="buy-label">Buy</span></button>
@@ -75,12 +79,15 @@ def test_page_views_and_clicks_are_counted_exactly(
             "SHARDSTATS_BROWSER_ORIGINS": site.origin, "SHARDSTATS_INGEST_TOKEN": TOKEN})
         site.pages["/index.html"] = tracked_page(server.url)
         site.pages["/private.html"] = tracked_page(server.url, persist=False)
+        site.pages["/old-browser.html"] = tracked_page(server.url, before=NO_BEACON)
         start_ms = int(time.time() * 1000)
         beacons: list[dict[str, Any]] = []  # the bodies the page sent
+        how: list[str] = []  # ping (sendBeacon) or fetch
 
         def on_request(request: Any) -> None:
             if request.url == f"{server.url}/analytics/batch":
                 beacons.append(json.loads(request.post_data))
+                how.append(request.resource_type)
 
         with browser.new_context() as context:
             page = context.new_page()
@@ -106,20 +113,23 @@ def test_page_views_and_clicks_are_counted_exactly(
             page.goto(f"{site.origin}/index.html")  # a second view by the same visitor
             sent(5)
             stored = page.evaluate("localStorage.getItem('shardstats_uid')")
-            page.goto(f"{site.origin}/private.html")  # data-persist="false": a new id
+            page.goto(f"{site.origin}/old-browser.html")  # no sendBeacon: fetch + keepalive
             sent(6)
+            page.goto(f"{site.origin}/private.html")  # data-persist="false": a new id
+            sent(7)
             page.wait_for_timeout(300)  # anything sent twice would be here by now
             assert page.evaluate("localStorage.getItem('shardstats_uid')") == stored
-        assert len(beacons) == 6
+        assert len(beacons) == 7
+        assert how == ["ping"] * 5 + ["fetch", "ping"]
         kinds = [body["event"] for body in beacons]
-        assert kinds == ["impression", "click", "click", "click", "impression", "impression"]
+        assert kinds == ["impression", "click", "click", "click"] + ["impression"] * 3
         users = [body["user"] for body in beacons]
-        assert users[:5] == [stored] * 5 and users[5] != stored
-        assert len({body["id"] for body in beacons}) == 6
+        assert users[:6] == [stored] * 6 and users[6] != stored
+        assert len({body["id"] for body in beacons}) == 7
 
-        expected = {"clicks": 3, "impressions": 3, "unique_users": 2}
+        expected = {"clicks": 3, "impressions": 4, "unique_users": 2}
         assert counts_since(server, start_ms) == expected
-        assert batch_posts(server, 200) == 6
+        assert batch_posts(server, 200) == 7
 
         # A beacon sent again (same event id) is acknowledged and counted once.
         line = json.dumps(beacons[1])
