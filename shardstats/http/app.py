@@ -19,6 +19,7 @@ import time
 from importlib import resources
 from typing import Any
 
+import trio
 from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
@@ -142,11 +143,11 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
 
     @app.get("/docs/swagger-ui-bundle.js")
     async def swagger_js() -> ResponseValue:
-        return _asset(swagger_asset("swagger-ui-bundle.js"))
+        return _asset(await trio.to_thread.run_sync(swagger_asset, "swagger-ui-bundle.js"))
 
     @app.get("/docs/swagger-ui.css")
     async def swagger_css() -> ResponseValue:
-        return _asset(swagger_asset("swagger-ui.css"))
+        return _asset(await trio.to_thread.run_sync(swagger_asset, "swagger-ui.css"))
 
     @app.get("/tracker.js")
     async def tracker() -> ResponseValue:
@@ -249,7 +250,8 @@ async def _body_chunks(limit: int) -> list[bytes]:
 def _asset(asset: Asset | None) -> ResponseValue:
     if asset is None:
         return {"error": "not installed: pip install swagger-ui-py"}, 404
-    return _reply(asset.reply(request.headers.get("If-None-Match")))
+    return _reply(asset.reply(request.headers.get("If-None-Match"),
+                              request.headers.get("Accept-Encoding")))
 
 
 def _reply(reply: Reply) -> ResponseValue:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import re
 from pathlib import Path
 
@@ -42,6 +43,22 @@ async def test_served_with_an_etag_and_revalidated(tmp_path: Path, path: str, ki
         stale = await raw_asgi(h.asgi, "GET", path, b"", headers=[(b"if-none-match", b'"x"')])
         assert stale.status_code == 200
         assert stale.body == first.body
+        # Gzipped for clients that take it: its own ETag, the same bytes once decompressed.
+        gz = await raw_asgi(h.asgi, "GET", path, b"",
+                            headers=[(b"accept-encoding", b"br, gzip;q=0.8")])
+        assert gz.status_code == 200
+        gz_headers = header_dict(gz)
+        assert gz_headers["content-encoding"] == "gzip"
+        assert gzip.decompress(gz.body) == first.body and len(gz.body) < len(first.body)
+        assert gz_headers["etag"] != etag and gz_headers["vary"] == "Accept-Encoding"
+        again = await raw_asgi(h.asgi, "GET", path, b"", headers=[
+            (b"accept-encoding", b"gzip"), (b"if-none-match", gz_headers["etag"].encode())])
+        assert again.status_code == 304
+        for refused in (b"gzip;q=0", b"identity", b"br"):
+            plain = await raw_asgi(h.asgi, "GET", path, b"",
+                                   headers=[(b"accept-encoding", refused)])
+            assert "content-encoding" not in header_dict(plain)
+            assert plain.body == first.body
         head = await raw_asgi(h.asgi, "HEAD", path, b"")  # the server drops its body
         assert head.status_code == 200
         assert header_dict(head)["etag"] == etag
