@@ -17,16 +17,16 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from shardstats.errors import ConfigError
+
+__all__ = ["ConfigError", "Settings", "load_settings"]
+
 ENV_PREFIX = "SHARDSTATS_"
 ENV_CONFIG = "SHARDSTATS_CONFIG"
 NATS_SCHEMES = frozenset({"nats", "tls", "ws", "wss"})
 STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # What a browser sends in Origin for a page of an http(s) site: no path, no userinfo.
 ORIGIN = re.compile(r"https?://(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:[0-9]{1,5})?")
-
-
-class ConfigError(ValueError):
-    """A setting is unknown or has a value of the wrong kind."""
 
 
 def _doc(text: str) -> Any:

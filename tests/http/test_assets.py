@@ -22,8 +22,8 @@ def header_dict(response: RawResponse) -> dict[str, str]:
     ("/docs/swagger-ui.css", "text/css"),
 ])
 async def test_served_with_an_etag_and_revalidated(tmp_path: Path, path: str, kind: str) -> None:
-    async with running_app(tmp_path, front="lean") as h:
-        first = await raw_asgi(h.asgi, "GET", path, b"")
+    async with running_app(tmp_path) as h:
+        first = await raw_asgi(h.app, "GET", path, b"")
         assert first.status_code == 200
         headers = header_dict(first)
         assert headers["content-type"].startswith(kind)
@@ -33,41 +33,41 @@ async def test_served_with_an_etag_and_revalidated(tmp_path: Path, path: str, ki
         assert int(headers["content-length"]) == len(first.body) > 0
 
         for if_none_match in (etag, f'"other", W/{etag}', "*"):
-            again = await raw_asgi(h.asgi, "GET", path, b"",
+            again = await raw_asgi(h.app, "GET", path, b"",
                                    headers=[(b"if-none-match", if_none_match.encode())])
             assert again.status_code == 304, if_none_match
             assert again.body == b""
             assert header_dict(again)["etag"] == etag
             assert "content-length" not in header_dict(again)
             assert "content-type" not in header_dict(again)
-        stale = await raw_asgi(h.asgi, "GET", path, b"", headers=[(b"if-none-match", b'"x"')])
+        stale = await raw_asgi(h.app, "GET", path, b"", headers=[(b"if-none-match", b'"x"')])
         assert stale.status_code == 200
         assert stale.body == first.body
         # Gzipped for clients that take it: its own ETag, the same bytes once decompressed.
-        gz = await raw_asgi(h.asgi, "GET", path, b"",
+        gz = await raw_asgi(h.app, "GET", path, b"",
                             headers=[(b"accept-encoding", b"br, gzip;q=0.8")])
         assert gz.status_code == 200
         gz_headers = header_dict(gz)
         assert gz_headers["content-encoding"] == "gzip"
         assert gzip.decompress(gz.body) == first.body and len(gz.body) < len(first.body)
         assert gz_headers["etag"] != etag and gz_headers["vary"] == "Accept-Encoding"
-        again = await raw_asgi(h.asgi, "GET", path, b"", headers=[
+        again = await raw_asgi(h.app, "GET", path, b"", headers=[
             (b"accept-encoding", b"gzip"), (b"if-none-match", gz_headers["etag"].encode())])
         assert again.status_code == 304
         for refused in (b"gzip;q=0", b"identity", b"br"):
-            plain = await raw_asgi(h.asgi, "GET", path, b"",
+            plain = await raw_asgi(h.app, "GET", path, b"",
                                    headers=[(b"accept-encoding", refused)])
             assert "content-encoding" not in header_dict(plain)
             assert plain.body == first.body
-        head = await raw_asgi(h.asgi, "HEAD", path, b"")  # the server drops its body
+        head = await raw_asgi(h.app, "HEAD", path, b"")  # the server drops its body
         assert head.status_code == 200
         assert header_dict(head)["etag"] == etag
 
 
 async def test_tracker_script_is_self_contained(tmp_path: Path) -> None:
-    async with running_app(tmp_path, front="lean") as h:
-        script = (await raw_asgi(h.asgi, "GET", "/tracker.js", b"")).body.decode()
-        headers = header_dict(await raw_asgi(h.asgi, "GET", "/tracker.js", b""))
+    async with running_app(tmp_path) as h:
+        script = (await raw_asgi(h.app, "GET", "/tracker.js", b"")).body.decode()
+        headers = header_dict(await raw_asgi(h.app, "GET", "/tracker.js", b""))
     assert headers["cross-origin-resource-policy"] == "cross-origin"
     assert len(script.encode()) < 8 * 1024  # small: no framework, no build step
     assert "sendBeacon" in script and "keepalive: true" in script

@@ -1,6 +1,6 @@
 """Cross-origin ingest (``shardstats.http.cors``), through the front that serves real traffic.
 
-Every request goes through ``lean_front`` as raw ASGI (what hypercorn hands it), so the
+Every request goes as raw ASGI into the app the server runs (``create_app``), so the
 headers are exactly the ones sent; the browser itself is in ``tests/e2e/test_tracker.py``.
 """
 
@@ -21,7 +21,7 @@ BATCH = (b'{"timestamp": %d, "user": "bob", "event": "impression", "id": "e1"}\n
 
 
 def settings(**more: object) -> dict[str, object]:
-    return {"front": "lean", "browser_origins": "https://www.example.com, http://127.0.0.1:9",
+    return {"browser_origins": "https://www.example.com, http://127.0.0.1:9",
             "ingest_token": TOKEN, **more}
 
 
@@ -31,14 +31,14 @@ def header_dict(response: RawResponse) -> dict[str, str]:
 
 async def test_listed_origin_posts_without_token_and_gets_cors_headers(tmp_path: Path) -> None:
     async with running_app(tmp_path, **settings()) as h:
-        single = await raw_asgi(h.asgi, "POST", "/analytics", POST_QS,
+        single = await raw_asgi(h.app, "POST", "/analytics", POST_QS,
                                 headers=[(b"origin", SITE), (b"host", b"stats.example")])
         assert single.status_code == 204
         assert single.body == b""
         assert header_dict(single)["access-control-allow-origin"] == SITE.decode()
         assert header_dict(single)["vary"] == "Origin"
 
-        batch = await raw_asgi(h.asgi, "POST", "/analytics/batch", b"", body=BATCH,
+        batch = await raw_asgi(h.app, "POST", "/analytics/batch", b"", body=BATCH,
                                headers=[(b"origin", SITE), (b"content-type", b"text/plain")])
         assert batch.status_code == 200, batch.body
         assert json.loads(batch.body)["accepted"] == 2
@@ -46,7 +46,7 @@ async def test_listed_origin_posts_without_token_and_gets_cors_headers(tmp_path:
         assert headers["access-control-allow-origin"] == SITE.decode()
         assert "X-Shardstats-Error" in headers["access-control-expose-headers"]
         # A re-sent beacon (same event ids) is acknowledged and counted once.
-        again = await raw_asgi(h.asgi, "POST", "/analytics/batch", b"", body=BATCH,
+        again = await raw_asgi(h.app, "POST", "/analytics/batch", b"", body=BATCH,
                                headers=[(b"origin", SITE)])
         assert json.loads(again.body)["accepted"] == 2
         assert await h.counts(NOW_MS) == {"clicks": 2, "impressions": 1, "unique_users": 2}
@@ -54,7 +54,7 @@ async def test_listed_origin_posts_without_token_and_gets_cors_headers(tmp_path:
 
 async def test_errors_to_a_listed_origin_are_readable(tmp_path: Path) -> None:
     async with running_app(tmp_path, **settings()) as h:
-        bad = await raw_asgi(h.asgi, "POST", "/analytics", b"timestamp=x&user=a&event=click",
+        bad = await raw_asgi(h.app, "POST", "/analytics", b"timestamp=x&user=a&event=click",
                              headers=[(b"origin", SITE)])
         assert bad.status_code == 400
         headers = header_dict(bad)
@@ -67,13 +67,13 @@ async def test_unlisted_origins_are_refused_and_nothing_is_stored(tmp_path: Path
         for origin in (OTHER, b"null", b"https://www.example.com.evil.example",
                        b"http://www.example.com"):  # another scheme is another origin
             for token in ([], [(b"authorization", f"Bearer {TOKEN}".encode())]):
-                single = await raw_asgi(h.asgi, "POST", "/analytics", POST_QS,
+                single = await raw_asgi(h.app, "POST", "/analytics", POST_QS,
                                         headers=[(b"origin", origin), *token])
                 assert single.status_code == 403
                 assert single.body == b""
                 assert header_dict(single)["x-shardstats-error"] == REFUSED_REASON
                 assert "access-control-allow-origin" not in header_dict(single)
-                batch = await raw_asgi(h.asgi, "POST", "/analytics/batch", b"", body=BATCH,
+                batch = await raw_asgi(h.app, "POST", "/analytics/batch", b"", body=BATCH,
                                        headers=[(b"origin", origin), *token])
                 assert batch.status_code == 403
                 assert json.loads(batch.body) == {"error": REFUSED_REASON}
@@ -82,8 +82,8 @@ async def test_unlisted_origins_are_refused_and_nothing_is_stored(tmp_path: Path
 
 
 async def test_empty_allowlist_refuses_every_foreign_origin(tmp_path: Path) -> None:
-    async with running_app(tmp_path, front="lean") as h:  # the default: browser_origins = ""
-        response = await raw_asgi(h.asgi, "POST", "/analytics", POST_QS,
+    async with running_app(tmp_path) as h:  # the default: browser_origins = ""
+        response = await raw_asgi(h.app, "POST", "/analytics", POST_QS,
                                   headers=[(b"origin", SITE)])
         assert response.status_code == 403
 
@@ -91,17 +91,17 @@ async def test_empty_allowlist_refuses_every_foreign_origin(tmp_path: Path) -> N
 async def test_server_to_server_and_same_origin_keep_the_token_rules(tmp_path: Path) -> None:
     async with running_app(tmp_path, **settings()) as h:
         bearer = (b"authorization", f"Bearer {TOKEN}".encode())
-        assert (await raw_asgi(h.asgi, "POST", "/analytics", POST_QS)).status_code == 401
-        assert (await raw_asgi(h.asgi, "POST", "/analytics", POST_QS,
+        assert (await raw_asgi(h.app, "POST", "/analytics", POST_QS)).status_code == 401
+        assert (await raw_asgi(h.app, "POST", "/analytics", POST_QS,
                                headers=[bearer])).status_code == 204
-        batch = await raw_asgi(h.asgi, "POST", "/analytics/batch", b"", body=BATCH)
+        batch = await raw_asgi(h.app, "POST", "/analytics/batch", b"", body=BATCH)
         assert batch.status_code == 401
         # A page of the server itself (the /docs "try it out"): Origin is the Host.
         own = [(b"origin", b"http://stats.example:8080")]
         host = [(b"host", b"Stats.Example:8080")]
-        response = await raw_asgi(h.asgi, "POST", "/analytics", POST_QS, headers=own + host)
+        response = await raw_asgi(h.app, "POST", "/analytics", POST_QS, headers=own + host)
         assert response.status_code == 401
-        response = await raw_asgi(h.asgi, "POST", "/analytics", POST_QS,
+        response = await raw_asgi(h.app, "POST", "/analytics", POST_QS,
                                   headers=[*own, *host, bearer])
         assert response.status_code == 204
         assert "access-control-allow-origin" not in header_dict(response)
@@ -112,7 +112,7 @@ async def test_preflight(tmp_path: Path) -> None:
         asks = [(b"access-control-request-method", b"POST"),
                 (b"access-control-request-headers", b"content-type")]
         for path in ("/analytics", "/analytics/batch"):
-            response = await raw_asgi(h.asgi, "OPTIONS", path, b"",
+            response = await raw_asgi(h.app, "OPTIONS", path, b"",
                                       headers=[(b"origin", SITE), *asks])
             assert response.status_code == 204
             headers = header_dict(response)
@@ -120,31 +120,31 @@ async def test_preflight(tmp_path: Path) -> None:
             assert headers["access-control-allow-methods"] == "POST"
             assert headers["access-control-allow-headers"].lower() == "content-type"
             assert "content-length" not in headers
-            refused = await raw_asgi(h.asgi, "OPTIONS", path, b"",
+            refused = await raw_asgi(h.app, "OPTIONS", path, b"",
                                      headers=[(b"origin", OTHER), *asks])
             assert refused.status_code == 403
             assert "access-control-allow-origin" not in header_dict(refused)
             # OPTIONS that is no preflight: as before, not a method of these routes.
-            assert (await raw_asgi(h.asgi, "OPTIONS", path, b"")).status_code == 405
+            assert (await raw_asgi(h.app, "OPTIONS", path, b"")).status_code == 405
 
 
 async def test_other_routes_ignore_origin(tmp_path: Path) -> None:
     async with running_app(tmp_path, **settings(query_token="q")) as h:
-        response = await raw_asgi(h.asgi, "GET", "/analytics", f"timestamp={NOW_MS}".encode(),
+        response = await raw_asgi(h.app, "GET", "/analytics", f"timestamp={NOW_MS}".encode(),
                                   headers=[(b"origin", SITE)])
         assert response.status_code == 401  # queries keep their token, browsers or not
         assert "access-control-allow-origin" not in header_dict(response)
-        health = await raw_asgi(h.asgi, "GET", "/healthz", b"", headers=[(b"origin", OTHER)])
+        health = await raw_asgi(h.app, "GET", "/healthz", b"", headers=[(b"origin", OTHER)])
         assert health.status_code == 200
 
 
 async def test_refusals_and_preflights_are_in_the_request_metrics(tmp_path: Path) -> None:
     async with running_app(tmp_path, **settings()) as h:
-        await raw_asgi(h.asgi, "POST", "/analytics/batch", b"", body=BATCH,
+        await raw_asgi(h.app, "POST", "/analytics/batch", b"", body=BATCH,
                        headers=[(b"origin", OTHER)])
-        await raw_asgi(h.asgi, "OPTIONS", "/analytics/batch", b"",
+        await raw_asgi(h.app, "OPTIONS", "/analytics/batch", b"",
                        headers=[(b"origin", SITE), (b"access-control-request-method", b"POST")])
-        text = (await raw_asgi(h.asgi, "GET", "/metrics", b"")).body.decode()
+        text = (await raw_asgi(h.app, "GET", "/metrics", b"")).body.decode()
         assert ('shardstats_request_seconds_count{method="POST",route="/analytics/batch",'
                 'status="403"} 1.0') in text
         assert ('shardstats_request_seconds_count{method="OPTIONS",route="/analytics/batch",'
