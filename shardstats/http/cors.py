@@ -69,7 +69,8 @@ def allow_headers(origin: bytes) -> Headers:
     """Added to every answer to a listed origin's POST (success or error alike)."""
     return [
         ("access-control-allow-origin", origin.decode("latin-1")),
-        ("access-control-expose-headers", "Retry-After, X-Shardstats-Error"),
+        ("access-control-expose-headers",
+         "Retry-After, X-Shardstats-Error, X-Shardstats-Error-Field, X-Shardstats-Error-Reason"),
         ("vary", "Origin"),
     ]
 

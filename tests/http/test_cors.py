@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from shardstats.http.cors import REFUSED_REASON
+import pytest
+
+from shardstats.http.cors import REFUSED_REASON, BrowserOrigins, Verdict
 from tests.http.conftest import NOW_MS, RawResponse, raw_asgi, running_app
 
 SITE = b"https://www.example.com"
@@ -60,6 +62,8 @@ async def test_errors_to_a_listed_origin_are_readable(tmp_path: Path) -> None:
         headers = header_dict(bad)
         assert headers["access-control-allow-origin"] == SITE.decode()
         assert "x-shardstats-error" in headers
+        exposed = {h.strip().lower() for h in headers["access-control-expose-headers"].split(",")}
+        assert {name for name in headers if name.startswith("x-shardstats-error")} <= exposed
 
 
 async def test_unlisted_origins_are_refused_and_nothing_is_stored(tmp_path: Path) -> None:
@@ -149,3 +153,21 @@ async def test_refusals_and_preflights_are_in_the_request_metrics(tmp_path: Path
                 'status="403"} 1.0') in text
         assert ('shardstats_request_seconds_count{method="OPTIONS",route="/analytics/batch",'
                 'status="204"} 1.0') in text
+
+
+@pytest.mark.parametrize(("origin", "host", "verdict"), [
+    (None, b"stats.example", Verdict.ORDINARY),
+    (b"https://www.example.com", None, Verdict.ALLOWED),
+    (b"HTTPS://WWW.EXAMPLE.COM", b"stats.example", Verdict.ALLOWED),
+    (b"http://[::1]:8000", b"stats.example", Verdict.ALLOWED),
+    (b"https://stats.example", b"STATS.example", Verdict.ORDINARY),  # its own page
+    (b"http://127.0.0.1:8080", b"127.0.0.1:8080", Verdict.ORDINARY),
+    (b"http://127.0.0.1:8081", b"127.0.0.1:8080", Verdict.REFUSED),
+    (b"https://www.example.com:443", b"stats.example", Verdict.REFUSED),  # not as browsers
+    (b"null", b"stats.example", Verdict.REFUSED),
+    (b"stats.example", b"stats.example", Verdict.REFUSED),
+    (b"https://evil.example", None, Verdict.REFUSED),
+])
+def test_judge(origin: bytes | None, host: bytes | None, verdict: Verdict) -> None:
+    origins = BrowserOrigins(frozenset({"https://www.example.com", "http://[::1]:8000"}))
+    assert origins.judge(origin, host) is verdict
