@@ -17,7 +17,8 @@ import httpx
 import pytest
 
 from tests.e2e.browser import TIMEOUT_MS, Site, chromium, needs_chromium
-from tests.e2e.conftest import ServerFactory, ServerProcess
+from tests.e2e.conftest import ServerFactory
+from tools.spawn import ShardstatsServer
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -49,7 +50,7 @@ def tracked_page(stats: str, persist: bool = True, before: str = "") -> str:
 </body></html>"""
 
 
-def counts_since(server: ServerProcess, start_ms: int) -> dict[str, int]:
+def counts_since(server: ShardstatsServer, start_ms: int) -> dict[str, int]:
     """Totals from the hour of ``start_ms`` to now (a test may straddle an hour)."""
     now = int(time.time() * 1000)
     answer = httpx.get(f"{server.url}/analytics/range?from={start_ms}&to={now}", timeout=5)
@@ -58,7 +59,7 @@ def counts_since(server: ServerProcess, start_ms: int) -> dict[str, int]:
     return total
 
 
-def batch_posts(server: ServerProcess, status: int) -> int:
+def batch_posts(server: ShardstatsServer, status: int) -> int:
     text = httpx.get(f"{server.url}/metrics", timeout=5).text
     match = re.search(r'shardstats_request_seconds_count\{method="POST",'
                       rf'route="/analytics/batch",status="{status}"\}} (\d+)', text)
