@@ -2,17 +2,14 @@
 is the API's number; hour and day steps; the exact range uniques beside the sum of per-hour
 uniques; the current hour refreshing by itself; usable on a phone-sized touch screen.
 
-Needs Debian's ``chromium`` (``.ci/run`` installs it); Playwright drives it through
-``executable_path`` (Playwright's own browser download is never used).
+Needs Debian's ``chromium`` (``tests/e2e/browser.py``; skipped with the reason without it).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import os
 import random
-import shutil
 import time
 from collections.abc import Iterator
 from itertools import pairwise
@@ -22,35 +19,22 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.e2e.browser import chromium, needs_chromium
 from tests.e2e.conftest import ServerFactory
 from tools.spawn import ShardstatsServer
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 HOUR = 3_600_000
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                       reason="Debian's chromium is not installed (apt-get install chromium)"),
-]
+pytestmark = [pytest.mark.e2e, needs_chromium]
 
 Page = Any  # playwright.sync_api.Page (imported lazily: the module skips without chromium)
 
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with chromium() as browser:
+        yield browser
 
 
 def seed(server: ShardstatsServer, now: int) -> None:
