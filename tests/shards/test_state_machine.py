@@ -2,12 +2,13 @@
 as PyRoaringBitMap tests its bitmap against ``set``.
 
 Rules: submit one event (the ``POST /analytics`` validation, acceptance window included),
-submit a batch (the ``POST /analytics/batch`` parser) with event ids that repeat within the
-batch and across steps, retry an event that had an id, query an hour, query a range (step hour
-or day: totals and series are exact unions), restart (shutdown, then a new service on the same
-data directory), delete or damage a snapshot (truncate, flip a byte, another hour's, an older
-one of the same hour), compact an hour (``shardstats compact``), verify an hour against the
-model (``shardstats verify``), advance the clock. Eviction comes from small limits drawn per
+submit several at once (racing for shard slots), submit a batch (the ``POST /analytics/batch``
+parser) with event ids that repeat within the batch and across steps, retry an event that had
+an id, query an hour, query a range (step hour or day: totals and series are exact unions),
+restart (shutdown, then a new service on the same data directory), delete or damage a
+snapshot (truncate, flip a byte, another hour's, an older one of the same hour), compact an
+hour (``shardstats compact``), verify an hour against the model (``shardstats verify``),
+advance the clock. Eviction comes from small limits drawn per
 run (``max_open_shards``, ``max_cached_hours``) and from the clock: idle hours close and
 snapshot, the current hour moves on, and the acceptance window with it.
 
@@ -262,6 +263,23 @@ class ServiceMachine(RuleBasedStateMachine):
         for event in accepted:
             self.count(event)
         return multiple(*(e for e in accepted if e.id is not None))
+
+    @rule(batch=st.lists(drafts, min_size=2, max_size=10))
+    def submit_concurrently(self, batch: list[Draft]) -> None:
+        """Single submissions at once, across hours: they race for the few shard slots and
+        share group commits. Without ids: which of two equal ids came first would be a race."""
+        now = self.wall.now_ms()
+        events = [Event(d.timestamp(now), d.user, d.kind) for d in batch
+                  if self.accepted_by_model(d.timestamp(now))]
+
+        async def submit_all() -> None:
+            async with trio.open_nursery() as nursery:
+                for event in events:
+                    nursery.start_soon(self.svc.submit, event)
+
+        self.call(submit_all)
+        for event in events:
+            self.count(event)
 
     @rule(event=sent_with_id)
     def retry(self, event: Event) -> None:
