@@ -8,9 +8,10 @@ an id, query an hour, query a range (step hour or day: totals and series are exa
 restart (shutdown, then a new service on the same data directory), delete or damage a
 snapshot (truncate, flip a byte, another hour's, an older one of the same hour), compact an
 hour (``shardstats compact``), verify an hour against the model (``shardstats verify``),
-advance the clock. Eviction comes from small limits drawn per
-run (``max_open_shards``, ``max_cached_hours``) and from the clock: idle hours close and
-snapshot, the current hour moves on, and the acceptance window with it.
+prune old hours (``shardstats prune``, server stopped), advance the clock. Eviction comes
+from small limits drawn per run (``max_open_shards``, ``max_cached_hours``; ``max_batch``
+splits group commits) and from the clock: idle hours close and snapshot, the current hour
+moves on, and the acceptance window with it.
 
 How trio meets a synchronous state machine: the service must live across steps, so each run
 of the machine owns one trio loop in a thread (anyio's blocking portal) and every rule calls
@@ -36,6 +37,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractContextManager, ExitStack
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlencode
@@ -65,6 +67,7 @@ from shardstats.core.ranges import RangeQuery
 from shardstats.core.validation import event_from_query
 from shardstats.errors import CorruptFile, InvalidInput
 from shardstats.ops.compact import compact_hour
+from shardstats.ops.prune import prunable, prune
 from shardstats.ops.verify import verify_hour
 from shardstats.shards.service import Service
 from shardstats.storage.datadir import DataDir
@@ -214,13 +217,13 @@ class ServiceMachine(RuleBasedStateMachine):
 
     @initialize(open_shards=st.integers(1, 3), cached_hours=st.integers(0, 2),
                 idle=st.sampled_from([30.0, 300.0]), preload=st.integers(0, 2),
-                user_cache=st.sampled_from([0, 3, 1000]))
+                user_cache=st.sampled_from([0, 3, 1000]), max_batch=st.sampled_from([1, 3, 4096]))
     def open_service(self, open_shards: int, cached_hours: int, idle: float, preload: int,
-                     user_cache: int) -> None:
+                     user_cache: int, max_batch: int) -> None:
         self.settings = dataclasses.replace(
             self.settings, max_open_shards=open_shards, max_cached_hours=cached_hours,
             shard_idle_seconds=idle, snapshot_interval_seconds=10.0, preload_hours=preload,
-            user_cache_size=user_cache, accept_past_seconds=PAST_S,
+            user_cache_size=user_cache, max_batch=max_batch, accept_past_seconds=PAST_S,
             accept_future_seconds=FUTURE_S)
         self.start()
 
@@ -266,20 +269,33 @@ class ServiceMachine(RuleBasedStateMachine):
 
     @rule(batch=st.lists(drafts, min_size=2, max_size=10))
     def submit_concurrently(self, batch: list[Draft]) -> None:
-        """Single submissions at once, across hours: they race for the few shard slots and
-        share group commits. Without ids: which of two equal ids came first would be a race."""
+        """Single submissions at once, across hours, with a query of each of those hours
+        beside each: they race for the few shard slots and share group commits, and every
+        answer lies between the counts before and after (nothing invented, nothing lost
+        for a moment). Without ids: which of two equal ids came first would be a race."""
         now = self.wall.now_ms()
         events = [Event(d.timestamp(now), d.user, d.kind) for d in batch
                   if self.accepted_by_model(d.timestamp(now))]
+        hours = sorted({e.hour for e in events})
+        before = {hour: self.model.counts(hour) for hour in hours}
+        for event in events:
+            self.count(event)
+        answers: list[tuple[int, HourCounts]] = []
 
-        async def submit_all() -> None:
+        async def query(hour: int) -> None:
+            answers.append((hour, await self.svc.query(hour)))
+
+        async def submit_and_query() -> None:
             async with trio.open_nursery() as nursery:
                 for event in events:
                     nursery.start_soon(self.svc.submit, event)
+                    nursery.start_soon(query, event.hour)
 
-        self.call(submit_all)
-        for event in events:
-            self.count(event)
+        self.call(submit_and_query)
+        for hour, got in answers:
+            low, high = before[hour], self.model.counts(hour)
+            assert all(a <= b <= c for a, b, c in zip(
+                astuple(low), astuple(got), astuple(high), strict=True)), (hour, low, got, high)
 
     @rule(event=sent_with_id)
     def retry(self, event: Event) -> None:
@@ -330,6 +346,24 @@ class ServiceMachine(RuleBasedStateMachine):
         self.remember_snapshots()  # shutdown wrote one for every open hour
         self.start()
         self.check_hours(self.model.hours)
+
+    @rule(age=st.integers(1, 4), archive=st.booleans())
+    def prune(self, age: int, archive: bool) -> None:
+        """``shardstats prune`` (the server stopped, as it requires): the hours older than
+        ``age`` hours are gone, answer zeros, and their event ids are forgotten."""
+        self.stop()
+        with self.datadir.lock:
+            results = prunable(self.datadir, self.current_hour, age)
+            failed = prune(self.datadir, results, self.root / "archive" if archive else None)
+        assert failed == {}
+        pruned = {r.hour for r in results}
+        assert pruned == {h for h in self.model.hours if h < self.current_hour - age}, pruned
+        for hour in pruned:
+            del self.model.hours[hour]
+            self.seen_ids.pop(hour, None)
+            self.versions.pop(hour, None)
+        self.start()
+        self.check_hours({*self.model.hours, *pruned})
 
     @rule(data=st.data(), how=st.sampled_from(DAMAGE))
     def damage_snapshot(self, data: st.DataObject, how: str) -> None:
