@@ -9,9 +9,9 @@ restart (shutdown, then a new service on the same data directory), delete or dam
 snapshot (truncate, flip a byte, another hour's, an older one of the same hour), compact an
 hour (``shardstats compact``), verify an hour against the model (``shardstats verify``),
 prune old hours (``shardstats prune``, server stopped), advance the clock. Eviction comes
-from small limits drawn per run (``max_open_shards``, ``max_cached_hours``; ``max_batch``
-splits group commits) and from the clock: idle hours close and snapshot, the current hour
-moves on, and the acceptance window with it.
+from small limits drawn per run (``max_open_shards``, ``max_cached_hours``;
+``max_commit_events`` splits group commits) and from the clock: idle hours close and
+snapshot, the current hour moves on, and the acceptance window with it.
 
 How trio meets a synchronous state machine: the service must live across steps, so each run
 of the machine owns one trio loop in a thread (anyio's blocking portal) and every rule calls
@@ -57,6 +57,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from pyroaring import BitMap
 
 from shardstats.clock import FixedClock
 from shardstats.config import Settings
@@ -217,13 +218,13 @@ class ServiceMachine(RuleBasedStateMachine):
 
     @initialize(open_shards=st.integers(1, 3), cached_hours=st.integers(0, 2),
                 idle=st.sampled_from([30.0, 300.0]), preload=st.integers(0, 2),
-                user_cache=st.sampled_from([0, 3, 1000]), max_batch=st.sampled_from([1, 3, 4096]))
+                user_cache=st.sampled_from([0, 3, 1000]), commit=st.sampled_from([1, 3, 4096]))
     def open_service(self, open_shards: int, cached_hours: int, idle: float, preload: int,
-                     user_cache: int, max_batch: int) -> None:
+                     user_cache: int, commit: int) -> None:
         self.settings = dataclasses.replace(
             self.settings, max_open_shards=open_shards, max_cached_hours=cached_hours,
             shard_idle_seconds=idle, snapshot_interval_seconds=10.0, preload_hours=preload,
-            user_cache_size=user_cache, max_batch=max_batch, accept_past_seconds=PAST_S,
+            user_cache_size=user_cache, max_commit_events=commit, accept_past_seconds=PAST_S,
             accept_future_seconds=FUTURE_S)
         self.start()
 
@@ -330,14 +331,16 @@ class ServiceMachine(RuleBasedStateMachine):
             (group.start, self.union(group)) for group in groups]
 
     def union(self, hours: range) -> HourCounts:
-        users: set[str] = set()
+        """The model's answer for several hours together (its user ranks are the same in
+        every hour, so the union of its sets is exact)."""
+        users = BitMap()
         clicks = impressions = 0
         for hour in hours:
-            model = self.model.hours.get(hour)
-            if model is not None:
-                users |= model.users
-                clicks += model.clicks
-                impressions += model.impressions
+            entry = self.model.hours.get(hour)
+            if entry is not None:
+                users |= entry.acknowledged.users
+                clicks += entry.acknowledged.clicks
+                impressions += entry.acknowledged.impressions
         return HourCounts(len(users), clicks, impressions)
 
     @rule()
