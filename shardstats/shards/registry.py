@@ -10,6 +10,8 @@ State (all touched only from the event loop, so no locks):
   without touching the disk, so queries never create files.
 - ``_busy``: hour -> the open/load/close of that hour in progress (``_Work``).
 - ``_wanted``: hour -> how many submissions are waiting for the hour's shard to open.
+- ``_unsaved``: hour -> the frozen aggregate of a closed hour that has no proven snapshot on
+  disk yet (``core.snapshot``), with its journal id and when it is due to be written.
 
 Rules:
 1. An hour is in at most one of ``_open`` and ``_cached``, and while it is in ``_busy``
@@ -36,6 +38,18 @@ Rules:
    not yet submitted (``_wanted``): otherwise, with many hours wanted at once, the waiters
    for slots evict each new shard before its requesters use it and every hour reopens
    over and over. Those requesters submit as soon as they run, so the pin is short.
+8. Snapshots are a cache, so closing a shard writes none: its aggregate stays in memory
+   (``_cached``) and is recorded in ``_unsaved``. One task (``_write_snapshots``) writes
+   them off every request's path: an aggregate the cache has dropped at once (it is kept in
+   ``_unsaved`` until written, at most ``max_open_shards`` of them: opens and loads wait for
+   room beyond that), the others once their journal has settled (``SETTLE_NS``), and all of
+   them on shutdown. A kill -9 loses only this cache: loads replay the journal tail.
+9. A snapshot's proof (the journal file's state) is taken only while the hour is busy with
+   that very check, its journal closed and no shard running: so the file then holds exactly
+   the rows of the aggregate recorded for it. The snapshot itself is written after the hour
+   is free again; a shard that changes the journal meanwhile changes the file's state, which
+   the proof then no longer matches. Loads try the proven snapshot first (no SQLite); any
+   mismatch means opening the journal, as before, and queueing a proven snapshot.
 """
 
 from __future__ import annotations
@@ -49,12 +63,14 @@ from typing import Any, TypeVar, cast
 
 import trio
 
+from shardstats.core import snapshot as codec
 from shardstats.core.aggregate import HourAggregate
 from shardstats.core.events import HOUR_MS, ZERO_COUNTS, EventColumns, HourCounts
 from shardstats.core.stream import StreamTag
 from shardstats.errors import NotReady, Overloaded, ShardstatsError
 from shardstats.shards import loader
 from shardstats.shards.dictionary import UserDictionary
+from shardstats.shards.failures import report_failure
 from shardstats.shards.hour import HourShard
 from shardstats.shards.observer import NULL_OBSERVER, Observer
 from shardstats.shards.pending import Pending
@@ -80,9 +96,18 @@ class _Work:
     done: trio.Event = field(default_factory=trio.Event)
 
 
+@dataclass(eq=False)
+class _Unsaved:
+    """An aggregate of a closed hour whose proven snapshot is still to be written."""
+
+    aggregate: HourAggregate  # frozen
+    journal_id: bytes
+    due: float  # trio time
+
+
 @dataclass(frozen=True)
 class RegistryLimits:
-    max_open_shards: int = 16
+    max_open_shards: int = 64
     max_cached_hours: int = 128
     inbox_size: int = 4096
     max_batch: int = 4096
@@ -99,6 +124,8 @@ class RegistryStatistics:
     queued: int
     loads: int
     opens: int
+    unsaved: int
+    snapshots: int
 
 
 class Registry:
@@ -121,6 +148,10 @@ class Registry:
         self._known: set[int] = set()
         self._busy: dict[int, _Work] = {}
         self._wanted: dict[int, int] = {}
+        self._unsaved: OrderedDict[int, _Unsaved] = OrderedDict()
+        self._snapshot_work = trio.Event()  # set when ``_unsaved`` changes or on shutdown
+        self._unsaved_room = trio.lowlevel.ParkingLot()  # woken when one is written
+        self._snapshots = 0
         self._loads = 0
         self._opens = 0
         self._opening = 0
@@ -135,7 +166,7 @@ class Registry:
         queued = sum(s.statistics().queued for s in self._open.values())
         return RegistryStatistics(
             len(self._open), len(self._cached), len(self._known), queued, self._loads,
-            self._opens,
+            self._opens, len(self._unsaved), self._snapshots,
         )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -146,6 +177,7 @@ class Registry:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._maintain)
+            nursery.start_soon(self._write_snapshots)
             task_status.started()
             await trio.sleep_forever()
 
@@ -157,6 +189,10 @@ class Registry:
         async with trio.open_nursery() as nursery:
             for hour in list(self._open):
                 nursery.start_soon(self._close_when_free, hour)
+        # Every aggregate in memory is now unsaved or saved; write the unsaved ones.
+        while self._unsaved:
+            self._snapshot_work.set()
+            await self._unsaved_room.park()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
@@ -244,6 +280,9 @@ class Registry:
             if cached is not None:
                 self._cached.move_to_end(hour)
                 return cached
+            unsaved = self._unsaved.get(hour)
+            if unsaved is not None:  # dropped by the cache, its snapshot not yet written
+                return unsaved.aggregate
             if hour not in self._known:
                 return None
             # Answer from what was loaded even if the cache could not keep it
@@ -312,6 +351,7 @@ class Registry:
         dying = self._live.get(hour)
         if dying is not None:  # stopped on its own (rule 4) and still closing its journal
             await dying.closed.wait()
+        await self._room_for_unsaved()
         await self._make_room(hour)
         self._opening += 1
         try:
@@ -325,6 +365,9 @@ class Registry:
         if hour in self._live:
             raise RuntimeError(f"hour {hour}: a shard is still running; refusing a second one")
         base = self._cached.pop(hour, None)
+        unsaved = self._unsaved.pop(hour, None)  # the shard's aggregate will be newer
+        if base is None and unsaved is not None:
+            base = unsaved.aggregate
         shard = HourShard(
             hour,
             self._datadir,
@@ -340,6 +383,8 @@ class Registry:
         try:
             await self._nursery.start(self._run_shard, shard)
         except BaseException:
+            if unsaved is not None and hour not in self._unsaved:
+                self._unsaved[hour] = unsaved
             if base is not None and hour not in self._cached:
                 self._cache(hour, base)
             raise
@@ -375,8 +420,13 @@ class Registry:
             del self._live[hour]
         if self._open.get(hour) is shard:
             del self._open[hour]
-        if shard.started and shard.failed is None:
-            self._cache(hour, shard.aggregate)
+        # After a commit reported as failed the file may hold rows the aggregate lacks (the
+        # shard folds them in before its next commit): then the hour is read again instead.
+        if shard.started and shard.failed is None and not shard.diverged:
+            aggregate = shard.aggregate.freeze()
+            settle = codec.SETTLE_NS / 1e9 + 0.1
+            self._unsave(hour, _Unsaved(aggregate, shard.journal_id, trio.current_time() + settle))
+            self._cache(hour, aggregate)
         self._notify_slots()
 
     async def _make_room(self, hour: int) -> None:
@@ -421,13 +471,18 @@ class Registry:
         await self._guarded(hour, self._close)
 
     async def _load_cached(self, hour: int) -> HourAggregate | None:
+        await self._room_for_unsaved()
         started = time.perf_counter()
         replayed = 0
 
-        def load() -> HourAggregate | None:
+        def load() -> tuple[HourAggregate, bytes | None] | None:
+            """The aggregate, and the journal id when it still needs a proven snapshot."""
             nonlocal replayed
             if not self._datadir.journal_path(hour).exists():
                 return None  # pruned by an operator: the hour is empty now
+            aggregate = loader.proven(self._datadir, hour)
+            if aggregate is not None:  # no SQLite: the snapshot matches the journal file
+                return aggregate.freeze(), None
             # A query never writes (nor upgrades) a journal; only a shard does. The connection
             # is writable all the same so that closing it removes the -wal/-shm files.
             journal = self._datadir.open_journal(hour, create=False, upgrade=False)
@@ -436,31 +491,104 @@ class Registry:
                 replayed = result.replayed
                 if result.replayed:
                     log.info("hour %d: replayed %d journal events", hour, result.replayed)
-                    try:
-                        loader.write_snapshot(self._datadir, result.aggregate, journal.journal_id)
-                    except OSError as exc:
-                        log.warning("hour %d: snapshot failed: %s", hour, exc)
-                return result.aggregate.freeze()
+                return result.aggregate.freeze(), journal.journal_id or None
             finally:
                 journal.close(checkpoint=False)
 
-        aggregate = await trio.to_thread.run_sync(load, limiter=self._load_limiter)
+        loaded = await trio.to_thread.run_sync(load, limiter=self._load_limiter)
         self.observer.load(time.perf_counter() - started, replayed)
         self._loads += 1
-        if aggregate is None:
+        if loaded is None:
             self._known.discard(hour)
-        else:
-            self._cache(hour, aggregate)
+            return None
+        aggregate, journal_id = loaded
+        self._cache(hour, aggregate)
+        if journal_id is not None:  # the snapshot was missing, stale or unproven: write one
+            self._unsave(hour, _Unsaved(aggregate, journal_id, trio.current_time()))
         return aggregate
 
     def _cache(self, hour: int, aggregate: HourAggregate) -> None:
         aggregate.freeze()
         if self._limits.max_cached_hours == 0:
+            self._snapshot_work.set()  # an unsaved one of this hour is due now
             return
         self._cached[hour] = aggregate
         self._cached.move_to_end(hour)
         while len(self._cached) > self._limits.max_cached_hours:
-            self._cached.popitem(last=False)
+            dropped, _ = self._cached.popitem(last=False)
+            if dropped in self._unsaved:
+                self._snapshot_work.set()  # due now: only ``_unsaved`` holds it
+
+    # -- deferred snapshots (rules 8 and 9) ------------------------------------------------
+
+    def _unsave(self, hour: int, entry: _Unsaved) -> None:
+        self._unsaved.pop(hour, None)
+        self._unsaved[hour] = entry  # newest last
+        self._snapshot_work.set()
+
+    def _homeless(self) -> int:
+        """Unsaved aggregates that only ``_unsaved`` holds (the cache has dropped them)."""
+        return sum(1 for h in self._unsaved if h not in self._cached and h not in self._live)
+
+    async def _room_for_unsaved(self) -> None:
+        """Back-pressure for rule 8: memory for aggregates the cache dropped is bounded."""
+        while self._homeless() > self._limits.max_open_shards and not self._stopping:
+            self._snapshot_work.set()
+            await self._unsaved_room.park()
+
+    def _next_unsaved(self, now: float) -> tuple[int | None, float]:
+        """The hour to write next (dropped from the cache first, then the oldest due) and,
+        when none is due, when to look again."""
+        wake = float("inf")
+        first_due = None
+        for hour, entry in self._unsaved.items():
+            if hour in self._busy or hour in self._live:
+                continue  # a shard owns the hour now, or it is being opened or loaded
+            if self._stopping or (hour not in self._cached):
+                return hour, now
+            if first_due is None:
+                if entry.due <= now:
+                    first_due = hour
+                else:
+                    wake = min(wake, entry.due)
+        return first_due, wake
+
+    async def _write_snapshots(self) -> None:
+        while True:
+            hour, wake = self._next_unsaved(trio.current_time())
+            if hour is None:
+                self._snapshot_work = trio.Event()
+                with trio.move_on_at(wake):
+                    await self._snapshot_work.wait()
+                if self._stopping and self._unsaved and all(
+                        h in self._busy or h in self._live for h in self._unsaved):
+                    await trio.sleep(0.01)  # closes still in progress
+                continue
+            entry = self._unsaved[hour]
+            try:
+                await self._save(hour, entry)
+            except Exception as exc:
+                # The journal has it all; the next load reads the tail. A bug in encoding
+                # must not stop the server: snapshots are a cache.
+                report_failure(exc, log, f"hour {hour}: snapshot", logging.WARNING)
+            finally:
+                if self._unsaved.get(hour) is entry:
+                    del self._unsaved[hour]
+                self._unsaved_room.unpark_all()
+
+    async def _save(self, hour: int, entry: _Unsaved) -> None:
+        started = time.perf_counter()
+        # Rule 9: the proof is taken while nobody can open the hour.
+        proof = await self._guarded(
+            hour, lambda h: trio.to_thread.run_sync(self._datadir.settled_journal_state, h))
+        data = codec.encode(entry.aggregate, entry.journal_id, proof)
+        try:
+            await trio.to_thread.run_sync(self._datadir.write_snapshot, hour, data)
+        except BaseException:
+            self.observer.snapshot(time.perf_counter() - started, False)
+            raise
+        self.observer.snapshot(time.perf_counter() - started, True)
+        self._snapshots += 1
 
     # -- housekeeping ----------------------------------------------------------------------
 
