@@ -46,7 +46,9 @@ class Settings:
         default=600, metadata=_doc("POST rejects timestamps beyond now plus this (0: no bound)")
     )
     max_open_shards: int = field(
-        default=16, metadata=_doc("hours with an open journal and a running shard task")
+        default=64,
+        metadata=_doc("hours with an open journal (3 file descriptors each) and a running "
+                      "shard task"),
     )
     max_cached_hours: int = field(
         default=768,
