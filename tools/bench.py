@@ -42,6 +42,10 @@ Scenarios, all in one run on this machine (every figure printed is measured in t
    generator's: this 2-core machine has no spare core, so it is no scaling measurement);
    batch ingest, embedded vs cluster, in paired rounds. Every run is read back (the
    two-node runs from each node).
+9. Single POSTs spread over hours (issue 14, ``tools/bench_hours.py``): current hour only,
+   the seed's 95/5 shape, evenly over 12 and over 48 hours in paired rounds on one server
+   (rates as ratios to the current hour's); then a flood of all 720 hours of the window with
+   the server's peak RSS and open file descriptors.
 
 Data sets are filled through ``POST /analytics/batch`` (``loadgen prepopulate``), and every
 fill is read back and checked exactly.
@@ -95,6 +99,7 @@ if __package__ in (None, ""):  # run as a script: make ``tools`` importable
 import trio
 
 from shardstats.cluster.natsproc import find_nats_server
+from tools import bench_hours
 from tools.bench_cluster import NatsProcess, SplitSession, process_cpu
 from tools.loadgen.client import Connection, Endpoint
 from tools.loadgen.ledger import Counts
@@ -1719,7 +1724,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SCENARIOS = ("post", "slo", "batch", "big", "range", "maxbatch", "cluster")
+SCENARIOS = ("post", "slo", "batch", "big", "range", "maxbatch", "cluster", "hours")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1778,6 +1783,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("range", "range queries", bench.range_queries),
         ("maxbatch", "maximal batches", bench.max_batches),
         ("cluster", "cluster mode", bench.cluster),
+        ("hours", "POSTs spread over hours", lambda: bench_hours.run(bench)),
     ]
     if wanted is not None:
         steps = [step for step in steps if step[0] in wanted]
@@ -1790,6 +1796,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bench.results.failures.append(f"{name}: {type(exc).__name__}: {exc}")
                 print(f"!! {name} failed: {type(exc).__name__}: {exc}", flush=True)
         bench.summarize()
+        bench_hours.summarize(bench)
         print()
         print(f"== Summary ({scale.name} mode, {stamp}, {machine()}; {pin_text})")
         print(bench.table())
