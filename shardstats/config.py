@@ -17,14 +17,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from shardstats.errors import ConfigError
+
+__all__ = ["ConfigError", "Settings", "load_settings"]
+
 ENV_PREFIX = "SHARDSTATS_"
 ENV_CONFIG = "SHARDSTATS_CONFIG"
 NATS_SCHEMES = frozenset({"nats", "tls", "ws", "wss"})
 STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-class ConfigError(ValueError):
-    """A setting is unknown or has a value of the wrong kind."""
 
 
 def _doc(text: str) -> Any:

@@ -28,9 +28,16 @@ import trio
 from shardstats.core.batch import Body, Steps, count_lines, judge_steps
 from shardstats.core.batch_answer import FailedAt, answer_steps
 from shardstats.core.events import HOUR_MS, EventColumns
-from shardstats.errors import BatchTooLarge, LogOutcomeUnknown, ShardstatsError, StorageError
+from shardstats.errors import (
+    BatchTooLarge,
+    Field,
+    LogOutcomeUnknown,
+    Reason,
+    ShardstatsError,
+    StorageError,
+)
 from shardstats.http.hot import Reply, json_error
-from shardstats.http.metrics import Metrics, reason_label
+from shardstats.http.metrics import Metrics
 from shardstats.shards.service import Service
 
 T = TypeVar("T")
@@ -64,7 +71,8 @@ class BatchRoute:
         lines = await in_steps(count_lines(body))
         if lines > limit:
             raise BatchTooLarge(f"the body has {lines:,} lines; a batch may have at most "
-                                f"{limit:,} lines (max_batch_lines)")
+                                f"{limit:,} lines (max_batch_lines)", Field.BODY,
+                                Reason.TOO_LARGE)
         parsed = await in_steps(judge_steps(body, service.clock.now_ms(), service.limits))
         size = len(body) if isinstance(body, bytes) else sum(map(len, body))
         del body  # the caller passes its only reference: let it go before the commit
@@ -77,8 +85,8 @@ class BatchRoute:
         failed_at = _failures(outcomes, [len(chunk) for chunk in chunks])
         answer = await in_steps(answer_steps(parsed, failed_at, size))
         self._metrics.accepted.inc(answer.accepted)
-        for reason, count in answer.rejected_by_reason.items():
-            self._metrics.rejected.labels(reason_label(reason)).inc(count)
+        for problem, count in answer.rejected_by_problem.items():
+            self._metrics.reject(problem, count)
         return 200, [_JSON], answer.body
 
     async def _submit(self, chunks: list[EventColumns]) -> list[Outcome]:

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from shardstats import __version__
+from shardstats.errors import Field, Reason
 
 _TS = {"type": "string", "pattern": "^[0-9]+$", "examples": ["1795802400000"]}
 _COUNTS = {
@@ -23,10 +24,17 @@ _COUNTS = {
         "impressions": {"type": "integer", "minimum": 0},
     },
 }
+_FIELD = {"type": "string", "enum": [f.value for f in Field],
+          "description": "What is wrong: a parameter, or the query, line or body as a whole"}
+_REASON = {"type": "string", "enum": [r.value for r in Reason], "description": "Why, as a code"}
 _ERROR = {
     "type": "object",
     "required": ["error"],
-    "properties": {"error": {"type": "string"}},
+    "properties": {
+        "error": {"type": "string", "description": "For people; the wording may change"},
+        "field": _FIELD,  # on a 400
+        "reason": _REASON,  # on a 400
+    },
 }
 
 
@@ -76,8 +84,13 @@ DOCUMENT: dict[str, Any] = {
                 ],
                 "responses": {
                     "204": {"description": "Durable"},
-                    "400": {"description": "Invalid input; the reason is in the header",
-                            "headers": {"X-Shardstats-Error": {"schema": {"type": "string"}}}},
+                    "400": {"description": "Invalid input; why is in the headers",
+                            "headers": {
+                                "X-Shardstats-Error": {"schema": {"type": "string"},
+                                                       "description": "For people"},
+                                "X-Shardstats-Error-Field": {"schema": _FIELD},
+                                "X-Shardstats-Error-Reason": {"schema": _REASON},
+                            }},
                     "401": _INGEST_401,
                     "500": {"description": "Could not be made durable"},
                     "503": _UNAVAILABLE,

@@ -5,9 +5,11 @@
       users.sqlite          user dictionary (+ -wal, -shm while open)
       journals/<hour>.sqlite   one journal per UTC hour (hour = timestamp_ms // 3_600_000)
       snapshots/<hour>.snap    cache of that journal's aggregate; safe to delete
+      stream-position       cluster mode: log seq applied to every hour (a cache too)
 
-This is the narrow storage interface the shards use; tests substitute a subclass to inject
-faults. Blocking: call from worker threads.
+This is the narrow storage interface the shards and the operator tools use: every file name
+is spelled here and nowhere else. Tests substitute a subclass to inject faults. Blocking: call
+from worker threads.
 """
 
 from __future__ import annotations
@@ -61,8 +63,17 @@ class DataDir:
                             removed += 1
         return removed
 
+    @property
+    def users_path(self) -> Path:
+        return self.root / "users.sqlite"
+
     def journal_path(self, hour: int) -> Path:
         return self.journals / f"{hour}.sqlite"
+
+    def journal_files(self, hour: int) -> list[Path]:
+        """The journal and the ``-wal``/``-shm`` files SQLite keeps beside it while open."""
+        base = self.journal_path(hour)
+        return [base, base.with_name(base.name + "-wal"), base.with_name(base.name + "-shm")]
 
     def snapshot_path(self, hour: int) -> Path:
         return self.snapshots / f"{hour}.snap"
@@ -113,8 +124,8 @@ class DataDir:
         state = self.journal_state(hour)
         return state if state is not None and state.settled(now) else None
 
-    def open_users(self) -> UserStore:
-        return UserStore(self.root / "users.sqlite")
+    def open_users(self, *, readonly: bool = False) -> UserStore:
+        return UserStore(self.users_path, readonly=readonly)
 
     def read_snapshot(self, hour: int) -> bytes | None:
         try:

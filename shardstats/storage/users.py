@@ -13,7 +13,8 @@ Where the user string lives, and why recovery never depends on anything not yet 
    dictionary holds an id no event uses: harmless (ids are never reused, only skipped).
 
 Ids start at 1 (SQLite rowids) and must stay below 2**32 because roaring bitmaps hold 32-bit
-values. Blocking: call only from a worker thread, one thread at a time.
+values. A ``UserStore`` is a context manager; ``close`` is idempotent. Blocking: call only
+from a worker thread, one thread at a time.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 import sqlite_utils
 
 from shardstats.errors import StorageError
-from shardstats.storage.sqlite import classify, connect, immediate
+from shardstats.storage.sqlite import classify, connect, immediate, integrity_problems
 
 MAX_UID = 2**32 - 1
 _CHUNK = 500  # names per IN (...) query, well under SQLite's parameter limit
@@ -35,6 +36,7 @@ class UserStore:
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
         self._readonly = readonly
+        self._closed = False
         self._conn = connect(path, create=not readonly, readonly=readonly)
         if readonly:
             return
@@ -52,6 +54,12 @@ class UserStore:
         except sqlite3.Error as exc:
             self._conn.close()
             raise classify(exc, path) from exc
+
+    def __enter__(self) -> UserStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def assign(self, names: Sequence[str]) -> dict[str, int]:
         """Return the id of every name, creating and durably committing missing ones."""
@@ -98,7 +106,14 @@ class UserStore:
                 f"SELECT id, name FROM users WHERE id IN ({marks})", chunk
             )
 
+    def integrity_problems(self) -> list[str]:
+        """What SQLite's ``integrity_check`` finds wrong with the file (empty: nothing)."""
+        return integrity_problems(self._conn)
+
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         try:
             if not self._readonly:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -70,9 +70,10 @@ def test_flood_of_hours_stays_within_bounds(
                 peak_fds = max(peak_fds, fd_count(server.pid))
                 peak_rss = max(peak_rss, rss_mib(server.pid))
                 peaks["open"] = max(peaks["open"], gauge(client, "shardstats_open_shards"))
-                peaks["cached"] = max(peaks["cached"], gauge(client, "shardstats_cached_hours"))
+                peaks["cached"] = max(peaks["cached"],
+                                      gauge(client, "shardstats_cached_hour_aggregates"))
                 time.sleep(0.2)
-            known = gauge(client, "shardstats_known_hours")
+            known = gauge(client, "shardstats_hour_journals")
     finally:
         stop.set()
         for thread in threads:

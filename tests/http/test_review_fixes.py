@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from shardstats.config import Settings
-from shardstats.http.app import create_app
-from shardstats.shards.service import Service
 from tests.http.apps import ready_client
 
 MAX = 2**63 - 1
@@ -19,13 +17,3 @@ async def test_range_end_never_exceeds_the_largest_timestamp(tmp_path: Path) -> 
         assert response.status_code == 200
         body = await response.get_json()
         assert body["to"] == MAX and body["from"] <= MAX
-
-
-async def test_503_while_recovering_says_so(tmp_path: Path) -> None:
-    settings = Settings(data_dir=str(tmp_path))
-    service = Service(settings)  # never started: not ready
-    client = create_app(settings, service).test_client()
-    response = await client.get("/analytics?timestamp=1")
-    assert response.status_code == 503
-    assert response.headers["Retry-After"].isdigit()
-    assert "recovering" in (await response.get_json())["error"]
