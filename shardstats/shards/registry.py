@@ -527,8 +527,12 @@ class Registry:
         self._snapshot_work.set()
 
     def _homeless(self) -> int:
-        """Unsaved aggregates that only ``_unsaved`` holds (the cache has dropped them)."""
-        return sum(1 for h in self._unsaved if h not in self._cached and h not in self._live)
+        """Unsaved aggregates that only ``_unsaved`` holds (the cache has dropped them) and
+        that the writer may take now. An hour being opened is left out: the open takes its
+        aggregate over, and the writer skips busy hours, so counting them could make opens
+        wait for writes that wait for those opens."""
+        return sum(1 for h in self._unsaved
+                   if h not in self._cached and h not in self._live and h not in self._busy)
 
     async def _room_for_unsaved(self) -> None:
         """Back-pressure for rule 8: memory for aggregates the cache dropped is bounded."""

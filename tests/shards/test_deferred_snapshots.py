@@ -246,3 +246,34 @@ async def test_the_check_above_catches_a_weaker_proof(
     async with running(make_service(tmp_path)) as service:
         got = await service.query(A)
     assert got.impressions == 5 != expected
+
+
+async def test_opens_waiting_for_room_never_wait_on_their_own_hours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: an open waiting for unsaved aggregates to be written counted its own
+    hour's, which the writer skips while the hour is being opened: with every dropped
+    aggregate's hour being reopened at once, opens and writer waited on each other."""
+    real_write = DataDir.write_snapshot
+
+    def slow_write(self: DataDir, hour: int, data: bytes) -> None:
+        import time
+
+        time.sleep(0.05)
+        real_write(self, hour, data)
+
+    monkeypatch.setattr(DataDir, "write_snapshot", slow_write)
+    hours = range(BASE_HOUR - 12, BASE_HOUR)
+    async with running(make_service(tmp_path, max_open_shards=1, max_cached_hours=0)
+                       ) as service:
+
+        async def client(k: int) -> None:
+            for i in range(12):
+                await service.submit(ev(hours[(k + i) % len(hours)], 100 * k + i))
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for k in range(24):
+                    nursery.start_soon(client, k)
+        total = [(await service.query(h)).impressions for h in hours]
+    assert sum(total) == 24 * 12
