@@ -80,6 +80,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+_SHUTDOWN_WRITERS = 4  # snapshots written at once on shutdown
+
+
 class _Retry:
     """Returned by ``_delegate`` when it waited for someone else's work on the hour."""
 
@@ -152,6 +155,7 @@ class Registry:
         self._snapshot_work = trio.Event()  # set when ``_unsaved`` changes or on shutdown
         self._unsaved_room = trio.lowlevel.ParkingLot()  # woken when one is written
         self._snapshots = 0
+        self._saving: set[int] = set()  # hours whose snapshot is being written
         self._loads = 0
         self._opens = 0
         self._opening = 0
@@ -189,8 +193,12 @@ class Registry:
         async with trio.open_nursery() as nursery:
             for hour in list(self._open):
                 nursery.start_soon(self._close_when_free, hour)
-        # Every aggregate in memory is now unsaved or saved; write the unsaved ones.
-        while self._unsaved:
+        # Every aggregate in memory is now unsaved or saved; write the unsaved ones, a few
+        # at a time (each write waits for two fsyncs).
+        async with trio.open_nursery() as nursery:
+            for _ in range(_SHUTDOWN_WRITERS):
+                nursery.start_soon(self._save_all_unsaved)
+        while self._unsaved:  # the background writer's last one
             self._snapshot_work.set()
             await self._unsaved_room.park()
         if self._nursery is not None:
@@ -329,8 +337,7 @@ class Registry:
         finally:
             if not pending.done:  # cancelled by the registry's own shutdown
                 pending.fail(NotReady("shutting down"))
-            del self._busy[hour]
-            work.done.set()
+            self._free(hour, work)
 
     async def _guarded(self, hour: int, action: Callable[[int], Awaitable[T]]) -> T:
         """Run ``action`` in the calling (registry-owned) task with the hour marked busy."""
@@ -344,8 +351,13 @@ class Registry:
             work.outcome.fail(exc if isinstance(exc, Exception) else NotReady("shutting down"))
             raise
         finally:
-            del self._busy[hour]
-            work.done.set()
+            self._free(hour, work)
+
+    def _free(self, hour: int, work: _Work) -> None:
+        del self._busy[hour]
+        work.done.set()
+        if hour in self._unsaved:  # the writer skipped it while it was busy
+            self._snapshot_work.set()
 
     async def _open_shard(self, hour: int) -> None:
         dying = self._live.get(hour)
@@ -546,8 +558,8 @@ class Registry:
         wake = float("inf")
         first_due = None
         for hour, entry in self._unsaved.items():
-            if hour in self._busy or hour in self._live:
-                continue  # a shard owns the hour now, or it is being opened or loaded
+            if hour in self._busy or hour in self._live or hour in self._saving:
+                continue  # a shard owns the hour now, or it is being opened, loaded or saved
             if self._stopping or (hour not in self._cached):
                 return hour, now
             if first_due is None:
@@ -565,20 +577,33 @@ class Registry:
                 with trio.move_on_at(wake):
                     await self._snapshot_work.wait()
                 if self._stopping and self._unsaved and all(
-                        h in self._busy or h in self._live for h in self._unsaved):
-                    await trio.sleep(0.01)  # closes still in progress
+                        h in self._busy or h in self._live or h in self._saving
+                        for h in self._unsaved):
+                    await trio.sleep(0.01)  # closes or other writes still in progress
                 continue
-            entry = self._unsaved[hour]
-            try:
-                await self._save(hour, entry)
-            except Exception as exc:
-                # The journal has it all; the next load reads the tail. A bug in encoding
-                # must not stop the server: snapshots are a cache.
-                report_failure(exc, log, f"hour {hour}: snapshot", logging.WARNING)
-            finally:
-                if self._unsaved.get(hour) is entry:
-                    del self._unsaved[hour]
-                self._unsaved_room.unpark_all()
+            await self._save_unsaved(hour)
+
+    async def _save_all_unsaved(self) -> None:
+        """On shutdown, beside ``_write_snapshots``: write until nothing is left to take."""
+        while (hour := self._next_unsaved(trio.current_time())[0]) is not None:
+            await self._save_unsaved(hour)
+
+    async def _save_unsaved(self, hour: int) -> None:
+        entry = self._unsaved[hour]
+        self._saving.add(hour)
+        try:
+            await self._save(hour, entry)
+        except Exception as exc:
+            # The journal has it all; the next load reads the tail. A bug in encoding must
+            # not stop the server: snapshots are a cache.
+            report_failure(exc, log, f"hour {hour}: snapshot", logging.WARNING)
+        finally:
+            self._saving.discard(hour)
+            if self._unsaved.get(hour) is entry:
+                del self._unsaved[hour]
+            else:  # a newer one, skipped while this was written
+                self._snapshot_work.set()
+            self._unsaved_room.unpark_all()
 
     async def _save(self, hour: int, entry: _Unsaved) -> None:
         started = time.perf_counter()
