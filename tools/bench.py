@@ -1,4 +1,4 @@
-"""One command for the standard scenarios of issue 3, side by side, printing a ratio table.
+"""One command for the standard benchmark scenarios, side by side, printing a ratio table.
 
     .venv/bin/python tools/bench.py --quick      # 1-2 minutes, small data sets
     .venv/bin/python tools/bench.py              # full: the issues' data sizes; mostly
@@ -11,28 +11,28 @@ Scenarios, all in one run on this machine (every figure printed is measured in t
    hello-world Quart-Trio app and a bare ASGI app (``tools/bench_apps.py``) under the same
    hypercorn settings, and the PostgreSQL baseline (``tools/pg_baseline.py``).
 2. GET throughput for one full hour (the big past hour): shardstats vs PostgreSQL.
-3. The mixed SLO scenario (DESIGN.md §2): 100 POST/s + 20 GET/s, then 10x, open loop, with
+3. The mixed SLO scenario (the required floor): 100 POST/s + 20 GET/s, then 10x, open loop, with
    per-class percentiles (latency from the scheduled send time).
 4. A data set of 48 past hours plus the current hour (the current hour and one past hour
    "big": 1M events / 100k users; the others 360k events each in full mode): restart time to
    ready, GET latency of the current hour and of the big past hour when cold (first read
    since start; and, on a server limited to one cached hour, a series of reads that each load
    the hour again), RSS with every hour loaded.
-5. Batch ingest (issue 6): durable events/s through ``POST /analytics/batch`` in a closed
+5. Batch ingest: durable events/s through ``POST /analytics/batch`` in a closed
    loop of live current-hour events, users from a Zipf-like pool (the output says how many
    were new to the server), and the per-request latency.
-6. Range queries (issue 6): ``GET /analytics/range`` over 720 hours (30 days) holding ~95k
+6. Range queries: ``GET /analytics/range`` over 720 hours (30 days) holding ~95k
    users per hour drawn from a pool of 1M (full mode), P50/P99 with step=hour and step=day,
    then the same while GETs of the current hour arrive at a fixed rate: their P99, next to
    their P99 with no range queries, shows whether big unions hold up the event loop. The
    first answer of each step is checked against the load generator's own ledger (exact).
-7. Maximal batches (issue 10): bodies at the limits (``max_batch_lines`` lines, near
+7. Maximal batches: bodies at the limits (``max_batch_lines`` lines, near
    ``max_batch_bytes``) sent back to back on ``batch_connections`` connections while GETs of
    the current hour arrive at a fixed rate (open loop): valid events, 16 MiB of newlines (a
    413), 100k lines of invalid JSON, and 100k valid-JSON lines that fail a check (the dearest
    lines to judge). The GET P99 during each is shown next to the one with no batches; the
    accepted events are checked against the hour's counts.
-8. Cluster mode (issue 11), all against one local nats-server (JetStream file storage, R=1,
+8. Cluster mode, all against one local nats-server (JetStream file storage, R=1,
    started by the bench; ``tools/bench_cluster.py``), each phase on its own stream:
    POST rate at the bench's connections, embedded vs one cluster node, in paired rounds,
    with the CPU per acknowledged POST of the node (+ nats-server) from /proc/PID/stat and
@@ -59,8 +59,8 @@ PostgreSQL's server binaries (Debian: ``apt-get install postgresql``, found in
 /usr/lib/postgresql/VERSION/bin); without them it is skipped, and the output says so.
 
 Every run of shardstats and of PostgreSQL is checked by the load generator's read-back: the
-bench fails (exit 1) if a server lost or invented an event. Targets are issue 3's; missing
-one does not fail the command, it is shown in the table.
+bench fails (exit 1) if a server lost or invented an event. Each row shows its target (the
+figures the README's Benchmarks section names); missing one does not fail the command.
 
 CPU pinning (when the machine has at least 2 CPUs and ``taskset`` exists): every server under
 test, PostgreSQL included, runs on CPU 1; the bench and its load generator on CPU 0. Each

@@ -9,7 +9,7 @@ rules and the answer all hold the GIL, so a thread would still stall the loop, o
 predictably (tools/bench.py, maxbatch: with 1 ms steps the GET p50 during hostile batches
 was 10-20 ms, with quarter-millisecond steps 6-9 ms).
 
-The valid events go to the shards in pieces of at most ``max(max_batch, PIECE_EVENTS)``
+The valid events go to the shards in pieces of at most ``max(max_commit_events, PIECE_EVENTS)``
 events, all submitted at once: a shard's group commit (user ids, the journal block, the
 bitmap) works on the loop in proportion to its events, about 0.4 µs each here, so a
 100k-event batch as one submission was one commit holding the loop for tens of milliseconds.
@@ -41,7 +41,7 @@ from shardstats.http.metrics import Metrics
 from shardstats.shards.service import Service
 
 T = TypeVar("T")
-PIECE_EVENTS = 10_000  # events per submission to the shards, unless max_batch is larger
+PIECE_EVENTS = 10_000  # events per submission to the shards, unless max_commit_events is larger
 _JSON = ("content-type", "application/json")
 
 
@@ -76,7 +76,7 @@ class BatchRoute:
         parsed = await in_steps(judge_steps(body, service.clock.now_ms(), service.limits))
         size = len(body) if isinstance(body, bytes) else sum(map(len, body))
         del body  # the caller passes its only reference: let it go before the commit
-        piece = max(service.settings.max_batch, PIECE_EVENTS)
+        piece = max(service.settings.max_commit_events, PIECE_EVENTS)
         chunks = await in_steps(parsed.chunks(piece))
         outcomes = await self._submit(chunks)
         refused = [outcome for outcome in outcomes if isinstance(outcome, ShardstatsError)]

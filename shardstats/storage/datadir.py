@@ -79,12 +79,10 @@ class DataDir:
         return self.snapshots / f"{hour}.snap"
 
     def journal_hours(self) -> set[int]:
-        hours = set()
-        for entry in os.scandir(self.journals):
-            stem, dot, ext = entry.name.partition(".")
-            if dot and ext == "sqlite" and stem.lstrip("-").isdigit():
-                hours.add(int(stem))
-        return hours
+        return _hours_in(self.journals, "sqlite")
+
+    def snapshot_hours(self) -> set[int]:
+        return _hours_in(self.snapshots, "snap")
 
     def open_journal(self, hour: int, *, create: bool, readonly: bool = False,
                      upgrade: bool = True) -> Journal:
@@ -154,6 +152,17 @@ class DataDir:
 
     def write_stream_position(self, seq: int) -> None:
         _write_atomically(self.stream_position_path, f"{seq}\n".encode())
+
+
+def _hours_in(folder: Path, extension: str) -> set[int]:
+    """The hours of the ``<hour>.<extension>`` files in ``folder`` (temporaries start with a
+    dot and are not hours)."""
+    hours = set()
+    for entry in os.scandir(folder):
+        stem, dot, ext = entry.name.partition(".")
+        if dot and ext == extension and stem.lstrip("-").isdigit():
+            hours.add(int(stem))
+    return hours
 
 
 def _write_atomically(final: Path, data: bytes) -> None:

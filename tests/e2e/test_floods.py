@@ -92,7 +92,7 @@ def test_flood_of_hours_stays_within_bounds(
 def test_faster_than_disk_gets_503_with_retry_after(
     shardstats_server: ServerFactory, data_dir: Path
 ) -> None:
-    env = {"SHARDSTATS_INBOX_SIZE": "4", "SHARDSTATS_MAX_BATCH": "2"}
+    env = {"SHARDSTATS_INBOX_SIZE": "4", "SHARDSTATS_MAX_COMMIT_EVENTS": "2"}
     server = shardstats_server.start(data_dir, env)
     now = int(time.time() * 1000)
     statuses: list[int] = []

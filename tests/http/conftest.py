@@ -74,8 +74,10 @@ async def raw_asgi(
     *,
     body: bytes = b"",
     headers: list[tuple[bytes, bytes]] | None = None,
+    hung_after: float = 10,
 ) -> RawResponse:
-    """One HTTP request straight through the ASGI interface."""
+    """One HTTP request straight through the ASGI interface (a hung one fails its test
+    after ``hung_after`` seconds, not at pytest's timeout)."""
     scope = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.1"},
@@ -112,7 +114,7 @@ async def raw_asgi(
         if message["type"] == "http.response.body" and not message.get("more_body", False):
             done.set()
 
-    with trio.fail_after(10):
+    with trio.fail_after(hung_after):
         await app(scope, receive, send)
     start = next(m for m in messages if m["type"] == "http.response.start")
     sent = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
@@ -156,9 +158,10 @@ class Harness:
 
     async def request(
         self, method: str, query: str | bytes, path: str = "/analytics", *, body: bytes = b"",
-        headers: list[tuple[bytes, bytes]] | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None, hung_after: float = 10,
     ) -> RawResponse:
-        return await raw_asgi(self.app, method, path, qs(query), body=body, headers=headers)
+        return await raw_asgi(self.app, method, path, qs(query), body=body, headers=headers,
+                              hung_after=hung_after)
 
     async def post(self, query: str | bytes) -> RawResponse:
         return await self.request("POST", query)

@@ -1,6 +1,8 @@
-"""The HTTP contract of DESIGN.md §1, through Quart's test client with the lifespan running.
-
-Every request names its exact query-string bytes (see ``conftest.Harness.request``).
+"""The HTTP contract of ``/analytics`` (README "API"): POST answers 204 once durable, 400 on
+invalid input (reason in a header, empty body), 503 with Retry-After when overloaded or not
+ready; GET answers the hour's counts as JSON; other methods 405, unknown paths 404; nothing a
+client sends gives a 500. Driven through the app the server runs, with the lifespan running;
+every request names its exact query-string bytes (see ``conftest.Harness.request``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Load generator for shardstats (issue 3): realistic traffic, honest latencies, read-back.
+"""Load generator for shardstats: realistic traffic, honest latencies, read-back.
 
 Run ``python -m tools.loadgen --help``. Layout: ``workload`` (traffic model), ``stats``
 (percentiles, rates), ``ledger`` (read-back check), ``batch`` (batch bodies, chunks and

@@ -87,7 +87,7 @@ def _common_args(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tools.loadgen",
-        description="Load generator for the shardstats HTTP API (DESIGN.md §1, §2).",
+        description="Load generator for the shardstats HTTP API (README: API, Benchmarks).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

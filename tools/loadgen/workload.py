@@ -1,4 +1,5 @@
-"""The traffic model (DESIGN.md §2), as pure functions of a seeded RNG and the time given.
+"""The traffic model (about 95% of requests for the current hour, mostly in order; the rest
+for past hours, fewer the further back), as pure functions of a seeded RNG and the time given.
 
 - Hours: the current hour with probability ``1 - past_share`` (0.95), otherwise a past hour
   ``h`` in 1..``past_hours`` (48) with weight ``h ** -past_exponent`` (1.5): yesterday's hours
