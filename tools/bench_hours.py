@@ -4,7 +4,10 @@
    taking turns in paired rounds: the current hour only; the seed's traffic shape (95% current
    hour, 5% past hours weighted 1/h^1.5 over 48 h); evenly over 12 hours; evenly over 48 hours.
    Each shape's POST rate is shown as a ratio to the current-hour rate of the same round
-   (median of the per-round ratios), and every shape's events are read back exactly.
+   (median of the per-round ratios), and so is the server's CPU time per acknowledged POST
+   (/proc/PID/stat): when the disk's fsync latency, not the CPU, limits the current hour's
+   group commits (a busy shared disk), the rate ratios flatter the spread shapes, and the CPU
+   ratio says what they would be on a CPU-bound server. Every shape's events are read back.
 2. A flood: a fresh server, single POSTs evenly over all 720 hours of the 30-day window,
    closed loop, while the bench samples the server's RSS and open file descriptors from /proc
    every 0.2 s: their peaks show whether memory and descriptors stay bounded when every hour
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from tools.bench_cluster import process_cpu
 from tools.loadgen.report import format_check, format_load, ms
 from tools.loadgen.runner import LoadReport, LoadSession, stderr_progress
 from tools.loadgen.workload import Workload, WorkloadConfig
@@ -96,14 +100,21 @@ def spread(bench: Bench) -> None:
         for round_no in range(1, scale.rounds + 1):
             for name, (_, config) in SHAPES.items():
                 sess.config, sess.workload = config, Workload(config, sess.rng)
+                cpu0, acked0 = process_cpu(server.pid), sess.ledger.acknowledged
                 report = trio.run(functools.partial(
                     sess.closed_loop, scale.connections, scale.throughput_s,
                     warmup=scale.warmup, check_after=False,
                     label=f"POST {name} round {round_no}"))
+                # Over the whole run, warm-up included: CPU for every POST acknowledged.
+                acked = sess.ledger.acknowledged - acked0
+                cpu_us = (process_cpu(server.pid) - cpu0) * 1e6 / max(1, acked)
                 bench.rounds.setdefault(f"hours:{name}", []).append(report)
+                bench.results.data.setdefault("hours_cpu_per_post_us", {}).setdefault(
+                    name, []).append(cpu_us)
                 t = report.total
                 bench.say(f"round {round_no}  {name:<8}{t.rate:>9,.0f}/s  p50 {ms(t.p50_ms):>7} "
-                          f"ms  p99 {ms(t.p99_ms):>7} ms  errors {t.errors}")
+                          f"ms  p99 {ms(t.p99_ms):>7} ms  errors {t.errors}  server CPU "
+                          f"{cpu_us:,.0f} us per POST")
         result = trio.run(sess.read_back)
         bench.say("every shape: " + "\n".join(format_check(result)))
         if not result.ok:
@@ -151,7 +162,7 @@ def flood(bench: Bench) -> None:
 
 
 def summarize(bench: Bench) -> None:
-    from tools.bench import Row, fmt_rate
+    from tools.bench import Row, fmt_rate, median
 
     res = bench.results
     for name, (label, _) in SHAPES.items():
@@ -165,6 +176,12 @@ def summarize(bench: Bench) -> None:
         res.add(Row(f"single POSTs {label} vs current hour only", fmt_rate(a), fmt_rate(b),
                     f"{ratio:.2f}", f">= {floor:g}" if floor else "",
                     None if floor is None else ratio >= floor))
+        cpu = res.data.get("hours_cpu_per_post_us", {})
+        if cpu.get(name) and cpu.get("current"):
+            ratios = [x / y for x, y in zip(cpu[name], cpu["current"], strict=False) if y > 0]
+            res.add(Row(f"  server CPU per POST, {label} vs current hour only",
+                        f"{median(cpu[name]):,.0f} us", f"{median(cpu['current']):,.0f} us",
+                        f"{median(ratios):.2f}" if ratios else "-"))
     flood_report: LoadReport | None = bench.reports.get("hours_flood")
     data = res.data
     if flood_report is not None and "flood_rss_peak_mib" in data:

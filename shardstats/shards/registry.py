@@ -3,7 +3,8 @@
 State (all touched only from the event loop, so no locks):
 - ``_open``: hour -> running ``HourShard`` that accepts submissions (LRU order).
 - ``_live``: hour -> every shard whose task has not ended (open or closing); at most
-  ``max_open_shards`` together with the opens in progress.
+  ``max_open_shards + _closing`` together with the opens in progress, of which at most
+  ``max_open_shards`` in ``_open`` (rule 10).
 - ``_cached``: hour -> frozen ``HourAggregate`` of a closed hour (LRU order); at most
   ``max_cached_hours``.
 - ``_known``: hours that have a journal on disk. A GET for any other hour answers zeros
@@ -50,6 +51,10 @@ Rules:
    is free again; a shard that changes the journal meanwhile changes the file's state, which
    the proof then no longer matches. Loads try the proven snapshot first (no SQLite); any
    mismatch means opening the journal, as before, and queueing a proven snapshot.
+10. An open that needs a slot starts the victim's close and does not wait for it: closing
+   the journal (SQLite checkpoints it, two fsyncs) runs in a task of the registry's own while
+   the open goes on. Up to ``_closing`` closes may be under way beside ``max_open_shards``
+   open hours, so the journals open at once stay bounded by the sum; past it, opens wait.
 """
 
 from __future__ import annotations
@@ -164,6 +169,9 @@ class Registry:
         # Cold loads of past hours each open a journal (3 descriptors) in a worker thread;
         # a flood of GETs for random hours must not open an unbounded number at once.
         self._load_limiter = trio.CapacityLimiter(limits.concurrent_loads)
+        # Rule 10: evictions under way beside the open hours (each holds its journal's
+        # descriptors until closed).
+        self._closing = max(1, limits.max_open_shards // 8)
         self._nursery: trio.Nursery | None = None
 
     def statistics(self) -> RegistryStatistics:
@@ -442,15 +450,39 @@ class Registry:
         self._notify_slots()
 
     async def _make_room(self, hour: int) -> None:
-        """Close idle shards (LRU, the current hour last) until a slot is free for ``hour``."""
-        while len(self._live) + self._opening >= self._limits.max_open_shards:
+        """Evict idle shards (LRU, the current hour last) until a slot is free for ``hour``
+        (rule 10)."""
+        limits = self._limits
+        while True:
+            if len(self._open) + self._opening < limits.max_open_shards:
+                if len(self._live) + self._opening < limits.max_open_shards + self._closing:
+                    return
+                await self._wait_for_room()  # enough closes under way: wait for one to end
+                continue
             idle = [h for h in self._open if h not in self._busy and h not in self._wanted]
             if idle:
                 current = self._current_hour()
-                victim = next((h for h in idle if h != current), idle[0])
-                await self._guarded(victim, self._close)
+                self._evict(next((h for h in idle if h != current), idle[0]))
             else:  # every slot is being opened, closed or used: wait for a change
                 await self._wait_for_room()
+
+    def _evict(self, hour: int) -> None:
+        """Close the hour's shard in a task of the registry's own; the hour stays busy until
+        its journal is closed and its aggregate cached (rule 3)."""
+        assert self._nursery is not None and hour not in self._busy
+        work = self._busy[hour] = _Work(self._close)
+        shard = self._open.pop(hour)  # rule 4: out of ``_open`` before its inbox closes
+        shard.close()
+        self._nursery.start_soon(self._evicted, hour, shard, work)
+
+    async def _evicted(self, hour: int, shard: HourShard, work: _Work) -> None:
+        try:
+            await shard.closed.wait()  # ``_retire`` ran in the shard's task right after
+            work.outcome.set(None)
+        finally:
+            if not work.outcome.done:  # cancelled by the registry's own shutdown
+                work.outcome.fail(NotReady("shutting down"))
+            self._free(hour, work)
 
     async def _wait_for_room(self) -> None:
         # One waiter is woken per change: each change (a shard retired, opened or no longer

@@ -277,3 +277,33 @@ async def test_opens_waiting_for_room_never_wait_on_their_own_hours(
                     nursery.start_soon(client, k)
         total = [(await service.query(h)).impressions for h in hours]
     assert sum(total) == 24 * 12
+
+
+async def test_an_open_does_not_wait_for_its_victims_journal_to_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rule 10: the victim's close (SQLite checkpoints the journal: fsyncs) runs beside the
+    open that needed its slot; only past the allowance of closes under way do opens wait."""
+    import threading
+
+    release = threading.Event()
+    real_close = Journal.close
+
+    def held_close(self: Journal, **kwargs: Any) -> None:
+        if self.path.name == f"{A}.sqlite":
+            release.wait(30)
+        real_close(self, **kwargs)
+
+    monkeypatch.setattr(Journal, "close", held_close)
+    async with running(make_service(tmp_path, max_open_shards=1)) as service:
+        await service.submit(ev(A, 1))
+        try:
+            with trio.fail_after(20):  # a deadlock detector: B needs no close of A's to end
+                await service.submit(ev(B, 1))
+            stats = service.statistics().registry
+            assert stats.open_shards == 1  # B; A is still closing
+            assert len(service.registry._live) == 2  # the allowance: one close under way
+        finally:
+            release.set()
+        assert await service.query(A) == counts(1)
+        assert await service.query(B) == counts(1)
