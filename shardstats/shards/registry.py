@@ -88,6 +88,12 @@ T = TypeVar("T")
 _SHUTDOWN_WRITERS = 4  # snapshots written at once on shutdown
 
 
+def _due() -> float:
+    """When an unsaved aggregate is written unless the cache drops it first: once its
+    journal has settled, so that the snapshot can carry a proof."""
+    return trio.current_time() + codec.SETTLE_NS / 1e9 + 0.1
+
+
 class _Retry:
     """Returned by ``_delegate`` when it waited for someone else's work on the hour."""
 
@@ -444,8 +450,7 @@ class Registry:
         # shard folds them in before its next commit): then the hour is read again instead.
         if shard.started and shard.failed is None and not shard.diverged:
             aggregate = shard.aggregate.freeze()
-            settle = codec.SETTLE_NS / 1e9 + 0.1
-            self._unsave(hour, _Unsaved(aggregate, shard.journal_id, trio.current_time() + settle))
+            self._unsave(hour, _Unsaved(aggregate, shard.journal_id, _due()))
             self._cache(hour, aggregate)
         self._notify_slots()
 
@@ -548,7 +553,9 @@ class Registry:
         aggregate, journal_id = loaded
         self._cache(hour, aggregate)
         if journal_id is not None:  # the snapshot was missing, stale or unproven: write one
-            self._unsave(hour, _Unsaved(aggregate, journal_id, trio.current_time()))
+            # Not at once: the first reads after a restart come in bursts, and a load that
+            # opens SQLite (creating -wal and -shm files) waits behind fsyncs beside it.
+            self._unsave(hour, _Unsaved(aggregate, journal_id, _due()))
         return aggregate
 
     def _cache(self, hour: int, aggregate: HourAggregate) -> None:
