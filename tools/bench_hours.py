@@ -23,6 +23,7 @@ import functools
 import os
 import threading
 from dataclasses import dataclass, field
+from statistics import median
 from typing import TYPE_CHECKING
 
 import trio
@@ -161,7 +162,7 @@ def flood(bench: Bench) -> None:
 
 
 def summarize(bench: Bench) -> None:
-    from tools.bench import Row, fmt_rate, median
+    from tools.bench import Row, fmt_rate
 
     res = bench.results
     for name, (label, _) in SHAPES.items():

@@ -204,11 +204,12 @@ async def test_any_interleaving_of_faults_gives_the_models_answers(
             assert await settled(service) == model_of(log)
         last = segment[-1] if segment else None
         if last is not None and last[0] == "restart":
+            files = DataDir(data_dir)
             if last[1] == "lose_position":
-                (data_dir / "stream-position").unlink(missing_ok=True)
+                files.stream_position_path.unlink(missing_ok=True)
             if last[1] == "lose_snapshots":
-                for snap in (data_dir / "snapshots").glob("*.snap"):
-                    snap.unlink()
+                for hour in files.snapshot_hours():
+                    files.snapshot_path(hour).unlink()
     # A node started from nothing but the log (a new node) agrees.
     async with running(node(tmp_path_factory.mktemp("fresh"), log)) as fresh:
         assert await settled(fresh) == model_of(log)

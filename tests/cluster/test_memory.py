@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 from shardstats.cluster.log import LogRecord
 from shardstats.cluster.memory import InMemoryLog
@@ -111,7 +112,7 @@ async def test_unavailable_log_keeps_consumers_waiting_then_resumes() -> None:
                             return
 
             nursery.start_soon(consume)
-            await trio.sleep(0.01)
+            await trio.testing.wait_all_tasks_blocked()  # the consumer waits for record 2
             assert got == [1]
             log.set_available(True)
             await log.publish(b"b", "b")

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from shardstats.core import batch as batch_module
 from tests.http.conftest import NOW_MS, Harness, running_app
@@ -103,9 +104,9 @@ async def test_a_body_over_max_batch_bytes_is_413_with_or_without_a_declared_len
 
     async def receive() -> dict[str, Any]:
         if chunks:
-            # A pause between chunks: the route takes each one before the next arrives, so
+            # The route takes each chunk before the next arrives (every task waits again), so
             # Quart's own buffer never holds more than the limit (its check does not fire).
-            await trio.sleep(0.01)
+            await trio.testing.wait_all_tasks_blocked()
             return {"type": "http.request", "body": chunks.pop(), "more_body": bool(chunks)}
         await done.wait()
         return {"type": "http.disconnect"}

@@ -25,12 +25,15 @@ BASE_HOUR = 493_000  # 2026-03-29, long closed: compact treats every hour as clo
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def populate(root: Path, hours: int, events_per_hour: int, seed: int = 7) -> dict[int, tuple]:
+Model = dict[int, tuple[set[str], int, int]]  # hour -> (users, clicks, impressions)
+
+
+def populate(root: Path, hours: int, events_per_hour: int, seed: int = 7) -> Model:
     """Fill a data dir through the storage layer, as the shards do; return the model."""
     rng = random.Random(seed)
     datadir = DataDir(root)
     datadir.prepare()
-    model: dict[int, tuple[set[str], int, int]] = {}
+    model: Model = {}
     with datadir.open_users() as users:
         for hour in range(BASE_HOUR, BASE_HOUR + hours):
             pool = events_per_hour // 2 + 1
@@ -218,7 +221,9 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 def test_every_command_is_documented_with_an_example() -> None:
     parser = build_parser()
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    subparsers = next(a for a in parser._actions if a.choices and "serve" in a.choices)
+    subparsers = next(a for a in parser._actions
+                      if isinstance(a.choices, dict) and "serve" in a.choices)
+    assert isinstance(subparsers.choices, dict)
     for name, sub in subparsers.choices.items():
         assert "examples:" in sub.format_help(), name
         assert f"shardstats {name}" in readme, f"README does not show `shardstats {name}`"

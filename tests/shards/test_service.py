@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -207,7 +208,11 @@ async def test_full_inbox_is_overload_not_growth(tmp_path: Path) -> None:
         async with trio.open_nursery() as nursery:
             for i in range(8):
                 nursery.start_soon(one, f"u{i}")
-            await trio.sleep(0.2)
+            # One event blocked in the commit, at most two queued: the other five or more
+            # are refused without waiting for the disk.
+            with trio.fail_after(10):
+                while outcomes.count("overloaded") < 5:
+                    await trio.testing.wait_all_tasks_blocked()
             gate.set()
         assert "overloaded" in outcomes
         ok = outcomes.count("ok")
