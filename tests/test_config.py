@@ -35,7 +35,7 @@ DEFAULTS = {
     "max_user_bytes": 256,
     "accept_past_seconds": 30 * 24 * 3600,
     "accept_future_seconds": 600,
-    "max_open_shards": 16,
+    "max_open_shards": 64,
     "inbox_size": 4096,
     "max_commit_events": 4096,
     "snapshot_interval_seconds": 30.0,

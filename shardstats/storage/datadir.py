@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from shardstats.core.snapshot import JournalState
 from shardstats.storage.journal import Journal
 from shardstats.storage.lock import DataDirLock
 from shardstats.storage.users import UserStore
@@ -101,6 +102,25 @@ class DataDir:
         finally:
             with _writers_lock:
                 _writers.discard(key)
+
+    def journal_state(self, hour: int) -> JournalState | None:
+        """The state of a closed journal file (``stat``), or None when it is missing or has
+        a ``-wal`` file (rows may live there that the file's own state does not cover)."""
+        path = self.journal_path(hour)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        if os.path.lexists(f"{path}-wal"):
+            return None
+        return JournalState(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def settled_journal_state(self, hour: int) -> JournalState | None:
+        """``journal_state`` if it may be recorded as a snapshot's proof now (its ctime lies
+        far enough in the past: ``JournalState.settled``), else None."""
+        now = time.time_ns()  # before the stat: see ``JournalState.settled``
+        state = self.journal_state(hour)
+        return state if state is not None and state.settled(now) else None
 
     def open_users(self, *, readonly: bool = False) -> UserStore:
         return UserStore(self.users_path, readonly=readonly)
