@@ -79,6 +79,10 @@ class Settings:
     user_cache_size: int = field(
         default=200_000, metadata=_doc("user id lookups kept in memory (LRU)")
     )
+    user_index_tail: int = field(
+        default=131_072,
+        metadata=_doc("newest user names held in memory before they join the on-disk index"),
+    )
     graceful_timeout_seconds: float = field(
         default=10.0, metadata=_doc("on SIGTERM, how long in-flight requests may take")
     )
@@ -134,7 +138,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         for name in ("max_user_bytes", "max_open_shards", "inbox_size", "max_batch",
-                     "max_range_hours", "max_batch_bytes", "max_batch_lines"):
+                     "max_range_hours", "max_batch_bytes", "max_batch_lines",
+                     "user_index_tail"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if self.max_batch_lines >= 2**32:  # line numbers are kept as 32-bit integers

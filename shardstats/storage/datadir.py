@@ -3,6 +3,7 @@
     <data-dir>/
       LOCK                  flock held by the one server using the directory
       users.sqlite          user dictionary (+ -wal, -shm while open)
+      users-index/          its name index: sorted runs, a cache of users.sqlite
       journals/<hour>.sqlite   one journal per UTC hour (hour = timestamp_ms // 3_600_000)
       snapshots/<hour>.snap    cache of that journal's aggregate; safe to delete
 
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from shardstats.storage.journal import Journal
 from shardstats.storage.lock import DataDirLock
-from shardstats.storage.users import UserStore
+from shardstats.storage.users import TAIL_SIZE, UserStore
 
 # Journals a shard of this process writes. Two writers of one journal would each number rows
 # from what they last saw and skip the other's, so a second claim is a bug, refused loudly.
@@ -93,8 +94,8 @@ class DataDir:
             with _writers_lock:
                 _writers.discard(key)
 
-    def open_users(self) -> UserStore:
-        return UserStore(self.root / "users.sqlite")
+    def open_users(self, *, tail_size: int = TAIL_SIZE) -> UserStore:
+        return UserStore(self.root / "users.sqlite", tail_size=tail_size)
 
     def read_snapshot(self, hour: int) -> bytes | None:
         try:
