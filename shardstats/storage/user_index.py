@@ -1,18 +1,19 @@
 """The user dictionary's name index: immutable sorted runs of ``(hash of name, id)`` on disk.
 
 ``users.sqlite`` is the truth (see ``shardstats.storage.users``); this index is a cache of it
-that answers "which ids may carry this name?" without a B-tree of names, whose random inserts
+that answers "which id carries this name?" without a B-tree of names, whose random inserts
 made each new name cost a page write that grew with the dictionary. Rules:
 
 1. A run covers an id range ``first..last``: it holds one entry for *every* dictionary row
-   with an id in that range, sorted by ``(hash, id)``. The runs in use cover ``1..indexed``
-   one after the other; rows above ``indexed`` (the tail) are kept in memory by the store.
-2. A hash is only a hint: a name is never taken as found until the row of a candidate id is
-   read and its name compared. Two names with the same hash (a collision) each keep their
-   id; both entries sit side by side in a run.
+   with an id in that range, sorted by ``(hash, id)``, and the names of those rows in id
+   order. The runs in use cover ``1..indexed`` one after the other; rows above ``indexed``
+   (the tail) are kept in memory by the store.
+2. A hash is only a hint: a name is found only when the name stored under a candidate id
+   equals it, byte for byte. Two names with the same hash (a collision) each keep their id;
+   both entries sit side by side in a run.
 3. A run file is written whole (temporary file, fsync, rename, fsync of the directory) and
    never changed. It carries the dictionary's hash seed (a run of another dictionary is not
-   used) and a CRC of its entries, checked when it is opened: a damaged run is deleted and
+   used) and a CRC of its contents, checked when it is opened: a damaged run is deleted and
    its range read again from ``users.sqlite``. So an answer "no id carries this name" comes
    only from runs that were complete when written and are intact when read.
 4. Runs are merged two at a time, newest first, when the older is not bigger than the newer
@@ -20,17 +21,24 @@ made each new name cost a page write that grew with the dictionary. Rules:
    a lookup searches at most that many runs. A crash during a merge leaves the inputs and
    perhaps the merged run: ``load_runs`` keeps the longest chain from id 1 and deletes the rest.
 
+File layout (little-endian): a header (magic, seed, first, last, entries, bytes of names,
+CRC-32 of all that follows), then ``hashes`` (u64, ascending), ``ids`` (u32, the id of each
+hash), ``name_ids`` (u32, ascending), ``offsets`` (u64, entries + 1: the name of
+``name_ids[i]`` is ``names[offsets[i]:offsets[i + 1]]``), then the names, UTF-8.
+
 Blocking, numpy in C: call from worker threads.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -38,10 +46,11 @@ import xxhash
 
 Hashes = npt.NDArray[np.uint64]
 Ids = npt.NDArray[np.uint32]
+Offsets = npt.NDArray[np.uint64]
 
-_MAGIC = b"SSUIRUN1"
-# magic, seed, first id, last id, entries, CRC-32 of the entries (hashes then ids), padding
-_HEADER = struct.Struct("<8sQQQQI4x")
+_MAGIC = b"SSUIRUN2"
+# magic, seed, first id, last id, entries, bytes of names, CRC-32 of the rest, padding
+_HEADER = struct.Struct("<8sQQQQQI4x")
 _SUFFIX = ".run"
 
 
@@ -52,55 +61,104 @@ def name_hashes(names: Sequence[str], seed: int) -> Hashes:
     return np.array([digest(name, seed) for name in names], dtype=np.uint64)
 
 
-@dataclass(frozen=True, eq=False)
-class Run:
-    path: Path
-    first: int
-    last: int
-    hashes: Hashes  # ascending; entries with equal hashes by ascending id
+@dataclass(frozen=True)
+class Entries:
+    """What a run holds, built in memory or mapped from its file: see the file layout."""
+
+    hashes: Hashes
     ids: Ids
+    name_ids: Ids
+    offsets: Offsets
+    names: Any  # bytes-like: bytes, or a memoryview of the file's mapping
+
+    @classmethod
+    def build(cls, ids: Sequence[int], names: Sequence[str], hashes: Hashes) -> Entries:
+        """From rows in id order and the hashes of their names."""
+        encoded = [name.encode() for name in names]
+        offsets = np.zeros(len(encoded) + 1, dtype=np.uint64)
+        offsets[1:] = np.cumsum([len(raw) for raw in encoded])
+        name_ids = np.array(ids, dtype=np.uint32)
+        order = np.lexsort((name_ids, hashes))
+        return cls(hashes[order], name_ids[order], name_ids, offsets, b"".join(encoded))
+
+    def parts(self) -> list[Any]:
+        """The file's contents after the header."""
+        return [self.hashes.data, self.ids.data, self.name_ids.data, self.offsets.data,
+                self.names]
+
+
+class Run:
+    def __init__(self, path: Path, first: int, last: int, entries: Entries) -> None:
+        self.path = path
+        self.first = first
+        self.last = last
+        self.entries = entries
+        self._dense = len(entries.name_ids) == last - first + 1
 
     @property
     def count(self) -> int:
-        return len(self.hashes)
+        return len(self.entries.hashes)
 
-    def candidates(self, hashes: Hashes) -> tuple[list[int], list[int]]:
-        """Which of ``hashes`` (ascending) this run holds, and the ids that may carry them:
-        ``(ks, ids)``, ``ids[i]`` for ``hashes[ks[i]]``; a hash held more than once (a
-        collision, rare) is listed once per id."""
-        held = self.hashes
-        if not len(held):
-            return [], []
-        low = np.searchsorted(held, hashes)  # ascending keys: numpy starts from the last hit
-        last = len(held) - 1
-        ks = np.flatnonzero(held[np.minimum(low, last)] == hashes)
-        at = low[ks]
-        ids = self.ids[at].tolist()
-        ks_list = ks.tolist()
-        repeated = np.flatnonzero(held[np.minimum(at + 1, last)] == hashes[ks])
-        for i in repeated.tolist():
-            k, j = ks_list[i], int(at[i]) + 1
-            while j <= last and held[j] == hashes[k]:
-                ks_list.append(k)
-                ids.append(int(self.ids[j]))
-                j += 1
-        return ks_list, ids
+    def name_at(self, uid: int) -> bytes:
+        """The stored name of ``uid`` (in this run's range), UTF-8."""
+        e = self.entries
+        at = uid - self.first if self._dense else int(np.searchsorted(e.name_ids, uid))
+        if at >= len(e.name_ids) or int(e.name_ids[at]) != uid:
+            raise KeyError(uid)
+        return bytes(e.names[int(e.offsets[at]):int(e.offsets[at + 1])])
+
+    def find(self, names: Sequence[str], hashes: Hashes, order: npt.NDArray[np.intp],
+             found: dict[str, int]) -> None:
+        """Add to ``found`` the id of each of ``names`` this run holds. ``hashes[order]``
+        must be ascending (numpy then starts each search from the last hit)."""
+        e = self.entries
+        keys = hashes[order]
+        low = np.searchsorted(e.hashes, keys)
+        top = len(e.hashes) - 1
+        hits = np.flatnonzero(e.hashes[np.minimum(low, top)] == keys)
+        if not len(hits):
+            return
+        at = low[hits]
+        uids = e.ids[at].astype(np.int64)
+        where = uids - self.first if self._dense else np.searchsorted(e.name_ids, uids)
+        starts, ends = e.offsets[where].tolist(), e.offsets[where + 1].tolist()
+        stored = e.names
+        for i, first_at, k, uid, start, end in zip(hits.tolist(), at.tolist(),
+                                                   order[hits].tolist(), uids.tolist(),
+                                                   starts, ends, strict=True):
+            name = names[k]
+            raw = name.encode()
+            if stored[start:end] == raw:  # rule 2: the stored name decides
+                found[name] = uid
+            else:  # the first id of this hash carries another name: try the others
+                self._find_colliding(name, raw, int(keys[i]), first_at + 1, found)
+
+    def _find_colliding(self, name: str, raw: bytes, key: int, at: int,
+                        found: dict[str, int]) -> None:
+        e = self.entries
+        while at < len(e.hashes) and int(e.hashes[at]) == key:
+            uid = int(e.ids[at])
+            if self.name_at(uid) == raw:
+                found[name] = uid
+                return
+            at += 1
 
 
-def write_run(directory: Path, seed: int, first: int, last: int, hashes: Hashes,
-              ids: Ids) -> Run:
-    """Write a run of entries already sorted by ``(hash, id)`` and open it."""
-    hashes = np.ascontiguousarray(hashes, dtype="<u8")
-    ids = np.ascontiguousarray(ids, dtype="<u4")
-    crc = _crc(hashes, ids)
+def write_run(directory: Path, seed: int, first: int, last: int, parts: Iterable[Any],
+              count: int, names_size: int) -> Run:
+    """Write a run (``parts``: its contents after the header, in file order) and open it."""
     final = directory / f"users-{first}-{last}{_SUFFIX}"
     temp = directory / f".{final.name}.tmp"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         with os.fdopen(fd, "wb", closefd=False) as out:
-            out.write(_HEADER.pack(_MAGIC, seed, first, last, len(hashes), crc))
-            out.write(hashes.data)
-            out.write(ids.data)
+            out.write(_HEADER.pack(_MAGIC, seed, first, last, count, names_size, 0))
+            crc = 0
+            for part in parts:
+                out.write(part)
+                crc = zlib.crc32(part, crc)
+            out.seek(0)
+            out.write(_HEADER.pack(_MAGIC, seed, first, last, count, names_size, crc))
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -112,21 +170,25 @@ def write_run(directory: Path, seed: int, first: int, last: int, hashes: Hashes,
     return run
 
 
+def write_entries(directory: Path, seed: int, first: int, last: int, entries: Entries) -> Run:
+    return write_run(directory, seed, first, last, entries.parts(), len(entries.hashes),
+                     len(entries.names))
+
+
 def merge(directory: Path, seed: int, older: Run, newer: Run) -> Run:
     """One run covering both (``newer`` must start right after ``older``)."""
     if newer.first != older.last + 1:
         raise ValueError(f"runs {older.first}-{older.last} and {newer.first}-{newer.last} "
                          "are not adjacent")
+    a, b = older.entries, newer.entries
     # Newer ids are all greater: inserted after equal hashes, (hash, id) order holds.
-    at = np.searchsorted(older.hashes, newer.hashes, side="right")
-    hashes = np.insert(older.hashes, at, newer.hashes)
-    ids = np.insert(older.ids, at, newer.ids)
-    return write_run(directory, seed, older.first, newer.last, hashes, ids)
-
-
-def sort_entries(hashes: Hashes, ids: Ids) -> tuple[Hashes, Ids]:
-    order = np.lexsort((ids, hashes))
-    return hashes[order], ids[order]
+    at = np.searchsorted(a.hashes, b.hashes, side="right")
+    a_size = int(a.offsets[-1])
+    parts = [np.insert(a.hashes, at, b.hashes).data, np.insert(a.ids, at, b.ids).data,
+             a.name_ids.data, b.name_ids.data, a.offsets[:-1].data,
+             (b.offsets + np.uint64(a_size)).data, a.names, b.names]
+    return write_run(directory, seed, older.first, newer.last, parts,
+                     older.count + newer.count, a_size + int(b.offsets[-1]))
 
 
 def open_run(path: Path, seed: int) -> Run | None:
@@ -136,25 +198,38 @@ def open_run(path: Path, seed: int) -> Run | None:
             header = handle.read(_HEADER.size)
             if len(header) != _HEADER.size:
                 return None
-            magic, run_seed, first, last, count, crc = _HEADER.unpack(header)
+            magic, run_seed, first, last, count, names_size, crc = _HEADER.unpack(header)
             size = os.fstat(handle.fileno()).st_size
+            if (magic != _MAGIC or run_seed != seed or not 1 <= first <= last
+                    or not 1 <= count <= last - first + 1
+                    or size != _HEADER.size + 24 * count + 8 + names_size):
+                return None
+            mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     except OSError:
         return None
-    if (magic != _MAGIC or run_seed != seed or not 1 <= first <= last
-            or count > last - first + 1 or size != _HEADER.size + 12 * count):
+    body = memoryview(mapping)[_HEADER.size:]
+    try:
+        intact = zlib.crc32(body) == crc
+    finally:
+        body.release()
+    if not intact:
+        mapping.close()
         return None
-    if count == 0:
-        hashes: Hashes = np.zeros(0, dtype=np.uint64)
-        ids: Ids = np.zeros(0, dtype=np.uint32)
-    else:
-        # Plain arrays over the mapping: a memmap's own indexing is Python code.
-        hashes = np.memmap(path, dtype="<u8", mode="r", offset=_HEADER.size,
-                           shape=(count,)).view(np.ndarray)
-        ids = np.memmap(path, dtype="<u4", mode="r", offset=_HEADER.size + 8 * count,
-                        shape=(count,)).view(np.ndarray)
-    if _crc(hashes, ids) != crc:
+    at = _HEADER.size
+
+    def array(dtype: str, length: int) -> Any:
+        nonlocal at
+        values = np.frombuffer(mapping, dtype=dtype, count=length, offset=at)
+        at += values.nbytes
+        return values
+
+    # The arrays keep the mapping open for as long as they live (the collector unmaps it).
+    hashes, ids, name_ids = array("<u8", count), array("<u4", count), array("<u4", count)
+    offsets = array("<u8", count + 1)
+    if int(offsets[-1]) != names_size:
         return None
-    return Run(path, first, last, hashes, ids)
+    return Run(path, first, last, Entries(hashes, ids, name_ids, offsets,
+                                          memoryview(mapping)[at:]))
 
 
 def load_runs(directory: Path, seed: int, max_id: int) -> list[Run]:
@@ -181,10 +256,6 @@ def load_runs(directory: Path, seed: int, max_id: int) -> list[Run]:
 
 def remove(path: Path) -> None:
     path.unlink(missing_ok=True)
-
-
-def _crc(hashes: Hashes, ids: Ids) -> int:
-    return zlib.crc32(ids.data, zlib.crc32(hashes.data))
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -126,11 +126,11 @@ class UserStore:
             log.info("user dictionary: indexing ids %d..%d", indexed + 1, top)
             while top - indexed > self._tail_size:
                 ids, names = self._rows_after(indexed, _OPEN_CHUNK)
-                hashes, sorted_ids = user_index.sort_entries(
-                    user_index.name_hashes(names, self._seed), np.array(ids, dtype=np.uint32))
+                entries = user_index.Entries.build(
+                    ids, names, user_index.name_hashes(names, self._seed))
                 # Read in id order: every row of indexed+1..ids[-1] is in this chunk.
-                runs.append(user_index.write_run(self.index_dir, self._seed, indexed + 1,
-                                                 ids[-1], hashes, sorted_ids))
+                runs.append(user_index.write_entries(self.index_dir, self._seed, indexed + 1,
+                                                     ids[-1], entries))
                 indexed = ids[-1]
                 runs = self._merged(runs)
             log.info("user dictionary: indexed in %.1f s", time.monotonic() - started)
@@ -171,22 +171,11 @@ class UserStore:
 
     def _find(self, names: Sequence[str], hashes: user_index.Hashes) -> dict[str, int]:
         """The ids of those of ``names`` (distinct, none in the tail) the runs hold."""
-        order = np.argsort(hashes)
-        ordered = hashes[order]
-        ks: list[int] = []
-        uids: list[int] = []
-        for run in self._runs:
-            at, ids = run.candidates(ordered)
-            ks += order[at].tolist()
-            uids += ids
-        if not ks:
-            return {}
-        stored = dict(self.names(sorted(uids)))
         found: dict[str, int] = {}
-        for k, uid in zip(ks, uids, strict=True):
-            name = names[k]
-            if stored.get(uid) == name:  # a hash is a hint, the stored name decides
-                found[name] = uid
+        if self._runs:
+            order = np.argsort(hashes)
+            for run in self._runs:
+                run.find(names, hashes, order, found)
         return found
 
     def _insert(self, names: list[str], hashes: user_index.Hashes) -> dict[str, int]:
@@ -222,13 +211,12 @@ class UserStore:
             first = self._runs[-1].last + 1 if self._runs else 1
             if count:
                 last = self._tail_ids[count - 1]
-                # Copies: a view would pin the arrays, which assign keeps extending.
-                hashes = np.frombuffer(self._tail_hashes, dtype=np.uint64, count=count).copy()
-                ids = np.frombuffer(self._tail_ids, dtype=np.uint64, count=count).astype(
-                    np.uint32)
+                ids = self._tail_ids[:count].tolist()
+                names = self._tail_names[:count]
+                hashes = np.array(self._tail_hashes[:count], dtype=np.uint64)
         if count:
-            run = user_index.write_run(self.index_dir, self._seed, first, last,
-                                       *user_index.sort_entries(hashes, ids))
+            run = user_index.write_entries(self.index_dir, self._seed, first, last,
+                                           user_index.Entries.build(ids, names, hashes))
             with self._lock:
                 self._check_open()
                 self._runs = [*self._runs, run]

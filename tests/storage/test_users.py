@@ -168,9 +168,10 @@ def test_a_crash_during_a_merge_leaves_a_chain_the_next_open_keeps(tmp_path: Pat
     store.close()
     # What a crash before the inputs of that merge were deleted leaves, and a temporary file.
     for first, last in [(1, 20), (21, 40)]:
-        keep = (run.ids >= first) & (run.ids <= last)
-        user_index.write_run(store.index_dir, seed, first, last, run.hashes[keep],
-                             run.ids[keep])
+        ids = list(range(first, last + 1))
+        names = [run.name_at(uid).decode() for uid in ids]
+        user_index.write_entries(store.index_dir, seed, first, last, user_index.Entries.build(
+            ids, names, user_index.name_hashes(names, seed)))
     (store.index_dir / ".users-41-50.run.tmp").write_bytes(b"half")
     assert len(run_files(store)) == 4
     with UserStore(path, tail_size=10) as again:
