@@ -165,7 +165,7 @@ def batch_scenarios(directory: Path, names: int, seconds: float, seed: int) -> l
             shutil.rmtree(directory / folder, ignore_errors=True)
         server = Server("shardstats", python_server(
             ["shardstats", "serve", "--bind", "127.0.0.1:0", "--data-dir", str(directory)]),
-            directory / "server.log", cpus=server_cpus)
+            directory / f"server-{prefix.strip('-')}.log", cpus=server_cpus)
         try:
             ready = server.start(timeout=600)
             rss = server.rss_mib()
