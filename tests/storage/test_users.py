@@ -45,7 +45,8 @@ def run_files(store: UserStore) -> list[str]:
     return sorted(p.name for p in store.index_dir.iterdir())
 
 
-names = st.text(alphabet="abcé", min_size=1, max_size=4)
+# Quotes, backslashes, NUL and non-ASCII: names go to SQLite through a JSON array.
+names = st.text(alphabet='ab"\\\x00é\u2028😀', min_size=1, max_size=4)
 
 
 class DictionaryMachine(RuleBasedStateMachine):
