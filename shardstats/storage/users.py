@@ -34,8 +34,10 @@ Blocking: call from worker threads; ``assign`` and ``maintain`` may run at the s
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import operator
 import secrets
 import sqlite3
 import threading
@@ -151,24 +153,18 @@ class UserStore:
         """Return the id of every name, creating and durably committing missing ones."""
         with self._lock:
             self._check_open()
-            ids: dict[str, int] = {}
-            rest: list[str] = []
-            tail = self._tail
-            for name in dict.fromkeys(names):
-                uid = tail.get(name)
-                if uid is None:
-                    rest.append(name)
-                else:
-                    ids[name] = uid
-            if not rest:
-                return ids
-            hashes = user_index.name_hashes(rest, self._seed)
-            found = self._find(rest, hashes)
-            ids.update(found)
-            if len(found) < len(rest):
-                new = [k for k, name in enumerate(rest) if name not in found]
-                ids.update(self._insert([rest[k] for k in new], hashes[new]))
-            return ids
+            unique = list(dict.fromkeys(names))
+            held = list(map(self._tail.get, unique))  # C loops from here on, for the tail
+            ids: dict[str, int | None] = dict(zip(unique, held, strict=True))
+            if None in held:
+                rest = list(itertools.compress(unique, map(operator.not_, held)))  # ids >= 1
+                hashes = user_index.name_hashes(rest, self._seed)
+                found = self._find(rest, hashes)
+                ids.update(found)
+                if len(found) < len(rest):
+                    new = [k for k, name in enumerate(rest) if name not in found]
+                    ids.update(self._insert([rest[k] for k in new], hashes[new]))
+            return ids  # type: ignore[return-value]  # every None was replaced just above
 
     def _find(self, names: Sequence[str], hashes: user_index.Hashes) -> dict[str, int]:
         """The ids of those of ``names`` (distinct, none in the tail) the runs hold."""
