@@ -74,12 +74,15 @@ class Entries:
     @classmethod
     def build(cls, ids: Sequence[int], names: Sequence[str], hashes: Hashes) -> Entries:
         """From rows in id order and the hashes of their names."""
-        encoded = [name.encode() for name in names]
-        offsets = np.zeros(len(encoded) + 1, dtype=np.uint64)
-        offsets[1:] = np.cumsum([len(raw) for raw in encoded])
+        blob = "".join(names).encode()
+        lengths = list(map(len, names))  # characters: bytes too if every name is ASCII
+        if len(blob) != sum(lengths):
+            lengths = [len(name.encode()) for name in names]
+        offsets = np.zeros(len(names) + 1, dtype=np.uint64)
+        offsets[1:] = np.cumsum(lengths)
         name_ids = np.array(ids, dtype=np.uint32)
         order = np.lexsort((name_ids, hashes))
-        return cls(hashes[order], name_ids[order], name_ids, offsets, b"".join(encoded))
+        return cls(hashes[order], name_ids[order], name_ids, offsets, blob)
 
     def parts(self) -> list[Any]:
         """The file's contents after the header."""

@@ -228,12 +228,12 @@ class UserStore:
             with self._lock:
                 self._check_open()
                 self._runs = [*self._runs, run]
-                tail = self._tail
-                for name in self._tail_names[:count]:
-                    del tail[name]
                 del self._tail_names[:count]
                 del self._tail_ids[:count]
                 del self._tail_hashes[:count]
+                # Built anew from what assign added meanwhile (a few names): cheaper than
+                # deleting the written ones one by one.
+                self._tail = dict(zip(self._tail_names, self._tail_ids, strict=True))
         while True:
             runs = self._runs  # only maintain (one call at a time) replaces runs once open
             if not _mergeable(runs):
