@@ -8,8 +8,9 @@ Fills a fresh ``users.sqlite`` (in a temporary directory unless ``--dir``) throu
 size, prints one line:
 
 - *new name*: ``--rounds`` calls of ``assign`` with ``--new`` names never seen before (what one
-  group commit of a batch with many new users asks for): the median call per new name, and
-  the slowest call;
+  group commit of a batch with many new users asks for): the median call per new name (wall
+  clock, and CPU time of this process: the figure other processes on a shared machine disturb
+  least), and the slowest call;
 - *index upkeep*: the time of ``UserStore.maintain`` (writing the in-memory tail of the name
   index as a run and merging runs, which the server does in a worker thread beside the
   commits), per name added since the previous size: the rest of what a new name costs;
@@ -33,12 +34,12 @@ import functools
 import gc
 import random
 import shutil
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from shardstats.storage.users import UserStore
@@ -58,23 +59,40 @@ def known_names(rng: random.Random, start: int, stop: int) -> list[str]:
 
 
 @dataclass
-class Upkeep:
-    """Time spent in ``maintain`` and the names added meanwhile (stores without a run index
-    have nothing to maintain)."""
+class Timed:
+    """Wall-clock and CPU seconds (this process, all threads) of something done ``count``
+    times: on a shared machine, CPU time is the figure that other processes disturb least."""
 
-    seconds: float = 0.0
-    names: int = 0
+    wall: float = 0.0
+    cpu: float = 0.0
+    count: int = 0
+
+    @contextmanager
+    def timing(self, count: int) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        yield
+        self.wall += time.perf_counter() - wall
+        self.cpu += time.process_time() - cpu
+        self.count += count
+
+    def us(self) -> str:
+        count = max(self.count, 1)
+        return f"{self.wall / count * 1e6:.2f} us (CPU {self.cpu / count * 1e6:.2f} us)"
+
+
+@dataclass
+class Upkeep:
+    """Time spent in ``maintain``, per name added meanwhile (stores without a run index have
+    nothing to maintain)."""
+
+    timed: Timed = field(default_factory=Timed)
 
     def after_assign(self, store: UserStore, added: int) -> None:
-        self.names += added
+        self.timed.count += added
         maintain: Callable[[], None] | None = getattr(store, "maintain", None)
         if maintain is not None and store.maintenance_due():
-            started = time.perf_counter()
-            maintain()
-            self.seconds += time.perf_counter() - started
-
-    def per_name_us(self) -> float:
-        return self.seconds / self.names * 1e6 if self.names else 0.0
+            with self.timed.timing(0):
+                maintain()
 
 
 def memory() -> str:
@@ -109,32 +127,33 @@ def run(directory: Path, sizes: list[int], new: int, rounds: int, known: int,
                 held += len(chunk)
                 ranks += len(chunk)
                 print(f"[fill] {held:,} / {size:,} names", file=sys.stderr, flush=True)
-            took = []
+            took: list[Timed] = []
             for _ in range(rounds):
                 fresh = fresh_names(rng, new)
-                started = time.perf_counter()
-                ids = store.assign(fresh)
-                took.append(time.perf_counter() - started)
+                took.append(Timed())
+                with took[-1].timing(new):
+                    ids = store.assign(fresh)
                 if len(set(ids.values())) != len(set(fresh)):
                     raise SystemExit("assign returned duplicate ids")
                 held += len(set(fresh))
                 upkeep.after_assign(store, len(set(fresh)))
             lookup = ""
             if ranks:
-                sample = [f"{KNOWN_PREFIX}{rng.randrange(ranks)}" for _ in range(known)]
-                started = time.perf_counter()
-                found = store.assign(sample)
-                spent = time.perf_counter() - started
+                sample = list({f"{KNOWN_PREFIX}{rng.randrange(ranks)}" for _ in range(known)})
+                looked_up = Timed()
+                with looked_up.timing(len(sample)):
+                    found = store.assign(sample)
                 if max(found.values()) > held:
                     raise SystemExit("a known name got a new id")
-                lookup = f"; known name (not cached) {spent / len(set(sample)) * 1e6:.2f} us"
+                lookup = f"; known name (not cached) {looked_up.us()}"
             gc.collect()
-            median = statistics.median(took)
+            took.sort(key=lambda timed: timed.wall)
+            median = took[len(took) // 2]
             lines.append(
-                f"dictionary of {size:,} names: new name {median / new * 1e6:.2f} us "
-                f"(assign of {new:,}: median {median * 1000:.0f} ms, slowest "
-                f"{max(took) * 1000:.0f} ms) + index upkeep {upkeep.per_name_us():.2f} us"
-                f"{lookup}; {memory()}; on disk {disk_mib(directory):.0f} MiB")
+                f"dictionary of {size:,} names: new name {median.us()} (assign of {new:,}: "
+                f"median {median.wall * 1000:.0f} ms, slowest {took[-1].wall * 1000:.0f} ms) "
+                f"+ index upkeep {upkeep.timed.us()}{lookup}; {memory()}; on disk "
+                f"{disk_mib(directory):.0f} MiB")
             print(lines[-1], flush=True)
     finally:
         store.close()

@@ -18,11 +18,11 @@ def test_short_run_reports_each_size_and_fills_the_dictionary(
                                   "--known", "50", "--dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2
-    assert re.fullmatch(r"dictionary of 0 names: new name \d+\.\d\d us \(assign of 200: median "
-                        r"\d+ ms, slowest \d+ ms\) \+ index upkeep 0\.00 us; RSS \d+ MiB "
-                        r"\(anon \d+, file \d+\); on disk \d+ MiB", out[0])
-    assert re.search(r"^dictionary of 3,000 names: .* known name \(not cached\) \d+\.\d\d us; ",
-                     out[1])
+    us = r"\d+\.\d\d us \(CPU \d+\.\d\d us\)"
+    assert re.fullmatch(rf"dictionary of 0 names: new name {us} \(assign of 200: median \d+ ms, "
+                        rf"slowest \d+ ms\) \+ index upkeep {us}; RSS \d+ MiB \(anon \d+, "
+                        r"file \d+\); on disk \d+ MiB", out[0])
+    assert re.search(rf"^dictionary of 3,000 names: .* known name \(not cached\) {us}; ", out[1])
     conn = sqlite3.connect(tmp_path / "users.sqlite")
     try:  # 0 + 2 x 200, then filled to 3,000, then 2 x 200 more
         assert conn.execute("SELECT count(*), count(DISTINCT name), max(id) FROM users"
