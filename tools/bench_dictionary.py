@@ -42,6 +42,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: make ``tools`` importable (--batch)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from shardstats.storage.users import UserStore
 
 FILL_CHUNK = 50_000
