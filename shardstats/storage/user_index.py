@@ -16,9 +16,9 @@ made each new name cost a page write that grew with the dictionary. Rules:
    used) and a CRC of its contents, checked when it is opened: a damaged run is deleted and
    its range read again from ``users.sqlite``. So an answer "no id carries this name" comes
    only from runs that were complete when written and are intact when read.
-4. Runs are merged two at a time, newest first, when the older is not bigger than the newer
-   (a binary counter): each entry is copied about log2(dictionary / tail) times in all, and
-   a lookup searches at most that many runs. A crash during a merge leaves the inputs and
+4. Runs are merged four at a time, the newest ones, once they are of one size tier (see
+   ``to_merge``): each entry is copied about log4(dictionary / tail) times in all, and a
+   lookup searches at most three runs per tier. A crash during a merge leaves the inputs and
    perhaps the merged run: ``load_runs`` keeps the longest chain from id 1 and deletes the rest.
 
 File layout (little-endian): a header (magic, seed, first, last, entries, bytes of names,
@@ -31,6 +31,7 @@ Blocking, numpy in C: call from worker threads.
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import struct
@@ -52,6 +53,7 @@ _MAGIC = b"SSUIRUN2"
 # magic, seed, first id, last id, entries, bytes of names, CRC-32 of the rest, padding
 _HEADER = struct.Struct("<8sQQQQQI4x")
 _SUFFIX = ".run"
+FANOUT = 4
 
 
 def name_hashes(names: Sequence[str], seed: int) -> Hashes:
@@ -178,20 +180,48 @@ def write_entries(directory: Path, seed: int, first: int, last: int, entries: En
                      len(entries.names))
 
 
-def merge(directory: Path, seed: int, older: Run, newer: Run) -> Run:
-    """One run covering both (``newer`` must start right after ``older``)."""
-    if newer.first != older.last + 1:
-        raise ValueError(f"runs {older.first}-{older.last} and {newer.first}-{newer.last} "
-                         "are not adjacent")
-    a, b = older.entries, newer.entries
-    # Newer ids are all greater: inserted after equal hashes, (hash, id) order holds.
-    at = np.searchsorted(a.hashes, b.hashes, side="right")
-    a_size = int(a.offsets[-1])
-    parts = [np.insert(a.hashes, at, b.hashes).data, np.insert(a.ids, at, b.ids).data,
-             a.name_ids.data, b.name_ids.data, a.offsets[:-1].data,
-             (b.offsets + np.uint64(a_size)).data, a.names, b.names]
-    return write_run(directory, seed, older.first, newer.last, parts,
-                     older.count + newer.count, a_size + int(b.offsets[-1]))
+def merge(directory: Path, seed: int, runs: Sequence[Run]) -> Run:
+    """One run covering ``runs`` (each starting right after the one before)."""
+    for older, newer in itertools.pairwise(runs):
+        if newer.first != older.last + 1:
+            raise ValueError(f"runs {older.first}-{older.last} and {newer.first}-{newer.last} "
+                             "are not adjacent")
+    entries = [run.entries for run in runs]
+    hashes = np.concatenate([e.hashes for e in entries])
+    # Stable (a timsort, which merges the sorted runs it finds): among equal hashes the ids
+    # stay in run order, which is id order.
+    order = np.argsort(hashes, kind="stable")
+    ids = np.concatenate([e.ids for e in entries])[order]
+    offsets: list[Any] = []
+    shift = 0
+    for e in entries:
+        offsets.append((e.offsets[:-1] + np.uint64(shift)).data)
+        shift += int(e.offsets[-1])
+    offsets.append(np.array([shift], dtype=np.uint64).data)
+    parts = [hashes[order].data, ids.data, *(e.name_ids.data for e in entries), *offsets,
+             *(e.names for e in entries)]
+    return write_run(directory, seed, runs[0].first, runs[-1].last, parts,
+                     sum(run.count for run in runs), shift)
+
+
+def to_merge(runs: Sequence[Run], unit: int) -> int:
+    """How many of the newest runs to merge now (0: none), size-tiered: run sizes fall into
+    tiers of powers of ``FANOUT`` (in units of ``unit`` entries, the tail size); the newest
+    ``FANOUT`` runs merge once they are all of the newest run's tier or below. Each entry
+    is then copied about log4(dictionary / unit) times, and a lookup searches at most
+    ``FANOUT - 1`` runs per tier."""
+    if len(runs) < FANOUT:
+        return 0
+    tier = _tier(runs[-1].count, unit)
+    newest = runs[-FANOUT:]
+    return FANOUT if all(_tier(run.count, unit) <= tier for run in newest) else 0
+
+
+def _tier(count: int, unit: int) -> int:
+    tier, size = 0, max(unit, 1) * FANOUT
+    while count >= size:
+        tier, size = tier + 1, size * FANOUT
+    return tier
 
 
 def open_run(path: Path, seed: int, *, verify: bool = True) -> Run | None:

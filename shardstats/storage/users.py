@@ -209,7 +209,8 @@ class UserStore:
     # -- keeping the index ------------------------------------------------------------------
 
     def maintenance_due(self) -> bool:
-        return len(self._tail_names) >= self._tail_size or _mergeable(self._runs)
+        return (len(self._tail_names) >= self._tail_size
+                or user_index.to_merge(self._runs, self._tail_size) > 0)
 
     def maintain(self) -> None:
         """Write the tail as a run and merge runs (rule 5). Safe beside ``assign``."""
@@ -236,17 +237,18 @@ class UserStore:
                 self._tail = dict(zip(self._tail_names, self._tail_ids, strict=True))
         while True:
             runs = self._runs  # only maintain (one call at a time) replaces runs once open
-            if not _mergeable(runs):
+            count = user_index.to_merge(runs, self._tail_size)
+            if not count:
                 return
-            merged = user_index.merge(self.index_dir, self._seed, runs[-2], runs[-1])
+            merged = user_index.merge(self.index_dir, self._seed, runs[-count:])
             with self._lock:
                 self._check_open()
-                self._runs = [*runs[:-2], merged]
+                self._runs = [*runs[:-count], merged]
             self._drop_unused(self._runs)
 
     def _merged(self, runs: list[user_index.Run]) -> list[user_index.Run]:
-        while _mergeable(runs):
-            runs = [*runs[:-2], user_index.merge(self.index_dir, self._seed, runs[-2], runs[-1])]
+        while count := user_index.to_merge(runs, self._tail_size):
+            runs = [*runs[:-count], user_index.merge(self.index_dir, self._seed, runs[-count:])]
             self._drop_unused(runs)
         return runs
 
@@ -296,7 +298,3 @@ class UserStore:
             pass
         finally:
             self._conn.close()
-
-
-def _mergeable(runs: Sequence[user_index.Run]) -> bool:
-    return len(runs) >= 2 and runs[-2].count <= runs[-1].count

@@ -163,21 +163,22 @@ def filled(path: Path, count: int, step: int = 25) -> tuple[UserStore, dict[str,
 
 def test_a_crash_during_a_merge_leaves_a_chain_the_next_open_keeps(tmp_path: Path) -> None:
     path = tmp_path / "users.sqlite"
-    store, model = filled(path, 40, step=20)
-    [run] = store._runs  # 1..20 and 21..40, merged
+    store, model = filled(path, 80, step=20)
+    [run] = store._runs  # 1..20, 21..40, 41..60 and 61..80, merged
     seed = store._seed
     store.close()
     # What a crash before the inputs of that merge were deleted leaves, and a temporary file.
-    for first, last in [(1, 20), (21, 40)]:
+    for first in range(1, 80, 20):
+        last = first + 19
         ids = list(range(first, last + 1))
         names = [run.name_at(uid).decode() for uid in ids]
         user_index.write_entries(store.index_dir, seed, first, last, user_index.Entries.build(
             ids, names, user_index.name_hashes(names, seed)))
     (store.index_dir / ".users-41-50.run.tmp").write_bytes(b"half")
-    assert len(run_files(store)) == 4
+    assert len(run_files(store)) == 6
     with UserStore(path, tail_size=10) as again:
-        assert [(r.first, r.last) for r in again._runs] == [(1, 40)]
-        assert run_files(again) == ["users-1-40.run"]
+        assert [(r.first, r.last) for r in again._runs] == [(1, 80)]
+        assert run_files(again) == ["users-1-80.run"]
         check(again, model)
 
 
