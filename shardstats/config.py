@@ -1,13 +1,15 @@
 """Typed settings: defaults < TOML file < environment (``SHARDSTATS_*``) < command-line flags.
 
 Every key is a field of ``Settings``; an unknown key in the file or the environment is an
-error, never silently kept. ``config/shardstats.toml`` lists every key with its default, and
-a test checks the two agree.
+error, never silently kept. Each field's ``_doc`` is the one description of the setting:
+``config/shardstats.toml``, the README's settings tables and the OpenAPI descriptions are
+written from it (``python -m tools.settings_docs``), and a test fails when they drift.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import re
@@ -17,127 +19,128 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from shardstats.errors import ConfigError
+
+__all__ = ["ConfigError", "Settings", "load_settings"]
+
+log = logging.getLogger("shardstats.config")
+
 ENV_PREFIX = "SHARDSTATS_"
 ENV_CONFIG = "SHARDSTATS_CONFIG"
 NATS_SCHEMES = frozenset({"nats", "tls", "ws", "wss"})
 STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-class ConfigError(ValueError):
-    """A setting is unknown or has a value of the wrong kind."""
-
-
-def _doc(text: str) -> Any:
-    return {"doc": text}
+def _doc(text: str, *, shown: str | None = None, cluster: bool = False) -> Any:
+    """A setting's documentation, the one source of the sample config's comments, the README
+    tables and the OpenAPI descriptions (``tools/settings_docs.py`` writes and checks them).
+    ``shown``: the default as people read it (``30 days``), when the value alone is opaque;
+    ``cluster``: a cluster-mode setting (its own section and table)."""
+    return {"doc": text, "shown": shown, "cluster": cluster}
 
 
 @dataclass(frozen=True)
 class Settings:
-    bind: str = field(default="127.0.0.1:8080", metadata=_doc("HOST:PORT to listen on"))
-    data_dir: str = field(
-        default="snapshots", metadata=_doc("journals, user dictionary and snapshots live here")
-    )
-    max_user_bytes: int = field(default=256, metadata=_doc("longest accepted user id, bytes"))
-    accept_past_seconds: int = field(
-        default=30 * 24 * 3600,
-        metadata=_doc("POST rejects timestamps older than now minus this (0: no bound)"),
-    )
-    accept_future_seconds: int = field(
-        default=600, metadata=_doc("POST rejects timestamps beyond now plus this (0: no bound)")
-    )
-    max_open_shards: int = field(
-        default=16, metadata=_doc("hours with an open journal and a running shard task")
-    )
-    max_cached_hours: int = field(
-        default=768,
-        metadata=_doc("closed hours whose aggregate stays in memory (range queries read them)"),
-    )
-    max_range_hours: int = field(
-        default=768, metadata=_doc("longest range /analytics/range accepts, in hours")
-    )
-    max_batch_bytes: int = field(
-        default=16 * 1024 * 1024, metadata=_doc("largest /analytics/batch body (413 beyond)")
-    )
-    max_batch_lines: int = field(
-        default=100_000,
-        metadata=_doc("most lines in one /analytics/batch body (413 beyond, refused before "
-                      "any line is judged)"),
-    )
-    inbox_size: int = field(
-        default=4096, metadata=_doc("queued requests per hour before POST answers 503")
-    )
-    max_batch: int = field(default=4096, metadata=_doc("most events in one group commit"))
-    snapshot_interval_seconds: float = field(
-        default=30.0, metadata=_doc("how often an open hour with new events is snapshotted")
-    )
-    shard_idle_seconds: float = field(
-        default=120.0, metadata=_doc("a past hour's shard idle this long is closed")
-    )
-    preload_hours: int = field(
-        default=2, metadata=_doc("recent hours recovered eagerly at start; older ones lazily")
-    )
-    user_cache_size: int = field(
-        default=200_000, metadata=_doc("user id lookups kept in memory (LRU)")
-    )
-    user_index_tail: int = field(
-        default=131_072,
-        metadata=_doc("newest user names held in memory before they join the on-disk index"),
-    )
-    graceful_timeout_seconds: float = field(
-        default=10.0, metadata=_doc("on SIGTERM, how long in-flight requests may take")
-    )
-    backlog: int = field(default=1024, metadata=_doc("listen backlog"))
-    log_level: str = field(default="info", metadata=_doc("debug, info, warning or error"))
-    log_format: str = field(
-        default="text", metadata=_doc("text, or json for one JSON object per line")
-    )
-    access_log: bool = field(default=False, metadata=_doc("log every request (to stderr)"))
-    ingest_token: str = field(
-        default="",
-        repr=False,  # never in logs or tracebacks
-        metadata=_doc("bearer token required for POST (empty: no token needed)"),
-    )
-    query_token: str = field(
-        default="",
-        repr=False,
-        metadata=_doc("bearer token required for GET /analytics (empty: no token needed)"),
-    )
-    require_tokens: bool = field(
-        default=False, metadata=_doc("refuse to start unless both tokens are set (production)")
-    )
-    cluster_nats_urls: str = field(
-        default="",
-        metadata=_doc("comma-separated NATS URLs; empty: embedded mode (no cluster)"),
-    )
-    cluster_stream: str = field(
-        default="shardstats", metadata=_doc("JetStream stream holding the events")
-    )
-    cluster_replicas: int = field(
-        default=3, metadata=_doc("stream replicas when this node creates the stream (1-5)")
-    )
-    node_name: str = field(
-        default="",
-        metadata=_doc("names this node to NATS (empty: <hostname>:<bind port>)"),
-    )
-    cluster_publish_timeout_seconds: float = field(
-        default=5.0, metadata=_doc("wait for a PubAck this long before answering 500")
-    )
-    cluster_read_barrier_timeout_seconds: float = field(
-        default=2.0, metadata=_doc("bound on a JetStream request (stream info, read barrier)")
-    )
-    cluster_duplicate_window_seconds: float = field(
-        default=120.0, metadata=_doc("stream window in which a repeated Nats-Msg-Id is dropped")
-    )
-    cluster_max_lag_seconds: float = field(
-        default=30.0,
-        metadata=_doc("/healthz answers 503 while this node applies the log later than this"),
-    )
-    cluster_retention_days: int = field(
-        default=0, metadata=_doc("stream max age when this node creates it (0: keep forever)")
-    )
+    bind: str = field(default="127.0.0.1:8080", metadata=_doc(
+        "HOST:PORT to listen on. Loopback by default; use 0.0.0.0:PORT to listen on every "
+        "interface."))
+    data_dir: str = field(default="snapshots", metadata=_doc(
+        "Journals, user dictionary and snapshots live here (relative to the working "
+        "directory)."))
+    max_user_bytes: int = field(default=256, metadata=_doc(
+        "Longest accepted user id, in bytes of UTF-8."))
+    accept_past_seconds: int = field(default=30 * 24 * 3600, metadata=_doc(
+        "POST rejects timestamps older than now minus this many seconds (0: no bound).",
+        shown="30 days"))
+    accept_future_seconds: int = field(default=600, metadata=_doc(
+        "POST rejects timestamps later than now plus this many seconds (0: no bound).",
+        shown="10 minutes"))
+    max_open_shards: int = field(default=16, metadata=_doc(
+        "Hours with an open journal and a running shard task; the least recently used past "
+        "hour is snapshotted and closed to make room."))
+    max_cached_hours: int = field(default=768, metadata=_doc(
+        "Closed hours whose aggregate stays in memory for fast GETs and range queries (least "
+        "recently used evicted). Memory per hour is about 2 bytes per distinct user."))
+    max_range_hours: int = field(default=768, metadata=_doc(
+        "Longest range GET /analytics/range accepts, in hours.", shown="768 (32 days)"))
+    max_batch_bytes: int = field(default=16 * 1024 * 1024, metadata=_doc(
+        "Largest body POST /analytics/batch accepts, in bytes; larger bodies get 413.",
+        shown="16 MiB"))
+    max_batch_lines: int = field(default=100_000, metadata=_doc(
+        "Most lines one POST /analytics/batch body may have (a final newline does not start "
+        "another); more get 413, counted before any line is judged. Bounds the work and the "
+        "answer of a body of tiny lines (16 MiB of newlines would otherwise be 16 million "
+        "lines)."))
+    inbox_size: int = field(default=4096, metadata=_doc(
+        "Requests queued per hour before POST answers 503 with Retry-After."))
+    max_commit_events: int = field(default=4096, metadata=_doc(
+        "Most events written in one group commit (one transaction, one fsync). Its old name "
+        "max_batch is still accepted, with a warning."))
+    snapshot_interval_seconds: float = field(default=30.0, metadata=_doc(
+        "How often an open hour with new events is snapshotted, in seconds."))
+    shard_idle_seconds: float = field(default=120.0, metadata=_doc(
+        "A past hour's shard idle this many seconds is snapshotted and closed."))
+    preload_hours: int = field(default=2, metadata=_doc(
+        "Recent hours recovered eagerly at start (older hours recover on first use)."))
+    user_cache_size: int = field(default=200_000, metadata=_doc(
+        "User-id lookups kept in memory (LRU); misses are read from the user dictionary."))
+    user_index_tail: int = field(default=131_072, metadata=_doc(
+        "Newest user names held in memory (about 150 bytes each) until a background task "
+        "writes them into the user dictionary's on-disk name index (users-index/)."))
+    graceful_timeout_seconds: float = field(default=10.0, metadata=_doc(
+        "On SIGTERM/SIGINT, how long in-flight requests may take before they are cut, in "
+        "seconds."))
+    backlog: int = field(default=1024, metadata=_doc(
+        "Listen backlog (hypercorn's default of 100 is small for bursts)."))
+    log_level: str = field(default="info", metadata=_doc(
+        "Log level: debug, info, warning or error."))
+    log_format: str = field(default="text", metadata=_doc(
+        "Log format: text, or json (one object per line: time, level, logger, message)."))
+    access_log: bool = field(default=False, metadata=_doc("Log every request to stderr."))
+    ingest_token: str = field(default="", repr=False, metadata=_doc(  # never in logs
+        "Bearer token required on POST /analytics and POST /analytics/batch "
+        "(`Authorization: Bearer <token>`); empty: none. Prefer the environment "
+        "(SHARDSTATS_INGEST_TOKEN) to keep secrets out of files.", shown="empty (off)"))
+    query_token: str = field(default="", repr=False, metadata=_doc(
+        "Bearer token required on GET /analytics and GET /analytics/range; empty: none.",
+        shown="empty (off)"))
+    require_tokens: bool = field(default=False, metadata=_doc(
+        "Refuse to start unless both tokens are set (see config/production.toml)."))
+    cluster_nats_urls: str = field(default="", metadata=_doc(
+        "Comma-separated NATS server URLs, e.g. \"nats://10.0.0.1:4222,nats://10.0.0.2:4222\"; "
+        "list every server. Empty: embedded mode, one process, the SQLite journals are the "
+        "truth.", shown="empty (embedded mode)", cluster=True))
+    cluster_stream: str = field(default="shardstats", metadata=_doc(
+        "JetStream stream that holds the events (subjects `<stream>.events` and "
+        "`<stream>.events.>`).", cluster=True))
+    cluster_replicas: int = field(default=3, metadata=_doc(
+        "Stream replicas when this node creates the stream (3 for a 3-server NATS cluster, 1 "
+        "for a single nats-server; at most 5). An existing stream keeps its own count; a "
+        "difference is logged.", cluster=True))
+    node_name: str = field(default="", metadata=_doc(
+        "Names this node to NATS (connection name, consumer description); make it unique. "
+        "Empty: `<hostname>:<port of bind>`, unique per process on a machine and stable across "
+        "restarts.", shown="`<hostname>:<bind port>`", cluster=True))
+    cluster_publish_timeout_seconds: float = field(default=5.0, metadata=_doc(
+        "How long a POST waits for the PubAck; past it the outcome is unknown and the POST "
+        "gets 500.", cluster=True))
+    cluster_read_barrier_timeout_seconds: float = field(default=2.0, metadata=_doc(
+        "Bound on one JetStream request (stream info, stream and consumer set-up) and on a "
+        "GET's wait for this node to apply the log that far (read barrier): past it the GET "
+        "answers 503.", cluster=True))
+    cluster_duplicate_window_seconds: float = field(default=120.0, metadata=_doc(
+        "A message whose Nats-Msg-Id the stream saw within this window is stored only once.",
+        cluster=True))
+    cluster_max_lag_seconds: float = field(default=30.0, metadata=_doc(
+        "/healthz answers 503 (\"lagging\") while the oldest log record this node has not "
+        "applied yet is older than this, and while it catches up after a start (\"catching "
+        "up\").", cluster=True))
+    cluster_retention_days: int = field(default=0, metadata=_doc(
+        "Stream max age in days when this node creates the stream (0: keep every event "
+        "forever).", shown="0 (forever)", cluster=True))
 
     def __post_init__(self) -> None:
-        for name in ("max_user_bytes", "max_open_shards", "inbox_size", "max_batch",
+        for name in ("max_user_bytes", "max_open_shards", "inbox_size", "max_commit_events",
                      "max_range_hours", "max_batch_bytes", "max_batch_lines",
                      "user_index_tail"):
             if getattr(self, name) < 1:
@@ -201,6 +204,8 @@ class Settings:
 
 
 SETTING_NAMES = tuple(f.name for f in fields(Settings))
+# Old names still accepted in every layer, with a warning in the log: old -> new.
+DEPRECATED_NAMES = {"max_batch": "max_commit_events"}
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
@@ -230,9 +235,15 @@ def _coerce(name: str, value: Any, source: str) -> Any:
 
 
 def _apply(values: dict[str, Any], layer: Mapping[str, Any], source: str) -> None:
-    for name, value in layer.items():
+    for given, value in layer.items():
+        name = DEPRECATED_NAMES.get(given, given)
         if name not in SETTING_NAMES:
-            raise ConfigError(f"{source}: unknown setting {name!r}")
+            raise ConfigError(f"{source}: unknown setting {given!r}")
+        if name != given:
+            if name in layer:
+                raise ConfigError(f"{source}: {given!r} is the old name of {name!r}; give "
+                                  f"only {name!r}")
+            log.warning("%s: setting %r is deprecated, use %r", source, given, name)
         values[name] = _coerce(name, value, source)
 
 
@@ -267,6 +278,30 @@ def load_settings(
         raise ConfigError(str(exc)) from None
 
 
-def describe() -> list[tuple[str, Any, str]]:
-    """``(name, default, doc)`` of every setting, for docs and the sample config."""
-    return [(f.name, f.default, f.metadata["doc"]) for f in fields(Settings)]
+@dataclass(frozen=True)
+class SettingDoc:
+    name: str
+    default: Any
+    doc: str
+    shown: str | None  # the default as people read it, when the value alone is opaque
+    cluster: bool  # a cluster-mode setting
+
+    @property
+    def default_text(self) -> str:
+        """The default for people: ``shown``, or the value (``empty`` for an empty string)."""
+        if self.shown is not None:
+            return self.shown
+        value = self.default
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, str):
+            return f"`{value}`" if value else "empty"
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return f"{value:,}" if isinstance(value, int) and value >= 10_000 else str(value)
+
+
+def describe() -> list[SettingDoc]:
+    """Every setting with its default and documentation, in definition order."""
+    return [SettingDoc(f.name, f.default, f.metadata["doc"], f.metadata["shown"],
+                       f.metadata["cluster"]) for f in fields(Settings)]

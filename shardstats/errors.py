@@ -1,8 +1,9 @@
 """The one exception tree of shardstats; each class knows the HTTP status it maps to.
 
     ShardstatsError                  500
-    ├── InvalidInput                 400  bad query parameter, reason in the message
+    ├── InvalidInput                 400  bad input: a message for people, a Problem for machines
     │   └── BatchTooLarge            413  a batch body with more lines than allowed
+    ├── ConfigError                       a setting is unknown or has a wrong value (CLI exit 2)
     ├── Unavailable                  503  overloaded or not ready; carries retry_after
     │   ├── Overloaded
     │   ├── NotReady
@@ -15,25 +16,81 @@
     └── DataDirLocked                    another process owns the data directory (CLI exit 3)
 
 Pure code (``core``) raises only ``InvalidInput`` and ``CorruptFile``.
+
+What is wrong with an input is data, not text: ``InvalidInput.problem`` names the field and the
+reason from two fixed sets (``Field``, ``Reason``). The 400 answers carry them and the rejection
+metric is labelled with them; the message is for people and may change.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
 
 
 class ShardstatsError(Exception):
     status = 500
 
 
+class Field(StrEnum):
+    """The part of a request that is wrong: a query parameter or batch-line field by name,
+    or the query string, a batch line or a batch body as a whole."""
+
+    TIMESTAMP = "timestamp"
+    USER = "user"
+    EVENT = "event"
+    ID = "id"
+    FROM = "from"
+    TO = "to"
+    STEP = "step"
+    QUERY = "query"
+    LINE = "line"
+    BODY = "body"
+    ARGUMENT = "argument"  # a command-line argument of an operator command
+
+
+class Reason(StrEnum):
+    MISSING = "missing"
+    EMPTY = "empty"
+    REPEATED = "repeated"  # a parameter given more than once
+    ENCODING = "encoding"  # not UTF-8 after percent-decoding, or not valid Unicode
+    MALFORMED = "malformed"  # not digits, not JSON, not a JSON object, a value of a wrong type
+    TOO_LONG = "too_long"  # more bytes than allowed
+    TOO_LARGE = "too_large"  # a number, range or line count beyond its maximum
+    CONTROL_CHARACTER = "control_character"
+    UNKNOWN_VALUE = "unknown_value"  # not one of the allowed words (event, step)
+    TOO_OLD = "too_old"  # a POST timestamp before the acceptance window
+    TOO_NEW = "too_new"  # a POST timestamp after it
+    OUT_OF_ORDER = "out_of_order"  # a range's end before its start
+    INVALID = "invalid"  # an operator command's argument (no finer code)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    field: Field
+    reason: Reason
+
+
 class InvalidInput(ShardstatsError):
     status = 400
 
-    @property
-    def reason(self) -> str:
-        return str(self)
+    def __init__(self, message: str, field: Field = Field.ARGUMENT,
+                 reason: Reason = Reason.INVALID) -> None:
+        super().__init__(message)
+        self.problem = Problem(field, reason)
+
+    def as_json(self) -> dict[str, str]:
+        """The body of a 400: the message, and the problem as codes."""
+        return {"error": str(self), "field": self.problem.field,
+                "reason": self.problem.reason}
 
 
 class BatchTooLarge(InvalidInput):
     status = 413
+
+
+class ConfigError(ShardstatsError, ValueError):
+    """A setting is unknown or has a value of the wrong kind."""
 
 
 class Unavailable(ShardstatsError):

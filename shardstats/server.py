@@ -19,8 +19,7 @@ from hypercorn.trio import serve
 from shardstats.config import Settings
 from shardstats.core.validation import query_limit
 from shardstats.errors import DataDirLocked
-from shardstats.http.app import create_app, lean_front
-from shardstats.http.hot import LeanFront
+from shardstats.http.app import App, create_app
 from shardstats.logs import configure_logging
 from shardstats.shards.service import Service
 
@@ -57,9 +56,8 @@ def run_server(settings: Settings) -> int:
     except OSError as exc:
         print(f"shardstats: cannot use data directory {settings.data_dir}: {exc}", file=sys.stderr)
         return 1
-    quart_app = create_app(settings, service)
-    quart_app.config["SHARDSTATS_FREEZE_GC"] = True
-    app = lean_front(quart_app)
+    app = create_app(settings, service)
+    app.quart.config["SHARDSTATS_FREEZE_GC"] = True
     try:
         trio.run(_serve, app, hypercorn_config(settings), settings)
     except KeyboardInterrupt:  # a second Ctrl-C: give up on graceful shutdown
@@ -89,7 +87,7 @@ def _first_leaf(group: BaseExceptionGroup[OSError]) -> OSError:
     return exc
 
 
-async def _serve(app: LeanFront, config: HypercornConfig, settings: Settings) -> None:
+async def _serve(app: App, config: HypercornConfig, settings: Settings) -> None:
     stop = trio.Event()
     # The receiver stays open until shutdown is complete: a second SIGTERM (a supervisor
     # and `timeout` both signalling, say) must not kill the process mid-snapshot.
@@ -103,7 +101,7 @@ async def _serve(app: LeanFront, config: HypercornConfig, settings: Settings) ->
 
 
 async def _serve_hypercorn(
-    app: LeanFront,
+    app: App,
     config: HypercornConfig,
     stop: trio.Event,
     done: trio.CancelScope,

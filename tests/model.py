@@ -1,35 +1,22 @@
-"""A plain-Python reference model of hourly aggregates: dict of sets and counters."""
+"""The plain reference model of hourly aggregates: every event it is given is counted.
+
+It is the one ledger (``tools.loadgen.ledger``) with every event sent and acknowledged, so its
+two bounds meet and ``counts(hour)`` is the exact answer. Event ids are not looked at: a test
+that delivers an event twice adds it once.
+"""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from shardstats.core.events import Event, EventKind, HourCounts
+from tools.loadgen.ledger import Ledger
 
 
-@dataclass
-class HourModel:
-    users: set[str] = field(default_factory=set)
-    clicks: int = 0
-    impressions: int = 0
-
-    def counts(self) -> HourCounts:
-        return HourCounts(len(self.users), self.clicks, self.impressions)
-
-
-class Model:
-    def __init__(self) -> None:
-        self.hours: defaultdict[int, HourModel] = defaultdict(HourModel)
-
+class Model(Ledger):
     def add(self, event: Event) -> None:
-        hour = self.hours[event.hour]
-        hour.users.add(event.user)
-        if event.kind == EventKind.CLICK:
-            hour.clicks += 1
-        else:
-            hour.impressions += 1
+        self.sent()
+        self.settle(event.hour, event.user, event.kind is EventKind.CLICK, acknowledged=True)
 
     def add_all(self, events: Iterable[Event]) -> Model:
         for event in events:
@@ -37,5 +24,8 @@ class Model:
         return self
 
     def counts(self, hour: int) -> HourCounts:
-        model = self.hours.get(hour)
-        return model.counts() if model else HourCounts()
+        entry = self.hours.get(hour)
+        if entry is None:
+            return HourCounts()
+        counts = entry.acknowledged.counts()
+        return HourCounts(counts.unique_users, counts.clicks, counts.impressions)

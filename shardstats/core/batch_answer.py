@@ -28,6 +28,7 @@ from itertools import islice
 import msgspec
 
 from shardstats.core.batch import LineRuns, ParsedBatch, Steps
+from shardstats.errors import Problem
 
 RESULTS_SLACK = 4096  # bytes of per-line verdicts always allowed beyond the body's size
 RUNS_PER_STEP = 512  # runs of lines written, or events classified, between two steps
@@ -42,7 +43,7 @@ class BatchAnswer:
     accepted: int
     rejected: int
     failed: int
-    rejected_by_reason: dict[str, int]  # for the metrics: one count per reason
+    rejected_by_problem: dict[Problem, int]  # for the metrics
     body: bytes  # the JSON answer
 
 
@@ -84,9 +85,11 @@ def answer_steps(parsed: ParsedBatch, failed_at: FailedAt | None, body_size: int
         out.append(b',"results":')
         yield from _results(parsed.line_count, [(ACCEPTED, accepted_runs), *groups], out)
     out.append(b"}")
-    return BatchAnswer(len(accepted_runs), rejected, failed_count,
-                       {reason: len(runs) for reason, runs in parsed.rejected.items()},
-                       b"".join(out))
+    by_problem: dict[Problem, int] = {}
+    for message, runs in parsed.rejected.items():
+        problem = parsed.problems[message]
+        by_problem[problem] = by_problem.get(problem, 0) + len(runs)
+    return BatchAnswer(len(accepted_runs), rejected, failed_count, by_problem, b"".join(out))
 
 
 def _ranges(runs: LineRuns, out: list[bytes]) -> Steps[None]:

@@ -15,7 +15,7 @@ from pyroaring import BitMap
 from shardstats.core.aggregate import HourAggregate
 from shardstats.core.events import HOUR_MS, HourCounts
 from shardstats.core.validation import parse_query_fields, parse_timestamp_text
-from shardstats.errors import InvalidInput
+from shardstats.errors import Field, InvalidInput, Reason
 
 STEPS = ("hour", "day")
 
@@ -46,19 +46,20 @@ class RangeQuery:
 
 def range_from_query(raw: bytes, max_hours: int) -> RangeQuery:
     params = parse_query_fields(raw, frozenset({"from", "to", "step"}))
-    for name in ("from", "to"):
+    for name in (Field.FROM, Field.TO):
         if name not in params:
-            raise InvalidInput(f"missing parameter '{name}'")
-    start = parse_timestamp_text(params["from"], "from")
-    end = parse_timestamp_text(params["to"], "to")
+            raise InvalidInput(f"missing parameter '{name}'", name, Reason.MISSING)
+    start = parse_timestamp_text(params["from"], Field.FROM)
+    end = parse_timestamp_text(params["to"], Field.TO)
     if end < start:
-        raise InvalidInput("'to' is before 'from'")
+        raise InvalidInput("'to' is before 'from'", Field.TO, Reason.OUT_OF_ORDER)
     step = params.get("step", "hour")
     if step not in STEPS:
-        raise InvalidInput("step must be 'hour' or 'day'")
+        raise InvalidInput("step must be 'hour' or 'day'", Field.STEP, Reason.UNKNOWN_VALUE)
     first, last = start // HOUR_MS, end // HOUR_MS
     if last - first + 1 > max_hours:
-        raise InvalidInput(f"range covers {last - first + 1} hours; the maximum is {max_hours}")
+        raise InvalidInput(f"range covers {last - first + 1} hours; the maximum is {max_hours}",
+                           Field.TO, Reason.TOO_LARGE)
     return RangeQuery(first, last, step)
 
 

@@ -1,6 +1,6 @@
 """Turn a raw query string into a typed ``Event`` or hour, or an ``InvalidInput`` that says why.
 
-Rules (DESIGN.md §1 and issue 2):
+Rules:
 - the query string is form-encoded (``+`` is a space) UTF-8; invalid percent-encoded UTF-8 is
   rejected rather than replaced, so a user id is never silently altered;
 - a known parameter given twice is invalid; unknown parameters are ignored;
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 from shardstats.core.events import MAX_TIMESTAMP_MS, Event, EventKind
-from shardstats.errors import InvalidInput
+from shardstats.errors import Field, InvalidInput, Reason
 
 # Unicode category Cc is exactly C0, DEL and C1.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
@@ -52,7 +52,8 @@ def parse_query_fields(
 ) -> dict[str, str]:
     """``parse_query`` for any set of known parameter names."""
     if len(raw) > max_bytes:
-        raise InvalidInput(f"query string longer than {max_bytes} bytes")
+        raise InvalidInput(f"query string longer than {max_bytes} bytes", Field.QUERY,
+                           Reason.TOO_LONG)
     found: dict[str, str] = {}
     for field in raw.split(b"&"):
         if not field:
@@ -65,66 +66,73 @@ def parse_query_fields(
         if key not in known:
             continue
         if key in found:
-            raise InvalidInput(f"parameter '{key}' given more than once")
-        found[key] = _decode(value_raw, key)
+            raise InvalidInput(f"parameter '{key}' given more than once", Field(key),
+                               Reason.REPEATED)
+        found[key] = _decode(value_raw, Field(key))
     return found
 
 
-def _decode(raw: bytes, what: str) -> str:
+def _decode(raw: bytes, what: Field) -> str:
     try:
         return unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
     except UnicodeDecodeError:
-        raise InvalidInput(f"{what} is not valid UTF-8 after percent-decoding") from None
+        raise InvalidInput(f"{what} is not valid UTF-8 after percent-decoding", what,
+                           Reason.ENCODING) from None
 
 
 def parse_timestamp(params: dict[str, str]) -> int:
     text = params.get("timestamp")
     if text is None:
-        raise InvalidInput("missing parameter 'timestamp'")
-    return parse_timestamp_text(text, "timestamp")
+        raise InvalidInput("missing parameter 'timestamp'", Field.TIMESTAMP, Reason.MISSING)
+    return parse_timestamp_text(text, Field.TIMESTAMP)
 
 
-def parse_timestamp_text(text: str, name: str) -> int:
+def parse_timestamp_text(text: str, name: Field) -> int:
     if not text:
-        raise InvalidInput(f"parameter '{name}' is empty")
+        raise InvalidInput(f"parameter '{name}' is empty", name, Reason.EMPTY)
     if not (text.isascii() and text.isdigit()):
-        raise InvalidInput(f"{name} must be milliseconds since the epoch, digits only")
+        raise InvalidInput(f"{name} must be milliseconds since the epoch, digits only", name,
+                           Reason.MALFORMED)
     significant = text.lstrip("0")
     if len(significant) > 19 or int(significant or "0") > MAX_TIMESTAMP_MS:
-        raise InvalidInput(f"{name} exceeds the maximum {MAX_TIMESTAMP_MS}")
+        raise InvalidInput(f"{name} exceeds the maximum {MAX_TIMESTAMP_MS}", name,
+                           Reason.TOO_LARGE)
     return int(significant or "0")
 
 
 def parse_user(params: dict[str, str], max_user_bytes: int) -> str:
     user = params.get("user")
     if user is None:
-        raise InvalidInput("missing parameter 'user'")
+        raise InvalidInput("missing parameter 'user'", Field.USER, Reason.MISSING)
     if not user:
-        raise InvalidInput("parameter 'user' is empty")
-    size = _utf8_size(user, "user")
+        raise InvalidInput("parameter 'user' is empty", Field.USER, Reason.EMPTY)
+    size = _utf8_size(user, Field.USER)
     if size > max_user_bytes:
-        raise InvalidInput(f"user is {size} bytes long; the maximum is {max_user_bytes}")
+        raise InvalidInput(f"user is {size} bytes long; the maximum is {max_user_bytes}",
+                           Field.USER, Reason.TOO_LONG)
     if _CONTROL.search(user):
-        raise InvalidInput("user contains a control character")
+        raise InvalidInput("user contains a control character", Field.USER,
+                           Reason.CONTROL_CHARACTER)
     return user
 
 
-def _utf8_size(text: str, what: str) -> int:
+def _utf8_size(text: str, what: Field) -> int:
     if text.isascii():
         return len(text)
     try:
         return len(text.encode("utf-8"))
     except UnicodeEncodeError:  # a lone surrogate, which JSON's \ud800 escapes can carry
-        raise InvalidInput(f"{what} is not valid Unicode") from None
+        raise InvalidInput(f"{what} is not valid Unicode", what, Reason.ENCODING) from None
 
 
 def parse_kind(params: dict[str, str]) -> EventKind:
     text = params.get("event")
     if text is None:
-        raise InvalidInput("missing parameter 'event'")
+        raise InvalidInput("missing parameter 'event'", Field.EVENT, Reason.MISSING)
     kind = EventKind.parse(text)
     if kind is None:
-        raise InvalidInput("event must be 'click' or 'impression'")
+        raise InvalidInput("event must be 'click' or 'impression'", Field.EVENT,
+                           Reason.UNKNOWN_VALUE)
     return kind
 
 
@@ -134,22 +142,25 @@ def parse_event_id(params: dict[str, str]) -> str | None:
     if eid is None:
         return None
     if not eid:
-        raise InvalidInput("parameter 'id' is empty")
-    if _utf8_size(eid, "id") > MAX_ID_BYTES:
-        raise InvalidInput(f"id is longer than {MAX_ID_BYTES} bytes")
+        raise InvalidInput("parameter 'id' is empty", Field.ID, Reason.EMPTY)
+    if _utf8_size(eid, Field.ID) > MAX_ID_BYTES:
+        raise InvalidInput(f"id is longer than {MAX_ID_BYTES} bytes", Field.ID, Reason.TOO_LONG)
     if _CONTROL.search(eid):
-        raise InvalidInput("id contains a control character")
+        raise InvalidInput("id contains a control character", Field.ID,
+                           Reason.CONTROL_CHARACTER)
     return eid
 
 
 def check_window(timestamp_ms: int, now_ms: int, limits: Limits) -> None:
     if limits.accept_past_ms and timestamp_ms < now_ms - limits.accept_past_ms:
         raise InvalidInput(
-            f"timestamp is more than {limits.accept_past_ms // 1000} s in the past"
+            f"timestamp is more than {limits.accept_past_ms // 1000} s in the past",
+            Field.TIMESTAMP, Reason.TOO_OLD,
         )
     if limits.accept_future_ms and timestamp_ms > now_ms + limits.accept_future_ms:
         raise InvalidInput(
-            f"timestamp is more than {limits.accept_future_ms // 1000} s in the future"
+            f"timestamp is more than {limits.accept_future_ms // 1000} s in the future",
+            Field.TIMESTAMP, Reason.TOO_NEW,
         )
 
 

@@ -1,9 +1,10 @@
-"""The Quart-Trio application: parse, validate, hand to the service, map errors to statuses.
+"""The application: ``/analytics`` in the lean front (``http.hot``), every other route in a
+Quart-Trio app behind it, which also runs the lifespan (start and shutdown of the service).
 
-Thin by design: validation lives in ``core.validation``, state in the shards. Every
-``ShardstatsError`` knows its HTTP status; this module only renders it:
+Thin by design: validation lives in ``core``, state in the shards. Every ``ShardstatsError``
+knows its HTTP status; the routes only render it:
 - POST answers have an empty body; the reason for a 400 goes in ``X-Shardstats-Error``;
-- GET answers 400 with ``{"error": reason}``;
+- GET answers 400 with ``{"error": message, "field": ..., "reason": ...}``;
 - 503 carries ``Retry-After``.
 
 Run it with ``shardstats serve`` or ``hypercorn -k trio 'shardstats.http.app:asgi_app()'``
@@ -48,15 +49,30 @@ EXIT_LOCKED = 3  # as `shardstats serve`
 ResponseValue = tuple[Any, int, dict[str, str]] | tuple[Any, int]
 
 
-def create_app(settings: Settings | None = None, service: Service | None = None) -> QuartTrio:
-    """Build the app; with no ``service`` it starts and stops its own with the lifespan."""
+class App(LeanFront):
+    """The app to serve, and the Quart app behind it (``quart.config``, ``quart.test_app()``
+    to run the lifespan in tests)."""
+
+    def __init__(self, quart: QuartTrio, hot: HotRoutes, metrics: Metrics) -> None:
+        super().__init__(quart, hot, metrics)
+        self.quart = quart
+
+
+def create_app(settings: Settings | None = None, service: Service | None = None) -> App:
+    """Build the app to serve; with no ``service`` it starts and stops its own with the
+    lifespan."""
     service = service or Service(settings or load_settings())
+    metrics = Metrics(service)
+    service.registry.observer = metrics
+    hot = HotRoutes(service, metrics)
+    return App(_quart_app(service, metrics, hot), hot, metrics)
+
+
+def _quart_app(service: Service, metrics: Metrics, hot: HotRoutes) -> QuartTrio:
+    """Every route but ``/analytics``, and the lifespan."""
     app = QuartTrio(__name__)
     app.config["MAX_CONTENT_LENGTH"] = service.settings.max_batch_bytes
     app.extensions["shardstats"] = service
-    metrics = Metrics(service)
-    service.registry.observer = metrics
-    app.extensions["shardstats.metrics"] = metrics
 
     @app.before_serving
     async def start_service() -> None:
@@ -79,18 +95,8 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         if app.config.get("SHARDSTATS_FREEZE_GC"):
             gc.unfreeze()  # the app and service are cycles: let a stopped app be collected
 
-    hot = HotRoutes(service, metrics)
-    app.extensions["shardstats.hot"] = hot
     batch = BatchRoute(service, metrics)
     ingest, query = hot.ingest_allowed, hot.query_allowed
-
-    @app.post("/analytics", provide_automatic_options=False)
-    async def post_event() -> ResponseValue:
-        return _reply(await hot.post(request.query_string, request.headers.get("Authorization")))
-
-    @app.get("/analytics", provide_automatic_options=False)
-    async def get_counts() -> ResponseValue:
-        return _reply(await hot.get(request.query_string, request.headers.get("Authorization")))
 
     @app.post("/analytics/batch", provide_automatic_options=False)
     async def post_batch() -> ResponseValue:
@@ -189,9 +195,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> ResponseValue:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        if request.method == "POST" and request.path == "/analytics":
-            return "", 500  # POST /analytics answers never have a body
+        log.exception("unhandled error on %s %s", method_label(request.method), request.path)
         return {"error": "internal error"}, 500
 
     return app
@@ -231,8 +235,8 @@ def _reply(reply: Reply) -> ResponseValue:
     return body, status, dict(headers)
 
 
-def asgi_app(settings: Settings | None = None) -> LeanFront:
-    """The app to serve: the lean front for the hot routes around the Quart app.
+def asgi_app(settings: Settings | None = None) -> App:
+    """The app for the ``hypercorn`` command.
 
     ``hypercorn -k trio 'shardstats.http.app:asgi_app()'`` runs it with settings from
     ``$SHARDSTATS_CONFIG`` and ``SHARDSTATS_*``.
@@ -240,10 +244,6 @@ def asgi_app(settings: Settings | None = None) -> LeanFront:
     settings = settings or load_settings()
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
-    app.config["SHARDSTATS_EXIT_WHEN_LOCKED"] = True
-    app.config["SHARDSTATS_FREEZE_GC"] = True
-    return lean_front(app)
-
-
-def lean_front(app: QuartTrio) -> LeanFront:
-    return LeanFront(app, app.extensions["shardstats.hot"], app.extensions["shardstats.metrics"])
+    app.quart.config["SHARDSTATS_EXIT_WHEN_LOCKED"] = True
+    app.quart.config["SHARDSTATS_FREEZE_GC"] = True
+    return app

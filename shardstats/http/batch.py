@@ -9,7 +9,7 @@ rules and the answer all hold the GIL, so a thread would still stall the loop, o
 predictably (tools/bench.py, maxbatch: with 1 ms steps the GET p50 during hostile batches
 was 10-20 ms, with quarter-millisecond steps 6-9 ms).
 
-The valid events go to the shards in pieces of at most ``max(max_batch, PIECE_EVENTS)``
+The valid events go to the shards in pieces of at most ``max(max_commit_events, PIECE_EVENTS)``
 events, all submitted at once: a shard's group commit (user ids, the journal block, the
 bitmap) works on the loop in proportion to its events, about 0.4 µs each here, so a
 100k-event batch as one submission was one commit holding the loop for tens of milliseconds.
@@ -28,13 +28,20 @@ import trio
 from shardstats.core.batch import Body, Steps, count_lines, judge_steps
 from shardstats.core.batch_answer import FailedAt, answer_steps
 from shardstats.core.events import HOUR_MS, EventColumns
-from shardstats.errors import BatchTooLarge, LogOutcomeUnknown, ShardstatsError, StorageError
+from shardstats.errors import (
+    BatchTooLarge,
+    Field,
+    LogOutcomeUnknown,
+    Reason,
+    ShardstatsError,
+    StorageError,
+)
 from shardstats.http.hot import Reply, json_error
-from shardstats.http.metrics import Metrics, reason_label
+from shardstats.http.metrics import Metrics
 from shardstats.shards.service import Service
 
 T = TypeVar("T")
-PIECE_EVENTS = 10_000  # events per submission to the shards, unless max_batch is larger
+PIECE_EVENTS = 10_000  # events per submission to the shards, unless max_commit_events is larger
 _JSON = ("content-type", "application/json")
 
 
@@ -64,11 +71,12 @@ class BatchRoute:
         lines = await in_steps(count_lines(body))
         if lines > limit:
             raise BatchTooLarge(f"the body has {lines:,} lines; a batch may have at most "
-                                f"{limit:,} lines (max_batch_lines)")
+                                f"{limit:,} lines (max_batch_lines)", Field.BODY,
+                                Reason.TOO_LARGE)
         parsed = await in_steps(judge_steps(body, service.clock.now_ms(), service.limits))
         size = len(body) if isinstance(body, bytes) else sum(map(len, body))
         del body  # the caller passes its only reference: let it go before the commit
-        piece = max(service.settings.max_batch, PIECE_EVENTS)
+        piece = max(service.settings.max_commit_events, PIECE_EVENTS)
         chunks = await in_steps(parsed.chunks(piece))
         outcomes = await self._submit(chunks)
         refused = [outcome for outcome in outcomes if isinstance(outcome, ShardstatsError)]
@@ -77,8 +85,8 @@ class BatchRoute:
         failed_at = _failures(outcomes, [len(chunk) for chunk in chunks])
         answer = await in_steps(answer_steps(parsed, failed_at, size))
         self._metrics.accepted.inc(answer.accepted)
-        for reason, count in answer.rejected_by_reason.items():
-            self._metrics.rejected.labels(reason_label(reason)).inc(count)
+        for problem, count in answer.rejected_by_problem.items():
+            self._metrics.reject(problem, count)
         return 200, [_JSON], answer.body
 
     async def _submit(self, chunks: list[EventColumns]) -> list[Outcome]:

@@ -1,10 +1,11 @@
-"""The two hot routes, ``POST /analytics`` and ``GET /analytics``, as plain async functions,
-and a lean ASGI front that serves them without Quart's per-request machinery.
+"""``/analytics`` (``POST`` one event, ``GET``/``HEAD`` one hour's counts) served straight from
+ASGI, without Quart's per-request machinery; every other path goes to the Quart app.
 
-Quart costs ~126 µs of CPU per request here (STACK.md), more than the whole aggregation path.
-``HotRoutes`` holds the route logic once; the Quart routes call it (so the contract tests
-through Quart's test client exercise it), and ``LeanFront`` calls it straight from ASGI for
-real traffic, handing every other path and method to Quart. Responses are identical.
+Quart costs ~126 µs of CPU per request here, more than the whole aggregation path, and these
+two routes are nearly all the traffic. ``HotRoutes`` is the route logic as plain functions
+(query bytes and the ``Authorization`` header in, a ``Reply`` out); ``LeanFront`` is the ASGI
+app the server runs: it answers ``/analytics`` through ``HotRoutes`` (the one implementation
+of that path: other methods get 405 here too) and hands everything else to Quart.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from shardstats.cluster.barrier import Consistency
 from shardstats.core.events import hour_of
 from shardstats.core.validation import event_from_query, timestamp_from_query
 from shardstats.errors import InvalidInput, ShardstatsError, Unavailable
-from shardstats.http.metrics import Metrics, reason_label
+from shardstats.http.metrics import Metrics, method_label
 from shardstats.shards.service import Service
 
 log = logging.getLogger("shardstats.http")
 
-ERROR_HEADER = "x-shardstats-error"
+ERROR_HEADER = "x-shardstats-error"  # a 400's message; its problem in the two below
+ERROR_FIELD_HEADER = "x-shardstats-error-field"
+ERROR_REASON_HEADER = "x-shardstats-error-reason"
 Reply = tuple[int, list[tuple[str, str]], bytes]
 BEARER_INGEST = ("www-authenticate", 'Bearer realm="shardstats ingest"')
 BEARER_QUERY = ("www-authenticate", 'Bearer realm="shardstats query"')
@@ -54,8 +57,11 @@ def token_checker(token: str) -> Callable[[str | None], bool]:
 def json_error(exc: ShardstatsError) -> Reply:
     if exc.status == 500:
         log.error("GET failed: %s", exc)
-    message = "internal error" if exc.status == 500 else str(exc)
-    body = json.dumps({"error": message}, separators=(",", ":")).encode()
+    if isinstance(exc, InvalidInput):
+        document = exc.as_json()
+    else:
+        document = {"error": "internal error" if exc.status == 500 else str(exc)}
+    body = json.dumps(document, separators=(",", ":")).encode()
     return exc.status, [_JSON, *retry_after(exc)], body
 
 
@@ -85,9 +91,10 @@ class HotRoutes:
     def _post_error(self, exc: ShardstatsError) -> Reply:
         headers = retry_after(exc)
         if isinstance(exc, InvalidInput):
-            self._metrics.rejected.labels(reason_label(str(exc))).inc()
+            self._metrics.reject(exc.problem)
             log.info("POST rejected: %s", exc)
-            headers.append((ERROR_HEADER, str(exc)))
+            headers += [(ERROR_HEADER, str(exc)), (ERROR_FIELD_HEADER, exc.problem.field),
+                        (ERROR_REASON_HEADER, exc.problem.reason)]
         elif exc.status == 500:
             log.error("POST failed: %s", exc)
         return exc.status, headers, b""
@@ -134,8 +141,15 @@ def _finish_unhurried(send: Any) -> Any:
     return send_last_shielded
 
 
+ANALYTICS = "/analytics"
+LEAN_METHODS = ("GET", "HEAD", "POST")  # on ANALYTICS; any other method answers 405
+ALLOW = ("allow", ", ".join(LEAN_METHODS))
+_METHOD_NOT_ALLOWED = b'{"error":"method not allowed"}'
+
+
 class LeanFront:
-    """ASGI: ``/analytics`` GET and POST straight to ``HotRoutes``, the rest to ``inner``."""
+    """The ASGI app to serve: ``/analytics`` answered by ``HotRoutes``, the rest by ``inner``
+    (the Quart app, which also runs the lifespan: start-up and shutdown of the service)."""
 
     def __init__(self, inner: ASGIApp, routes: HotRoutes, metrics: Metrics) -> None:
         self._inner = inner
@@ -147,25 +161,15 @@ class LeanFront:
         if scope["type"] != "http":
             await self._inner(scope, receive, send)
             return
-        if scope["path"] != "/analytics" or scope["method"] not in ("GET", "POST"):
+        if scope["path"] != ANALYTICS:
             await self._inner(scope, receive, _finish_unhurried(send))
             return
         started = time.perf_counter()
         method = scope["method"]
-        authorization = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value.decode("latin-1")
-                break
         try:
-            if method == "POST":
-                status, headers, body = await self._routes.post(scope["query_string"],
-                                                                authorization)
-            else:
-                status, headers, body = await self._routes.get(scope["query_string"],
-                                                               authorization)
+            status, headers, body = await self._answer(method, scope)
         except Exception:
-            log.exception("unhandled error on %s /analytics", method)
+            log.exception("unhandled error on %s %s", method_label(method), ANALYTICS)
             # The contract: POST answers never have a body, even a 500.
             status, headers, body = (
                 (500, [], b"") if method == "POST" else (500, [_JSON], _INTERNAL_ERROR)
@@ -177,10 +181,27 @@ class LeanFront:
             "status": status,
             "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
         })
-        await send({"type": "http.response.body", "body": body})
-        # Only GET and POST get here (checked above), so this cache and the labels stay small.
-        observe = self._latency.get((method, status))
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+        # Labels from fixed sets only (method_label), so this cache stays small.
+        key = (method_label(method), status)
+        observe = self._latency.get(key)
         if observe is None:
-            observe = self._metrics.request_seconds.labels("/analytics", method, str(status))
-            self._latency[(method, status)] = observe
+            observe = self._metrics.request_seconds.labels(ANALYTICS, key[0], str(status))
+            self._latency[key] = observe
         observe.observe(time.perf_counter() - started)
+
+    async def _answer(self, method: str, scope: Any) -> Reply:
+        """The reply to one ``/analytics`` request (a HEAD gets a GET's headers, no body)."""
+        if method == "POST":
+            return await self._routes.post(scope["query_string"], _authorization(scope))
+        if method in ("GET", "HEAD"):
+            return await self._routes.get(scope["query_string"], _authorization(scope))
+        return 405, [_JSON, ALLOW], _METHOD_NOT_ALLOWED
+
+
+def _authorization(scope: Any) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            value_text: str = value.decode("latin-1")
+            return value_text
+    return None

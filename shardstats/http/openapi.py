@@ -1,7 +1,9 @@
 """The OpenAPI 3.1 document of every route, and a docs page rendered from it.
 
-Written by hand rather than generated: the routes are few, the contract is exact (DESIGN.md
-§1), and a test checks every route of the app appears here and that the document validates.
+Written by hand rather than generated: the routes are few and the contract is exact; a test
+checks every route of the app appears here and that the document validates. Settings are
+named with ``_setting``: their defaults come from ``shardstats.config``, and a test checks no
+description names a setting any other way.
 The docs page is plain HTML rendered on the server, so it works offline (no CDN, no JS).
 """
 
@@ -12,6 +14,16 @@ import json
 from typing import Any
 
 from shardstats import __version__
+from shardstats.config import describe
+from shardstats.errors import Field, Reason
+
+_SETTINGS = {setting.name: setting for setting in describe()}
+
+
+def _setting(name: str) -> str:
+    """A setting as descriptions name it: with its default, as the README table gives it."""
+    return f"{name} (default {_SETTINGS[name].default_text})"
+
 
 _TS = {"type": "string", "pattern": "^[0-9]+$", "examples": ["1795802400000"]}
 _COUNTS = {
@@ -23,10 +35,17 @@ _COUNTS = {
         "impressions": {"type": "integer", "minimum": 0},
     },
 }
+_FIELD = {"type": "string", "enum": [f.value for f in Field],
+          "description": "What is wrong: a parameter, or the query, line or body as a whole"}
+_REASON = {"type": "string", "enum": [r.value for r in Reason], "description": "Why, as a code"}
 _ERROR = {
     "type": "object",
     "required": ["error"],
-    "properties": {"error": {"type": "string"}},
+    "properties": {
+        "error": {"type": "string", "description": "For people; the wording may change"},
+        "field": _FIELD,  # on a 400
+        "reason": _REASON,  # on a 400
+    },
 }
 
 
@@ -53,7 +72,11 @@ DOCUMENT: dict[str, Any] = {
         "timestamp // 3600000 (UTC). POSTs are acknowledged only once durable.",
     },
     "components": {
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "securitySchemes": {"bearer": {
+            "type": "http", "scheme": "bearer",
+            "description": f"{_setting('ingest_token')} guards POST /analytics and "
+            f"/analytics/batch; {_setting('query_token')} guards GET /analytics and "
+            "/analytics/range."}},
         "schemas": {"Counts": _COUNTS, "Error": _ERROR},
     },
     "paths": {
@@ -61,13 +84,15 @@ DOCUMENT: dict[str, Any] = {
             "post": {
                 "summary": "Record one event",
                 "description": "Answers 204 once the event is durable (fsynced). A bearer "
-                "token is required when ingest_token is configured.",
+                f"token is required when {_setting('ingest_token')} is set.",
                 "security": [{}, {"bearer": []}],
                 "parameters": [
                     _param("timestamp", "Milliseconds since the epoch, digits only; within "
-                           "the acceptance window (default 30 days back, 10 minutes ahead)", _TS),
-                    _param("user", "Opaque user id, 1..256 bytes of UTF-8, no control "
-                           "characters", {"type": "string", "minLength": 1}),
+                           f"the acceptance window: at most {_setting('accept_past_seconds')} "
+                           f"back and {_setting('accept_future_seconds')} ahead", _TS),
+                    _param("user", "Opaque user id: UTF-8, not empty, no longer than "
+                           f"{_setting('max_user_bytes')} bytes, no control characters",
+                           {"type": "string", "minLength": 1}),
                     _param("event", "Event kind",
                            {"type": "string", "enum": ["click", "impression"]}),
                     _param("id", "Optional client event id (1..128 bytes): a retry with the "
@@ -76,8 +101,13 @@ DOCUMENT: dict[str, Any] = {
                 ],
                 "responses": {
                     "204": {"description": "Durable"},
-                    "400": {"description": "Invalid input; the reason is in the header",
-                            "headers": {"X-Shardstats-Error": {"schema": {"type": "string"}}}},
+                    "400": {"description": "Invalid input; why is in the headers",
+                            "headers": {
+                                "X-Shardstats-Error": {"schema": {"type": "string"},
+                                                       "description": "For people"},
+                                "X-Shardstats-Error-Field": {"schema": _FIELD},
+                                "X-Shardstats-Error-Reason": {"schema": _REASON},
+                            }},
                     "401": _INGEST_401,
                     "500": {"description": "Could not be made durable"},
                     "503": _UNAVAILABLE,
@@ -104,8 +134,9 @@ DOCUMENT: dict[str, Any] = {
                 "every verdict other than accepted and blank with its count and lines "
                 "(\"2,5-9\"); results[i] is the verdict of line i+1, given when it is no larger "
                 "than the body plus 4 KiB (always for real events; not for a body of mostly "
-                "blank or one-character lines). A body over max_batch_bytes (16 MiB) or "
-                "max_batch_lines (100,000 lines; a final newline does not start another) is "
+                "blank or one-character lines). A body larger than "
+                f"{_setting('max_batch_bytes')}, or with more lines than "
+                f"{_setting('max_batch_lines')} (a final newline does not start another), is "
                 "refused whole with 413, before any line is judged.",
                 "security": [{}, {"bearer": []}],
                 "requestBody": {"required": True,
@@ -134,7 +165,7 @@ DOCUMENT: dict[str, Any] = {
                     }, "Verdicts: accepted, rejected: reason, failed: reason, blank"),
                     "401": _json({"$ref": "#/components/schemas/Error"}, "Token required"),
                     "413": _json({"$ref": "#/components/schemas/Error"},
-                                 "Body over max_batch_bytes or max_batch_lines"),
+                                 "Body over the byte or line limit"),
                     "503": _UNAVAILABLE,
                 },
             },
@@ -143,7 +174,8 @@ DOCUMENT: dict[str, Any] = {
             "get": {
                 "summary": "Exact totals and a series over a range of hours",
                 "description": "unique_users in total and per day is the size of the union of "
-                "the hourly user sets: exact, not a sum.",
+                "the hourly user sets: exact, not a sum. A range covers at most "
+                f"{_setting('max_range_hours')} hours.",
                 "security": [{}, {"bearer": []}],
                 "parameters": [
                     _param("from", "Start, epoch ms (its hour is included)", _TS),

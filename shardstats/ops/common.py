@@ -1,4 +1,5 @@
-"""What the operator tools share: hour selection, ISO names, file sizes."""
+"""What the operator tools share: hour selection, ISO names, the dictionary check, file
+sizes."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from shardstats.core.events import HOUR_MS
 from shardstats.errors import InvalidInput
 from shardstats.storage.datadir import DataDir
 from shardstats.storage.journal import Journal
-from shardstats.storage.users import UserStore
 
 
 def hour_iso(hour: int) -> str:
@@ -81,17 +81,14 @@ class DictionaryCheck:
     named: int  # events whose user string the journal still holds
 
 
-def dictionary_disagreements(journal: Journal, users: Path) -> DictionaryCheck:
+def dictionary_disagreements(journal: Journal, datadir: DataDir) -> DictionaryCheck:
     """Check every event's user id against the dictionary (and its user string, where the
     journal still holds it)."""
     pairs: Counter[tuple[int, str]] = Counter()
     for block in journal.blocks_after(0, full=True):
         pairs.update(zip(block.uids, block.users or [""] * len(block.uids), strict=True))
-    store = UserStore(users, readonly=True)
-    try:
+    with datadir.open_users(readonly=True) as store:
         names = dict(store.names({uid for uid, _ in pairs}))
-    finally:
-        store.close()
     missing = renamed = named = 0
     for (uid, user), count in pairs.items():
         if user:
@@ -101,11 +98,6 @@ def dictionary_disagreements(journal: Journal, users: Path) -> DictionaryCheck:
         elif user and names[uid] != user:
             renamed += count
     return DictionaryCheck(missing, renamed, named)
-
-
-def journal_files(datadir: DataDir, hour: int) -> list[Path]:
-    base = datadir.journal_path(hour)
-    return [base, base.with_name(base.name + "-wal"), base.with_name(base.name + "-shm")]
 
 
 def size_of(paths: Iterable[Path]) -> int:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from shardstats.core.aggregate import HourAggregate
 from shardstats.errors import StorageError
-from shardstats.ops.common import dictionary_disagreements, hour_iso, journal_files, size_of
+from shardstats.ops.common import dictionary_disagreements, hour_iso, size_of
 from shardstats.shards import loader
 from shardstats.storage.datadir import DataDir
 from shardstats.storage.journal import Journal
@@ -50,20 +50,19 @@ def compact(
 
 
 def compact_hour(datadir: DataDir, hour: int) -> CompactResult:
-    files = journal_files(datadir, hour)
+    files = datadir.journal_files(hour)
     before = size_of(files)
     result = CompactResult(hour, hour_iso(hour), 0, before, before, "compacted")
     try:
-        journal = Journal(datadir.journal_path(hour), create=False)
+        journal = datadir.open_journal(hour, create=False)
     except StorageError as exc:
         result.status = f"skipped: journal unreadable: {exc}"
         return result
-    try:
-        _compact_journal(datadir, journal, result)
-    except (sqlite3.Error, StorageError, OSError) as exc:
-        result.status = f"skipped: {exc}"
-    finally:
-        journal.close()
+    with journal:
+        try:
+            _compact_journal(datadir, journal, result)
+        except (sqlite3.Error, StorageError, OSError) as exc:
+            result.status = f"skipped: {exc}"
     result.bytes_after = size_of(files)
     return result
 
@@ -72,10 +71,9 @@ def _compact_journal(datadir: DataDir, journal: Journal, result: CompactResult) 
     if journal.blank:  # no tables, no events: nothing to compact (and nothing to write)
         result.status = "already compact"
         return
-    users = datadir.root / "users.sqlite"
-    if not users.exists():
+    if not datadir.users_path.exists():
         raise StorageError("user dictionary missing; refusing to drop user strings")
-    check = dictionary_disagreements(journal, users)
+    check = dictionary_disagreements(journal, datadir)
     if check.missing or check.renamed:
         result.status = (f"skipped: {check.missing + check.renamed} events disagree with the "
                          "user dictionary")
@@ -83,7 +81,7 @@ def _compact_journal(datadir: DataDir, journal: Journal, result: CompactResult) 
     aggregate = HourAggregate(result.hour)
     loader.replay(aggregate, journal)
     result.events = aggregate.events
-    snapshot_current = _snapshot_covers(datadir, journal, aggregate.last_seq)
+    snapshot_current = _snapshot_covers(datadir, result.hour, journal, aggregate.last_seq)
     conn = journal.connection
     (free_pages,) = conn.execute("PRAGMA freelist_count").fetchone()
     if not check.named and snapshot_current and not free_pages:
@@ -98,10 +96,6 @@ def _compact_journal(datadir: DataDir, journal: Journal, result: CompactResult) 
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-def _snapshot_covers(datadir: DataDir, journal: Journal, last_seq: int) -> bool:
-    base = loader.snapshot_base(datadir, journal_hour(journal), journal)
+def _snapshot_covers(datadir: DataDir, hour: int, journal: Journal, last_seq: int) -> bool:
+    base = loader.snapshot_base(datadir, hour, journal)
     return base is not None and base.last_seq == last_seq
-
-
-def journal_hour(journal: Journal) -> int:
-    return int(journal.path.name.partition(".")[0])

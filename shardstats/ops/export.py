@@ -21,8 +21,6 @@ from shardstats.core.aggregate import HourAggregate
 from shardstats.ops.common import hour_iso
 from shardstats.shards import loader
 from shardstats.storage.datadir import DataDir
-from shardstats.storage.journal import Journal
-from shardstats.storage.users import UserStore
 
 FIELDS = ("hour", "hour_start", "unique_users", "clicks", "impressions")
 
@@ -44,11 +42,8 @@ class ExportRow:
 
 
 def load_readonly(datadir: DataDir, hour: int) -> HourAggregate:
-    journal = Journal(datadir.journal_path(hour), create=False, readonly=True)
-    try:
+    with datadir.open_journal(hour, create=False, readonly=True) as journal:
         return loader.load(datadir, hour, journal, None).aggregate
-    finally:
-        journal.close(checkpoint=False)
 
 
 def export(
@@ -82,11 +77,8 @@ def export(
 
 
 def _write_users(datadir: DataDir, ids: BitMap, path: Path) -> None:
-    store = UserStore(datadir.root / "users.sqlite", readonly=True)
-    try:
-        with path.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["id", "user"])
-            writer.writerows(store.names(ids))
-    finally:
-        store.close()
+    with (datadir.open_users(readonly=True) as store,
+          path.open("w", newline="", encoding="utf-8") as handle):
+        writer = csv.writer(handle)
+        writer.writerow(["id", "user"])
+        writer.writerows(store.names(ids))

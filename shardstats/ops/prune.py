@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shardstats.errors import StorageError
-from shardstats.ops.common import hour_iso, journal_files, size_of
+from shardstats.ops.common import hour_iso, size_of
 from shardstats.storage.datadir import DataDir
-from shardstats.storage.journal import Journal
 
 
 @dataclass
@@ -30,7 +29,7 @@ def prunable(datadir: DataDir, current_hour: int, older_than_hours: int) -> list
     results = []
     for hour in sorted(datadir.journal_hours()):
         if hour < current_hour - older_than_hours:
-            files = [p for p in (*journal_files(datadir, hour), datadir.snapshot_path(hour))
+            files = [p for p in (*datadir.journal_files(hour), datadir.snapshot_path(hour))
                      if p.exists()]
             results.append(PruneResult(hour, hour_iso(hour), files, size_of(files)))
     return results
@@ -51,12 +50,14 @@ def prune(datadir: DataDir, results: list[PruneResult], archive: Path | None) ->
 
 def _prune_hour(datadir: DataDir, result: PruneResult, archive: Path | None) -> None:
     """The journal goes last, so a half-done prune is re-run."""
-    if archive is not None and datadir.journal_path(result.hour).exists():
+    journal = datadir.journal_path(result.hour)
+    if archive is not None and journal.exists():
         # Fold the WAL into the journal so the archived file stands on its own.
-        Journal(datadir.journal_path(result.hour), create=False).close()
+        with datadir.open_journal(result.hour, create=False):
+            pass
     # The checkpoint above may have removed the -wal/-shm files: move what is there now.
     present = [p for p in result.files if p.exists()]
-    for path in sorted(present, key=lambda p: p.suffix == ".sqlite"):
+    for path in sorted(present, key=lambda p: p == journal):
         if archive is None:
             path.unlink(missing_ok=True)
         else:

@@ -77,43 +77,39 @@ def verify(
 
 
 def _check_dictionary(datadir: DataDir) -> list[str]:
-    path = datadir.root / "users.sqlite"
+    path = datadir.users_path
     if not path.exists():
         return [] if not datadir.journal_hours() else [f"{path}: user dictionary missing"]
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            result = [row[0] for row in conn.execute("PRAGMA integrity_check")]
-        finally:
-            conn.close()
+        with datadir.open_users(readonly=True) as store:
+            problems = store.integrity_problems()
+    except StorageError as exc:  # names the file already
+        return [str(exc)]
     except sqlite3.DatabaseError as exc:
         return [f"{path}: {exc}"]
-    return [] if result == ["ok"] else [f"{path}: " + "; ".join(result[:5])]
+    return [f"{path}: " + "; ".join(problems)] if problems else []
 
 
 def verify_hour(datadir: DataDir, hour: int) -> HourReport:
     report = HourReport(hour, hour_iso(hour))
-    path = datadir.journal_path(hour)
     try:
-        journal = Journal(path, create=False, readonly=True)
+        journal = datadir.open_journal(hour, create=False, readonly=True)
     except StorageError as exc:
         report.problems.append(f"journal unreadable: {exc}")
         return report
-    try:
-        _check_journal(journal, datadir, report)
-    except sqlite3.DatabaseError as exc:
-        report.problems.append(f"journal corrupt: {path}: {exc}")
-    except StorageError as exc:
-        report.problems.append(f"journal corrupt: {exc}")
-    finally:
-        journal.close(checkpoint=False)
+    with journal:
+        try:
+            _check_journal(journal, datadir, report)
+        except sqlite3.DatabaseError as exc:
+            report.problems.append(f"journal corrupt: {journal.path}: {exc}")
+        except StorageError as exc:
+            report.problems.append(f"journal corrupt: {exc}")
     return report
 
 
 def _check_journal(journal: Journal, datadir: DataDir, report: HourReport) -> None:
-    conn = journal.connection
-    integrity = [row[0] for row in conn.execute("PRAGMA integrity_check")]
-    if integrity != ["ok"]:
+    integrity = journal.integrity_problems()
+    if integrity:
         report.problems.append(f"journal corrupt: {journal.path}: " + "; ".join(integrity[:3]))
         return
     if journal.blank:
@@ -129,7 +125,8 @@ def _check_journal(journal: Journal, datadir: DataDir, report: HourReport) -> No
     report.events, report.clicks, report.impressions = full.events, full.clicks, full.impressions
     report.unique_users = len(full.users)
     if snap is not None:
-        _compare_snapshot(snap, journal, prefix, full, report)
+        where = f"snapshot {datadir.snapshot_path(report.hour).name}"
+        _compare_snapshot(snap, where, journal, prefix, full, report)
     else:
         report.notes.append("no snapshot")
     _check_ids(journal, datadir, report)
@@ -148,13 +145,13 @@ def _read_snapshot(datadir: DataDir, report: HourReport) -> codec.Snapshot | Non
 
 def _compare_snapshot(
     snap: codec.Snapshot,
+    where: str,
     journal: Journal,
     prefix: HourAggregate,
     full: HourAggregate,
     report: HourReport,
 ) -> None:
     agg = snap.aggregate
-    where = f"snapshot {report.hour}.snap"
     if agg.hour != report.hour:
         report.problems.append(f"{where} is for hour {agg.hour}")
     elif snap.journal_id != journal.journal_id:
@@ -178,12 +175,11 @@ def _compare_snapshot(
 
 
 def _check_ids(journal: Journal, datadir: DataDir, report: HourReport) -> None:
-    users = datadir.root / "users.sqlite"
-    if not users.exists():
+    if not datadir.users_path.exists():
         if report.events:
             report.problems.append("user dictionary missing")
         return
-    check = dictionary_disagreements(journal, users)
+    check = dictionary_disagreements(journal, datadir)
     if check.missing:
         report.problems.append(f"{check.missing} events use user ids missing from the "
                                "dictionary")

@@ -79,7 +79,7 @@ class Service:
                 max_open_shards=settings.max_open_shards,
                 max_cached_hours=settings.max_cached_hours,
                 inbox_size=settings.inbox_size,
-                max_batch=settings.max_batch,
+                max_batch=settings.max_commit_events,
                 snapshot_interval=settings.snapshot_interval_seconds,
                 shard_idle=settings.shard_idle_seconds,
             ),

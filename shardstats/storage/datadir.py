@@ -6,9 +6,11 @@
       users-index/          its name index: sorted runs, a cache of users.sqlite
       journals/<hour>.sqlite   one journal per UTC hour (hour = timestamp_ms // 3_600_000)
       snapshots/<hour>.snap    cache of that journal's aggregate; safe to delete
+      stream-position       cluster mode: log seq applied to every hour (a cache too)
 
-This is the narrow storage interface the shards use; tests substitute a subclass to inject
-faults. Blocking: call from worker threads.
+This is the narrow storage interface the shards and the operator tools use: every file name
+is spelled here and nowhere else. Tests substitute a subclass to inject faults. Blocking: call
+from worker threads.
 """
 
 from __future__ import annotations
@@ -61,19 +63,26 @@ class DataDir:
                             removed += 1
         return removed
 
+    @property
+    def users_path(self) -> Path:
+        return self.root / "users.sqlite"
+
     def journal_path(self, hour: int) -> Path:
         return self.journals / f"{hour}.sqlite"
+
+    def journal_files(self, hour: int) -> list[Path]:
+        """The journal and the ``-wal``/``-shm`` files SQLite keeps beside it while open."""
+        base = self.journal_path(hour)
+        return [base, base.with_name(base.name + "-wal"), base.with_name(base.name + "-shm")]
 
     def snapshot_path(self, hour: int) -> Path:
         return self.snapshots / f"{hour}.snap"
 
     def journal_hours(self) -> set[int]:
-        hours = set()
-        for entry in os.scandir(self.journals):
-            stem, dot, ext = entry.name.partition(".")
-            if dot and ext == "sqlite" and stem.lstrip("-").isdigit():
-                hours.add(int(stem))
-        return hours
+        return _hours_in(self.journals, "sqlite")
+
+    def snapshot_hours(self) -> set[int]:
+        return _hours_in(self.snapshots, "snap")
 
     def open_journal(self, hour: int, *, create: bool, readonly: bool = False,
                      upgrade: bool = True) -> Journal:
@@ -94,8 +103,9 @@ class DataDir:
             with _writers_lock:
                 _writers.discard(key)
 
-    def open_users(self, *, tail_size: int = TAIL_SIZE) -> UserStore:
-        return UserStore(self.root / "users.sqlite", tail_size=tail_size)
+    def open_users(self, *, readonly: bool = False, tail_size: int = TAIL_SIZE) -> UserStore:
+        return UserStore(self.users_path, readonly=readonly, tail_size=tail_size,
+                         index_dir=self.root / "users-index")
 
     def read_snapshot(self, hour: int) -> bytes | None:
         try:
@@ -124,6 +134,17 @@ class DataDir:
 
     def write_stream_position(self, seq: int) -> None:
         _write_atomically(self.stream_position_path, f"{seq}\n".encode())
+
+
+def _hours_in(folder: Path, extension: str) -> set[int]:
+    """The hours of the ``<hour>.<extension>`` files in ``folder`` (temporaries start with a
+    dot and are not hours)."""
+    hours = set()
+    for entry in os.scandir(folder):
+        stem, dot, ext = entry.name.partition(".")
+        if dot and ext == extension and stem.lstrip("-").isdigit():
+            hours.add(int(stem))
+    return hours
 
 
 def _write_atomically(final: Path, data: bytes) -> None:

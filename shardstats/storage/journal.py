@@ -24,13 +24,16 @@ In cluster mode every commit also records, in ``meta`` and in the same transacti
 highest stream (log) seq whose events the journal holds (``stream_seq``): a node that
 restarts knows exactly which log records each hour has applied. Embedded mode never writes it.
 
-Format 1 (one row per event, table ``events``) is upgraded to format 2 in place, seqs kept,
-the first time a journal is opened for writing; read-only opens read either format.
+Format 1 (one row per event, ``shardstats.storage.format1``) is upgraded to format 2 in
+place, seqs kept, the first time a journal is opened for writing; read-only opens and loads
+read either format.
 
 A journal is created whole: its tables are written under a temporary name, which is then
 linked into place, so a crash never leaves a journal file without tables. Earlier builds could
 (a crash between creating the file and its schema); such a *blank* journal reads as an empty
 hour to every opener but a creating one, and only a creating one (a shard) writes its tables.
+
+A ``Journal`` is a context manager; ``close`` is idempotent.
 
 Blocking: call only from a worker thread, one thread at a time per journal.
 """
@@ -43,42 +46,20 @@ import logging
 import os
 import secrets
 import sqlite3
-import sys
-import time
 import uuid
-from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
 
 from shardstats.core.aggregate import JournalRow
 from shardstats.core.events import EventColumns
 from shardstats.errors import CorruptFile
-from shardstats.storage.sqlite import classify, connect, immediate
+from shardstats.storage import format1
+from shardstats.storage.block import Block, pack, unpack
+from shardstats.storage.sqlite import classify, connect, immediate, integrity_problems
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
-_SWAP = sys.byteorder == "big"  # blocks are little-endian on disk
-_MIGRATE_BLOCK = 10_000  # events per block when upgrading a format-1 journal
-Row = tuple[Any, ...]  # a format-1 row: (seq, ts, user, uid, kind, eid)
-assert array("I").itemsize == 4 and array("q").itemsize == 8
-
-
-class Block(NamedTuple):
-    """Consecutive journal events ``first_seq, first_seq + 1, ...`` as columns; ``users`` and
-    ``ids`` only when asked for (``users`` is None once compaction has dropped the strings)."""
-
-    first_seq: int
-    uids: list[int]
-    kinds: list[int]
-    timestamps: list[int] | None = None
-    users: list[str] | None = None
-    ids: list[str | None] | None = None
-
-    @property
-    def last_seq(self) -> int:
-        return self.first_seq + len(self.uids) - 1
 
 
 class Journal:
@@ -90,10 +71,12 @@ class Journal:
     def __init__(self, path: Path, *, create: bool, readonly: bool = False,
                  upgrade: bool = True) -> None:
         self.path = path
+        self._closed = False
         if create and not path.exists():
             _create_whole(path)
         elif not create and _is_zero_length(path):
             readonly = True  # a writable open would write a header into it
+        self.readonly = readonly
         self._conn = connect(path, create=create, readonly=readonly)
         self.format = SCHEMA_VERSION
         self.blank = False  # no tables: an empty hour (see the module docstring)
@@ -108,6 +91,16 @@ class Journal:
         except BaseException:
             self._conn.close()
             raise
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def integrity_problems(self) -> list[str]:
+        """What SQLite's ``integrity_check`` finds wrong with the file (empty: nothing)."""
+        return integrity_problems(self._conn)
 
     @property
     def connection(self) -> sqlite3.Connection:
@@ -126,7 +119,7 @@ class Journal:
 
     def _detect_format(self) -> set[str]:
         tables = self._tables()
-        self.format = 1 if "blocks" not in tables and "events" in tables else SCHEMA_VERSION
+        self.format = 1 if format1.is_format_1(tables) else SCHEMA_VERSION
         return tables
 
     def _read_id(self) -> bytes:
@@ -160,11 +153,8 @@ class Journal:
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('journal_id', ?)",
                 (uuid.uuid4().hex,),
             )
-            if "events" in tables:
-                started = time.monotonic()
-                upgraded = self._upgrade_from_format_1()
-                log.info("%s: upgraded to journal format 2 (%d events) in %.2f s", self.path,
-                         upgraded, time.monotonic() - started)
+            if format1.TABLE in tables:
+                format1.upgrade(conn, self.path, self._insert_block)
             # An earlier build would create an empty ``events`` table here and write into it
             # beside the blocks; with a view of that name in the way it fails loudly instead
             # (a view cannot be indexed).
@@ -174,25 +164,6 @@ class Journal:
                 (str(SCHEMA_VERSION),),
             )
         return self._read_id()
-
-    def _upgrade_from_format_1(self) -> int:
-        """Rewrite one-row-per-event journals as blocks of consecutive seqs (seqs kept, so
-        snapshots stay valid), inside the caller's transaction."""
-        upgraded = 0
-        for block in self._format_1_blocks(0, full=True):
-            count = len(block.uids)
-            upgraded += count
-            ids = block.ids or []
-            events = EventColumns(block.timestamps or [], block.users or [""] * count,
-                                  block.kinds, None if ids.count(None) == len(ids) else ids)
-            try:
-                self._insert_block(block.last_seq, events, block.uids,
-                                   keep_users=block.users is not None)
-            except (ValueError, TypeError) as exc:
-                raise CorruptFile(f"{self.path}: format-1 rows {block.first_seq}.."
-                                  f"{block.last_seq} cannot be upgraded: {exc}") from exc
-        self._conn.execute("DROP TABLE events")
-        return upgraded
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -251,7 +222,7 @@ class Journal:
         self._conn.execute(
             "INSERT INTO blocks(last_seq, count, ts, uid, kind, users, eids) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (last_seq, n, _pack("q", events.timestamps), _pack("I", uids),
+            (last_seq, n, pack("q", events.timestamps), pack("I", uids),
              bytes(events.kinds), users, eids),
         )
 
@@ -293,8 +264,8 @@ class Journal:
             if self.format == 1:
                 # Read whole inside one read transaction (no generator left holding it open).
                 with self._snapshot():
-                    blocks = list(self._format_1_blocks(seq, full) if self.format == 1
-                                  else self._blocks(seq, full))
+                    blocks = list(format1.read_blocks(self._conn, self.path, seq, full)
+                                  if self.format == 1 else self._blocks(seq, full))
                 yield from blocks
             else:
                 yield from self._blocks(seq, full)
@@ -331,7 +302,7 @@ class Journal:
                 and isinstance(kind, bytes) and len(uid) == 4 * count
                 and len(kind) == count and count > 0):
             raise ValueError("column sizes do not match its count")
-        block = Block(last - count + 1, _unpack("I", uid), list(kind))
+        block = Block(last - count + 1, unpack("I", uid), list(kind))
         if not full:
             return block
         ts, users, eids = row[4:]
@@ -342,30 +313,7 @@ class Journal:
         if (names is not None and len(names) != count) or (ids is not None
                                                            and len(ids) != count):
             raise ValueError("users or ids do not match its count")
-        return block._replace(timestamps=_unpack("q", ts), users=names, ids=ids)
-
-    def _format_1_blocks(self, seq: int, full: bool) -> Iterator[Block]:
-        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(events)")}
-        eid = "eid" if "eid" in columns else "NULL"
-        rows = self._conn.execute(
-            f"SELECT seq, ts, user, uid, kind, {eid} FROM events WHERE seq > ? ORDER BY seq",
-            (seq,))
-        for run in _consecutive_runs(rows, _MIGRATE_BLOCK):
-            block = Block(run[0][0], [r[3] for r in run], [r[4] for r in run])
-            try:  # what the blocks' arrays would refuse, refused here too
-                _pack("I", block.uids)
-                bytes(block.kinds)
-                if full:
-                    _pack("q", [r[1] for r in run])
-            except (ValueError, TypeError, OverflowError) as exc:
-                raise CorruptFile(f"{self.path}: format-1 rows {run[0][0]}..{run[-1][0]} are "
-                                  f"damaged and cannot be upgraded or read: {exc}") from exc
-            if full:
-                users = [r[2] for r in run]
-                block = block._replace(timestamps=[r[1] for r in run],
-                                       users=users if any(users) else None,
-                                       ids=[r[5] for r in run])
-            yield block
+        return block._replace(timestamps=unpack("q", ts), users=names, ids=ids)
 
     def rows_after(self, seq: int) -> list[JournalRow]:
         """``(seq, uid, kind)`` of every event after ``seq`` (for checks and tests)."""
@@ -385,13 +333,19 @@ class Journal:
             raise classify(exc, self.path) from exc
 
     def _max_seq(self) -> int:
-        table, column = ("events", "seq") if self.format == 1 else ("blocks", "last_seq")
-        (last,) = self._conn.execute(f"SELECT coalesce(max({column}), 0) FROM {table}").fetchone()
+        if self.format == 1:
+            return format1.max_seq(self._conn)
+        (last,) = self._conn.execute("SELECT coalesce(max(last_seq), 0) FROM blocks").fetchone()
         return int(last)
 
-    def close(self, *, checkpoint: bool = True) -> None:
+    def close(self, *, checkpoint: bool | None = None) -> None:
+        """Idempotent. ``checkpoint`` folds the WAL into the file first (by default unless
+        opened read-only, which cannot)."""
+        if self._closed:
+            return
+        self._closed = True
         try:
-            if checkpoint:
+            if checkpoint if checkpoint is not None else not self.readonly:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error:
             pass  # the WAL stays and is replayed by the next open; nothing is lost
@@ -413,7 +367,8 @@ def _create_whole(path: Path) -> None:
     temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
     try:
-        Journal(temp, create=True).close()  # the file exists, so its tables go straight in
+        with Journal(temp, create=True):  # the file exists, so its tables go straight in
+            pass
         _fsync(temp, os.O_RDONLY)
         with contextlib.suppress(FileExistsError):
             os.link(temp, path)
@@ -431,30 +386,3 @@ def _fsync(path: Path, flags: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _pack(code: str, values: Sequence[int]) -> bytes:
-    packed = array(code, values)
-    if _SWAP:
-        packed.byteswap()
-    return packed.tobytes()
-
-
-def _unpack(code: str, data: bytes) -> list[int]:
-    values = array(code)
-    values.frombytes(data)
-    if _SWAP:
-        values.byteswap()
-    return values.tolist()
-
-
-def _consecutive_runs(rows: Iterable[Row], limit: int) -> Iterator[list[Row]]:
-    """Group ``(seq, ...)`` rows (ordered by seq) into runs of consecutive seqs."""
-    run: list[Row] = []
-    for row in rows:
-        if run and (row[0] != run[-1][0] + 1 or len(run) >= limit):
-            yield run
-            run = []
-        run.append(row)
-    if run:
-        yield run

@@ -1,7 +1,8 @@
 """One writer per data directory: an exclusive ``flock`` on ``<data-dir>/LOCK``.
 
 The kernel drops the lock when the process dies, even by SIGKILL, so a crash never leaves a
-stale lock behind. The file holds the owner's pid for the error message only.
+stale lock behind. The file holds the owner's pid for the error message only. A
+``DataDirLock`` is a context manager (acquire, release); ``release`` is idempotent.
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ class DataDirLock:
     @property
     def held(self) -> bool:
         return self._fd is not None
+
+    def __enter__(self) -> DataDirLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
 
     def acquire(self) -> None:
         if self._fd is not None:

@@ -57,6 +57,13 @@ def as_storage_error(exc: BaseException) -> StorageError | None:
     return None
 
 
+def integrity_problems(conn: sqlite3.Connection, limit: int = 5) -> list[str]:
+    """The first ``limit`` problems SQLite's ``integrity_check`` reports (empty: none); raises
+    ``sqlite3.DatabaseError`` when the file is not even a database."""
+    rows = [row[0] for row in conn.execute(f"PRAGMA integrity_check({limit})")]
+    return [] if rows == ["ok"] else rows
+
+
 @contextmanager
 def immediate(conn: sqlite3.Connection, path: Path) -> Iterator[None]:
     """One write transaction: BEGIN IMMEDIATE, COMMIT on success, ROLLBACK on anything else;

@@ -28,8 +28,9 @@ How a name is found, and why a new name costs the same at 10M names as at 1k:
    the tail nor behind any run hash is really not in the table.
 
 Ids start at 1 and must stay below 2**32 because roaring bitmaps hold 32-bit values.
-Blocking: call from worker threads; ``assign`` and ``maintain`` may run at the same time
-(one of each), everything else one call at a time.
+A ``UserStore`` is a context manager; ``close`` is idempotent. Blocking: call from worker
+threads; ``assign`` and ``maintain`` may run at the same time (one of each), everything else
+one call at a time.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ import sqlite_utils
 
 from shardstats.errors import StorageError
 from shardstats.storage import user_index
-from shardstats.storage.sqlite import classify, connect, immediate
+from shardstats.storage.sqlite import classify, connect, immediate, integrity_problems
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,12 @@ _OPEN_CHUNK = 1_048_576  # rows per run when runs are (re)built from the table o
 
 
 class UserStore:
-    def __init__(self, path: Path, *, readonly: bool = False,
-                 tail_size: int = TAIL_SIZE) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False, tail_size: int = TAIL_SIZE,
+                 index_dir: Path | None = None) -> None:
         if tail_size < 1:
             raise ValueError("tail_size must be at least 1")
         self.path = path
-        self.index_dir = path.with_name(path.stem + "-index")
+        self.index_dir = index_dir or path.with_name(path.stem + "-index")
         self._readonly = readonly
         self._tail_size = tail_size
         self._lock = threading.Lock()
@@ -271,6 +272,16 @@ class UserStore:
             yield from self._conn.execute(
                 f"SELECT id, name FROM users WHERE id IN ({marks})", chunk
             )
+
+    def integrity_problems(self) -> list[str]:
+        """What SQLite's ``integrity_check`` finds wrong with the file, and any name held
+        under two ids (nothing in the file forbids it since it has no name index; the runs
+        rely on there being none). Empty: nothing."""
+        problems = integrity_problems(self._conn)
+        for name, count in self._conn.execute(
+                "SELECT name, count(*) FROM users GROUP BY name HAVING count(*) > 1 LIMIT 5"):
+            problems.append(f"user {name!r} has {count} ids")
+        return problems
 
     @property
     def indexed(self) -> int:

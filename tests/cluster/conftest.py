@@ -27,7 +27,8 @@ import trio
 from shardstats.cluster.jetstream import JetStreamConfig, JetStreamLog
 from shardstats.cluster.log import EventLog
 from shardstats.cluster.memory import InMemoryLog
-from shardstats.cluster.natsproc import NatsCluster, find_nats_server, open_nats_cluster
+from shardstats.cluster.natsproc import find_nats_server
+from tools.spawn import NatsCluster, open_nats_cluster
 
 SETUP_SECONDS = 30.0  # start servers, connect, create the stream
 _streams = itertools.count(1)

@@ -3,18 +3,17 @@ connection that cannot be made."""
 
 from __future__ import annotations
 
-import json
 import logging
-import urllib.request
 from typing import Any
 
 import pytest
 import trio
 
 from shardstats.cluster.jetstream import JetStreamConfig, JetStreamLog, default_node_name
-from shardstats.cluster.natsproc import NatsCluster, free_ports
+from shardstats.cluster.natsproc import free_ports
 from shardstats.config import Settings
 from shardstats.errors import LogUnavailable
+from tools.spawn import NatsCluster
 
 from .conftest import jetstream_config
 
@@ -22,14 +21,9 @@ pytestmark = pytest.mark.cluster
 
 
 def stream_config(cluster: NatsCluster, name: str) -> dict[str, Any]:
-    url = f"{cluster.servers[0].monitor_url}/jsz?streams=true&config=true"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        jsz = json.load(response)
-    for account in jsz["account_details"]:
-        for stream in account.get("stream_detail", []):
-            if stream["name"] == name:
-                return dict(stream["config"])
-    raise AssertionError(f"no stream {name} in /jsz")
+    stream = cluster.servers[0].stream(name)
+    assert stream is not None, f"no stream {name} in /jsz"
+    return dict(stream["config"])
 
 
 @pytest.mark.e2e

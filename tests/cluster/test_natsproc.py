@@ -11,14 +11,9 @@ import trio
 
 from shardstats.cluster.jetstream import JetStreamLog
 from shardstats.cluster.log import LogRecord
-from shardstats.cluster.natsproc import (
-    NatsCluster,
-    ServerPorts,
-    main,
-    render_config,
-    shipped_configs,
-)
+from shardstats.cluster.natsproc import ServerPorts, main, render_config, shipped_configs
 from shardstats.errors import LogOutcomeUnknown, LogUnavailable
+from tools.spawn import NatsCluster
 
 from .conftest import jetstream_config
 

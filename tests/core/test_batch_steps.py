@@ -1,5 +1,5 @@
 """Judging a batch in bounded steps gives the verdicts of judging it whole, and the answer is
-bounded by the body (issue 10, item 3)."""
+bounded by the body."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from shardstats.core.validation import (
     parse_query,
     timestamp_from_query,
 )
-from shardstats.errors import InvalidInput
+from shardstats.errors import Field, InvalidInput, Reason
 
 NOW = 1_780_000_000_000
 LIMITS = Limits()
@@ -91,6 +91,22 @@ def test_hours_are_floor_division(ts: int) -> None:
 def test_parse_query_only_ever_raises_invalid_input(raw: bytes) -> None:
     with contextlib.suppress(InvalidInput):
         parse_query(raw)
+
+
+@given(st.lists(st.sampled_from(["timestamp=", f"timestamp={NOW}", "timestamp=1", "user=",
+                                 "user=a", "user=%ff", "user=%00", "event=click", "event=x",
+                                 "id=", "id=r", "timestamp=9e9"]), max_size=5))
+def test_every_rejection_names_the_parameter_it_is_about(parts: list[str]) -> None:
+    """A rejected POST's problem is a parameter's, never the operator commands' fallback."""
+    try:
+        post("&".join(parts))
+    except InvalidInput as exc:
+        assert exc.problem.field in {Field.TIMESTAMP, Field.USER, Field.EVENT, Field.ID}
+        assert exc.problem.reason is not Reason.INVALID
+        repeated = {p.partition("=")[0] for p in parts if sum(
+            q.partition("=")[0] == p.partition("=")[0] for q in parts) > 1}
+        if exc.problem.reason is Reason.REPEATED:
+            assert exc.problem.field in repeated
 
 
 def test_optional_event_id() -> None:

@@ -1,17 +1,15 @@
 """Cluster mode end to end: three nats-servers (R=3) and three ``shardstats serve`` nodes.
 
 Real processes on 127.0.0.1, the same oracle as ``test_server`` (``Ledger``: per hour what was
-sent and what was acknowledged; acked <= counted <= sent). An event with an id is recorded
-once however often it is sent, so a retry of the same id on another node that were counted
-twice breaks the upper bound. Every wait is bounded; convergence is polled, never slept on.
+sent and what was acknowledged; acked <= counted <= sent). An event with an id is filed once
+however often it is sent, so a retry of the same id on another node that were counted twice
+breaks the upper bound. Every wait is bounded; convergence is polled, never slept on.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import random
-import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,23 +19,22 @@ import httpx
 import pytest
 import trio
 
-from shardstats.cluster.natsproc import NatsCluster, find_nats_server, open_nats_cluster
+from shardstats.cluster.natsproc import find_nats_server
 from tests.e2e.test_batch_kill import batch_body
 from tests.e2e.test_server import (
     HOUR_MS,
-    Counts,
-    Event,
-    Ledger,
     Workload,
     answers,
-    bound_problems,
     client_for,
     now_ms,
     recent_hours,
 )
+from tools.loadgen.ledger import Counts, Event, Ledger, check
+from tools.spawn import NatsCluster, open_nats_cluster
 
 if TYPE_CHECKING:
-    from tests.e2e.conftest import ServerFactory, ServerProcess
+    from tests.e2e.conftest import ServerFactory
+    from tools.spawn import ShardstatsServer
 
 PUBLISH_TIMEOUT = 2.0  # SHARDSTATS_CLUSTER_PUBLISH_TIMEOUT_SECONDS: an unknown outcome in 2 s
 FAIL_FAST = PUBLISH_TIMEOUT + 5.0  # a POST without a log quorum answers 5xx within this
@@ -56,14 +53,7 @@ pytestmark = [
 @dataclass
 class Cluster:
     nats: NatsCluster
-    factory: ServerFactory
-    data_dirs: list[Path]
-    envs: list[dict[str, str]]
-    nodes: list[ServerProcess]
-
-    async def restart_node(self, index: int) -> ServerProcess:
-        self.nodes[index] = await self.factory.astart(self.data_dirs[index], self.envs[index])
-        return self.nodes[index]
+    nodes: list[ShardstatsServer]
 
 
 @pytest.fixture
@@ -74,17 +64,12 @@ async def cluster(shardstats_server: ServerFactory, tmp_path: Path) -> AsyncIter
                  "SHARDSTATS_NODE_NAME": f"node{i + 1}",
                  "SHARDSTATS_CLUSTER_PUBLISH_TIMEOUT_SECONDS": str(PUBLISH_TIMEOUT)}
                 for i in range(3)]
-        dirs = [tmp_path / f"node{i + 1}" for i in range(3)]
-        nodes = [shardstats_server.spawn(d, env) for d, env in zip(dirs, envs, strict=True)]
-
-        def wait_all() -> None:
-            for node in nodes:
-                node.wait_listening()
-                node.wait_healthy()
-
-        await trio.to_thread.run_sync(wait_all)
+        nodes = [shardstats_server.spawn(tmp_path / f"node{i + 1}", env)
+                 for i, env in enumerate(envs)]
+        for node in nodes:
+            await node.await_ready()
         try:
-            yield Cluster(nats, shardstats_server, dirs, envs, nodes)
+            yield Cluster(nats, nodes)
         finally:
             for node in nodes:  # before NATS goes: a node stopping would wait for it
                 node.kill()
@@ -92,17 +77,11 @@ async def cluster(shardstats_server: ServerFactory, tmp_path: Path) -> AsyncIter
 
 def stream_leader(nats: NatsCluster, stream: str = "shardstats") -> int:
     """The index of the nats-server leading the stream (RAFT), from a monitoring endpoint."""
+    names = [s.name for s in nats.servers]
     for server in nats.servers:
-        if not server.running():
-            continue
-        url = f"{server.monitor_url}/jsz?streams=true"
-        with urllib.request.urlopen(url, timeout=2) as response:
-            info = json.loads(response.read())
-        for account in info.get("account_details", []):
-            for detail in account.get("stream_detail", []):
-                if detail["name"] == stream and detail.get("cluster", {}).get("leader"):
-                    names = [s.name for s in nats.servers]
-                    return names.index(detail["cluster"]["leader"])
+        detail = server.stream(stream) if server.running() else None
+        if detail and detail.get("cluster", {}).get("leader"):
+            return names.index(detail["cluster"]["leader"])
     raise AssertionError(f"no server names a leader for stream {stream}")
 
 
@@ -121,8 +100,6 @@ class Load:
     failing: bool = False  # a nats-server was killed: 500/503 are allowed from now on
     acks: int = 0  # events acknowledged (a batch line counts one)
     single_acks: int = 0  # single POSTs answered 204
-    sent_ids: set[str] = field(default_factory=set)
-    acked_ids: set[str] = field(default_factory=set)
     duplicates: int = 0  # ids sent again to another node after their 204
     serial: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -132,18 +109,9 @@ class Load:
         shift = alive.index(start) if start in alive else home
         return alive[(shift + attempt) % len(alive)]
 
-    def sent(self, event: Event, eid: str | None) -> None:
-        if eid is None or eid not in self.sent_ids:
-            self.ledger.record_sent(event)
-            if eid is not None:
-                self.sent_ids.add(eid)
-
     def acked(self, event: Event, eid: str | None) -> None:
         self.acks += 1
-        if eid is None or eid not in self.acked_ids:
-            self.ledger.record_acked(event)
-            if eid is not None:
-                self.acked_ids.add(eid)
+        self.ledger.record_acked(event, eid)
 
     def tolerated(self, url: str, status: int | None, what: str) -> None:
         """A non-success is only fine from a killed node, or while NATS fails over."""
@@ -177,7 +145,7 @@ class Load:
         while not stop.is_set():
             event = self.workload.event()
             eid = f"p{number}-{next(self.serial)}" if self.rng.random() < 0.3 else None
-            self.sent(event, eid)
+            self.ledger.record_sent(event, eid)
             for attempt in range(3 if eid else 1):  # an id makes a retry elsewhere safe
                 if await self.post(clients, self.target(home, attempt), event, eid):
                     self.acked(event, eid)
@@ -201,7 +169,7 @@ class Load:
                           for _ in range(self.rng.randint(20, 200))]
                 attempt = 0
             for event, eid in events:
-                self.sent(event, eid)
+                self.ledger.record_sent(event, eid)
             url = self.target(home, attempt)
             verdicts = await self.batch(clients[url], url, events)
             for (event, eid), verdict in zip(events, verdicts, strict=True):
@@ -291,12 +259,12 @@ async def agreed_answers(urls: list[str], ledger: Ledger,
                 raise
             problems, got, ranges = [str(exc)], [], []
         else:
-            problems = bound_problems(got[0], ledger)
+            problems = check(ledger, got[0]).problems
         if got and not problems and all(g == got[0] for g in got) \
                 and all(r == ranges[0] for r in ranges):
             series = {item["start"] // HOUR_MS: item for item in ranges[0]["series"]}
             for hour, counts in got[0].items():  # the range agrees with the hours
-                assert {k: series[hour][k] for k in counts} == counts, (hour, series[hour])
+                assert Counts.from_json(series[hour]) == counts, (hour, series[hour])
             return got[0]
         if trio.current_time() > deadline:
             detail = "\n".join(f"{url}: {g}" for url, g in zip(urls, got, strict=False))
@@ -330,12 +298,12 @@ async def test_kill_node_and_nats_server_mid_load_loses_no_ack(cluster: Cluster)
         await wait_acks(load, load.acks + 800, load.single_acks + 200, within=40)
         running.stop.set()
 
-    assert load.duplicates > 0 and ledger.acked, ledger.statuses
+    assert load.duplicates > 0 and ledger.acknowledged, ledger.statuses
     survivors = urls[:2]
     before = await agreed_answers(survivors, ledger)
 
     # The killed node comes back on the same data directory and catches up exactly.
-    restarted = await cluster.restart_node(2)
+    restarted = await cluster.nodes[2].astart()
     after = await agreed_answers([*survivors, restarted.url], ledger)
     assert after == before
 
@@ -371,7 +339,7 @@ async def test_majority_of_nats_servers_down_posts_fail_fast_gets_answer(
     ledger = Ledger()
     async with client_for(urls[0]) as client:
         for i in range(20):
-            event = (ts, f"before-{i}", "click")
+            event = Event(ts, f"before-{i}", "click")
             response = await client.post("/analytics", params={
                 "timestamp": str(ts), "user": event[1], "event": "click"})
             assert response.status_code == 204
@@ -404,7 +372,7 @@ async def test_majority_of_nats_servers_down_posts_fail_fast_gets_answer(
                     got = await answers(url, ledger.hours)
                 # Local state: everything acknowledged before the outage; a POST answered 500
                 # may still have been stored (then counted).
-                assert got[ts // HOUR_MS]["clicks"] >= expected[ts // HOUR_MS]["clicks"]
+                assert got[ts // HOUR_MS].clicks >= expected[ts // HOUR_MS].clicks
 
     # The quorum returns: POSTs succeed again (after the stream's leader election).
     # No nats-server at all: GETs still answer, from local state, and say so.
@@ -416,10 +384,10 @@ async def test_majority_of_nats_servers_down_posts_fail_fast_gets_answer(
                 reply = await client.get("/analytics", params={"timestamp": str(ts)})
         assert reply.status_code == 200, (reply.status_code, reply.text)
         assert reply.headers.get("shardstats-consistency") == "stale", reply.headers
-        assert reply.json()["clicks"] >= expected[ts // HOUR_MS]["clicks"]
+        assert reply.json()["clicks"] >= expected[ts // HOUR_MS].clicks
 
     for server in cluster.nats.servers:  # all at once: one alone never gets ready
-        await server.start()
+        server.spawn()
     await cluster.nats.wait_ready()
     with trio.fail_after(CONVERGE):
         while True:

@@ -7,7 +7,6 @@ foreground mode ``make cluster`` uses).
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -21,6 +20,7 @@ import pytest
 
 from shardstats.cluster.natsproc import find_nats_server
 from tools import cluster as tool
+from tools.spawn import Child, server_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMMAND_SECONDS = 90.0  # up waits at most 60 s per group; down at most ~50 s in the worst case
@@ -34,14 +34,9 @@ pytestmark = [
 def run_tool(*args: str, run_dir: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tools.cluster", *args, "--dir", str(run_dir)],
-        cwd=REPO_ROOT, env=clean_env(), capture_output=True, text=True,
+        cwd=REPO_ROOT, env=server_env(), capture_output=True, text=True,
         timeout=COMMAND_SECONDS, check=False,
     )
-
-
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDSTATS_")}
-    return {**env, "TZ": "UTC"}
 
 
 def post(url: str, ts: int, user: str) -> None:
@@ -125,29 +120,12 @@ def test_haproxy_in_front_round_robins_and_checks_health(run_dir: Path) -> None:
 @pytest.mark.e2e
 @pytest.mark.cluster
 @pytest.mark.timeout(240)
-def test_foreground_ctrl_c_stops_everything(run_dir: Path) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tools.cluster", "up", "--foreground", "--ports", "auto",
-         "--dir", str(run_dir)],
-        cwd=REPO_ROOT, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        lines = []
-        deadline = time.monotonic() + COMMAND_SECONDS
-        while not any("Ctrl-C" in line for line in lines):
-            line = proc.stdout.readline()  # up prints within its own bounds, or exits
-            assert line and time.monotonic() < deadline, "".join(lines)
-            lines.append(line)
+def test_foreground_ctrl_c_stops_everything(run_dir: Path, tmp_path: Path) -> None:
+    with Child([sys.executable, "-m", "tools.cluster", "up", "--foreground", "--ports", "auto",
+                "--dir", str(run_dir)], tmp_path / "up.log", env=server_env()) as up:
+        up.poll_until(lambda: "Ctrl-C" in up.log(), COMMAND_SECONDS, "saying Ctrl-C")
         children = tool.load_state(run_dir)
         assert len(children) == 6 + (shutil.which("haproxy") is not None)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=COMMAND_SECONDS) == 0
+        up.signal(signal.SIGINT)
+        assert up.wait_exit(COMMAND_SECONDS) == 0, up.log()
         assert not [c for c in children if tool.alive(c)]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()

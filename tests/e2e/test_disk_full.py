@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import ServerFactory
+from tools.loadgen.ledger import ZERO, Counts, Event, Ledger, check, check_hour
 
 HOUR = 3_600_000
 pytestmark = pytest.mark.e2e
@@ -68,16 +69,19 @@ def test_disk_full_fails_posts_cleanly_and_recovers(
     data_dir = small_disk / "data"
     server = shardstats_server.start(data_dir)
     now = int(time.time() * 1000)
-    acked: dict[int, set[str]] = {}
-    sent: dict[int, set[str]] = {}
+    ledger = Ledger()
 
     def record(client: httpx.Client, ts: int, user: str) -> int:
-        hour = ts // HOUR
-        sent.setdefault(hour, set()).add(user)
+        event = Event(ts, user, "click")
+        ledger.record_sent(event)
         status = post(client, ts, user)
         if status == 204:
-            acked.setdefault(hour, set()).add(user)
+            ledger.record_acked(event)
         return status
+
+    def read_back(client: httpx.Client) -> dict[int, Counts]:
+        return {hour: Counts.from_json(client.get(f"/analytics?timestamp={hour * HOUR}").json())
+                for hour in ledger.hours}
 
     with httpx.Client(base_url=server.url, timeout=30) as client:
         for i in range(20):
@@ -94,22 +98,24 @@ def test_disk_full_fails_posts_cleanly_and_recovers(
         assert client.get("/healthz").status_code == 200
         response = client.get(f"/analytics?timestamp={now}")
         assert response.status_code == 200
-        assert response.json()["unique_users"] == len(acked[now // HOUR])
+        verdict = check_hour(now // HOUR, ledger.hours[now // HOUR], ZERO,
+                             Counts.from_json(response.json()))
+        assert verdict.ok and verdict.exact, verdict.as_dict()  # every one was acknowledged
 
         filler.unlink()
         (small_disk / "filler-2").unlink()
         for i in range(20):  # no restart needed
             assert record(client, now - (i % 20 + 1) * HOUR, f"after-{i}") == 204
 
-        counts = {h: client.get(f"/analytics?timestamp={h * HOUR}").json() for h in sent}
-    for hour, users in sent.items():
-        assert len(acked.get(hour, set())) <= counts[hour]["unique_users"] <= len(users)
+        result = check(ledger, read_back(client))
+    assert result.ok, result.problems
 
     server.kill()
     restarted = shardstats_server.start(data_dir)
     with httpx.Client(base_url=restarted.url, timeout=30) as client:
-        for hour, users in sent.items():
-            got = client.get(f"/analytics?timestamp={hour * HOUR}").json()
-            assert len(acked.get(hour, set())) <= got["unique_users"] <= len(users), hour
-            assert got["clicks"] == got["unique_users"]  # one click per distinct user sent
+        got = read_back(client)
+    result = check(ledger, got)
+    assert result.ok, result.problems
+    for counts in got.values():
+        assert counts.clicks == counts.unique_users  # one click per distinct user sent
     assert os.path.ismount(small_disk)

@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import ServerFactory, ServerProcess
+from tests.e2e.conftest import ServerFactory
+from tools.loadgen.ledger import Counts, Event, Ledger, check
 
 HOUR = 3_600_000
 pytestmark = pytest.mark.e2e
@@ -20,13 +21,6 @@ pytestmark = pytest.mark.e2e
 
 def fd_count(pid: int) -> int:
     return len(list(Path(f"/proc/{pid}/fd").iterdir()))
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def gauge(client: httpx.Client, name: str) -> float:
@@ -45,7 +39,7 @@ def test_flood_of_hours_stays_within_bounds(
     server = shardstats_server.start(data_dir, env)
     now = int(time.time() * 1000)
     baseline_fds = fd_count(server.pid)
-    peak_fds, peak_rss, peaks = baseline_fds, rss_mib(server.pid), {"open": 0.0, "cached": 0.0}
+    peak_fds, peak_rss, peaks = baseline_fds, server.rss_mib(), {"open": 0.0, "cached": 0.0}
     stop = threading.Event()
 
     def flood(seed: int) -> None:
@@ -68,11 +62,12 @@ def test_flood_of_hours_stays_within_bounds(
             deadline = time.monotonic() + 12
             while time.monotonic() < deadline:
                 peak_fds = max(peak_fds, fd_count(server.pid))
-                peak_rss = max(peak_rss, rss_mib(server.pid))
+                peak_rss = max(peak_rss, server.rss_mib())
                 peaks["open"] = max(peaks["open"], gauge(client, "shardstats_open_shards"))
-                peaks["cached"] = max(peaks["cached"], gauge(client, "shardstats_cached_hours"))
+                peaks["cached"] = max(peaks["cached"],
+                                      gauge(client, "shardstats_cached_hour_aggregates"))
                 time.sleep(0.2)
-            known = gauge(client, "shardstats_known_hours")
+            known = gauge(client, "shardstats_hour_journals")
     finally:
         stop.set()
         for thread in threads:
@@ -91,7 +86,7 @@ def test_flood_of_hours_stays_within_bounds(
 def test_faster_than_disk_gets_503_with_retry_after(
     shardstats_server: ServerFactory, data_dir: Path
 ) -> None:
-    env = {"SHARDSTATS_INBOX_SIZE": "4", "SHARDSTATS_MAX_BATCH": "2"}
+    env = {"SHARDSTATS_INBOX_SIZE": "4", "SHARDSTATS_MAX_COMMIT_EVENTS": "2"}
     server = shardstats_server.start(data_dir, env)
     now = int(time.time() * 1000)
     statuses: list[int] = []
@@ -163,8 +158,7 @@ def test_sigterm_under_load_loses_nothing_and_exits_in_time(
     grace = 5
     server = shardstats_server.start(data_dir, {"SHARDSTATS_GRACEFUL_TIMEOUT_SECONDS": str(grace)})
     now = int(time.time() * 1000)
-    acked: dict[int, int] = {}
-    sent: dict[int, int] = {}
+    ledger = Ledger()
     lock = threading.Lock()
     hung: list[str] = []
 
@@ -172,11 +166,12 @@ def test_sigterm_under_load_loses_nothing_and_exits_in_time(
         rng = random.Random(seed)
         with httpx.Client(base_url=server.url, timeout=grace + 10) as client:
             while True:
-                ts = now - rng.choice([0, 0, 0, 1, 5]) * HOUR
+                event = Event(now - rng.choice([0, 0, 0, 1, 5]) * HOUR, f"c{seed}", "click")
                 with lock:
-                    sent[ts // HOUR] = sent.get(ts // HOUR, 0) + 1
+                    ledger.record_sent(event)
                 try:
-                    r = client.post(f"/analytics?timestamp={ts}&user=c{seed}&event=click")
+                    r = client.post(f"/analytics?timestamp={event.timestamp}&user=c{seed}"
+                                    "&event=click")
                 except httpx.TimeoutException:
                     hung.append(f"client {seed}")
                     return
@@ -184,7 +179,7 @@ def test_sigterm_under_load_loses_nothing_and_exits_in_time(
                     return  # refused or closed: the server is stopping
                 if r.status_code == 204:
                     with lock:
-                        acked[ts // HOUR] = acked.get(ts // HOUR, 0) + 1
+                        ledger.record_acked(event)
                 elif r.status_code not in (503,):
                     return
 
@@ -194,16 +189,17 @@ def test_sigterm_under_load_loses_nothing_and_exits_in_time(
     time.sleep(1.5)
     started = time.monotonic()
     server.signal(signal.SIGTERM)
-    code = server.wait_exit(timeout=grace + 10)
+    code = server.wait_exit(grace + 10)
     took = time.monotonic() - started
     for thread in threads:
         thread.join(timeout=grace + 15)
     assert code == 0
     assert took < grace + 5
     assert not hung and not any(t.is_alive() for t in threads)
-    assert sum(acked.values()) > 0
-    restarted: ServerProcess = shardstats_server.start(data_dir)
+    assert ledger.acknowledged > 0
+    restarted = shardstats_server.start(data_dir)
     with httpx.Client(base_url=restarted.url, timeout=30) as client:
-        for hour in sent:
-            clicks = client.get(f"/analytics?timestamp={hour * HOUR}").json()["clicks"]
-            assert acked.get(hour, 0) <= clicks <= sent[hour], hour
+        got = {hour: Counts.from_json(client.get(f"/analytics?timestamp={hour * HOUR}").json())
+               for hour in ledger.hours}
+    result = check(ledger, got)
+    assert result.ok, result.problems

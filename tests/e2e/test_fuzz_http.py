@@ -20,7 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.e2e.conftest import ServerFactory, ServerProcess
+from tests.e2e.conftest import ServerFactory
+from tools.spawn import ShardstatsServer
 
 ALLOWED = {200, 204, 400, 401, 404, 405, 413, 414, 431, 503}
 EXAMPLES = int(os.environ.get("FUZZ_HTTP_EXAMPLES", "1500"))
@@ -55,7 +56,7 @@ headers = st.lists(
 bodies = st.binary(max_size=200) | st.sampled_from([b"", b"{}\n{\"timestamp\": 1}\n"])
 
 
-def send_raw(server: ServerProcess, request: bytes) -> int | None:
+def send_raw(server: ShardstatsServer, request: bytes) -> int | None:
     """Send one request on a fresh connection; return the status, or None if the server
     closed the connection without answering."""
     assert server.port is not None

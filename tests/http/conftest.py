@@ -1,14 +1,11 @@
-"""Helpers for driving the app in-process, through either front end.
+"""Helpers for driving the app in-process, exactly as the server runs it.
 
-The server answers ``/analytics`` through ``LeanFront`` (plain ASGI, ``shardstats.http.hot``)
-and everything else through the Quart app; the Quart app also routes ``/analytics`` itself. The
-``harness`` fixture runs each contract test against both:
-- ``quart``: Quart's test client, with the exact query-string bytes the test names
-  (``scope_base``), so percent-encoding, repeated keys and ``+`` reach the app untouched;
-- ``lean``: ASGI messages straight into ``lean_front(app)``, the response exactly as sent.
-
-``raw_asgi`` is also the way to see headers exactly: Quart's test client rebuilds responses
-and re-adds a default ``Content-Type`` to every one it hands back.
+Every request goes as ASGI messages into the app ``create_app`` builds (the lean front,
+which answers ``/analytics`` itself and hands the other paths to Quart), with the exact
+query-string bytes the test names (percent-encoding, repeated keys and ``+`` reach the app
+untouched), and comes back exactly as sent (``RawResponse``: Quart's own test client would
+rebuild responses and re-add a default ``Content-Type``). The Quart app behind the front runs
+the lifespan, as under hypercorn.
 """
 
 from __future__ import annotations
@@ -23,14 +20,12 @@ from typing import Any
 
 import pytest
 import trio
-from quart.typing import TestClientProtocol
-from quart_trio import QuartTrio
 from werkzeug.datastructures import Headers
 
 from shardstats.clock import FixedClock
 from shardstats.config import Settings
 from shardstats.core.events import HOUR_MS
-from shardstats.http.app import create_app, lean_front
+from shardstats.http.app import App, create_app
 from shardstats.shards.service import Service
 
 # The clock of every test: five minutes before the end of hour K, so that (K+1)*HOUR_MS is
@@ -38,7 +33,6 @@ from shardstats.shards.service import Service
 K = 472_222  # 2023-11-14 22:00 UTC
 NOW_MS = (K + 1) * HOUR_MS - 5 * 60_000
 
-FRONTS = ("quart", "lean")
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 
@@ -65,8 +59,11 @@ class RawResponse:
     def header_names(self) -> set[str]:
         return {name.decode("latin-1").lower() for name, _ in self.raw_headers}
 
-    async def get_data(self) -> bytes:
-        return self.body
+    async def get_data(self, as_text: bool = False) -> Any:
+        return self.body.decode() if as_text else self.body
+
+    async def get_json(self) -> Any:
+        return json.loads(self.body)
 
 
 async def raw_asgi(
@@ -77,8 +74,10 @@ async def raw_asgi(
     *,
     body: bytes = b"",
     headers: list[tuple[bytes, bytes]] | None = None,
+    hung_after: float = 10,
 ) -> RawResponse:
-    """One HTTP request straight through the ASGI interface."""
+    """One HTTP request straight through the ASGI interface (a hung one fails its test
+    after ``hung_after`` seconds, not at pytest's timeout)."""
     scope = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.1"},
@@ -115,20 +114,41 @@ async def raw_asgi(
         if message["type"] == "http.response.body" and not message.get("more_body", False):
             done.set()
 
-    with trio.fail_after(10):
+    with trio.fail_after(hung_after):
         await app(scope, receive, send)
     start = next(m for m in messages if m["type"] == "http.response.start")
     sent = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
     return RawResponse(start["status"], list(start.get("headers", [])), sent)
 
 
+class Client:
+    """Requests to an ASGI app by URL (``/path?query``), like a test client."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def open(self, url: str, method: str = "GET", *, data: bytes | str = b"",
+                   headers: dict[str, str] | None = None) -> RawResponse:
+        path, _, query = url.partition("?")
+        return await raw_asgi(
+            self.app, method, path, qs(query),
+            body=data.encode() if isinstance(data, str) else data,
+            headers=[(k.lower().encode("latin-1"), v.encode("latin-1"))
+                     for k, v in (headers or {}).items()],
+        )
+
+    async def get(self, url: str, **kwargs: Any) -> RawResponse:
+        return await self.open(url, "GET", **kwargs)
+
+    async def post(self, url: str, **kwargs: Any) -> RawResponse:
+        return await self.open(url, "POST", **kwargs)
+
+
 @dataclass
 class Harness:
-    front: str
-    app: QuartTrio
-    asgi: ASGIApp  # what the server would serve for this front
+    app: App
     service: Service
-    client: TestClientProtocol
+    client: Client
     settings: Settings
     clock: FixedClock
 
@@ -137,20 +157,16 @@ class Harness:
         return Path(self.settings.data_dir)
 
     async def request(
-        self, method: str, query: str | bytes, path: str = "/analytics", *, body: bytes = b""
-    ) -> Any:
-        if self.front == "lean":
-            return await raw_asgi(self.asgi, method, path, qs(query), body=body)
-        with trio.fail_after(10):  # a hung request fails its test now, not at pytest's timeout
-            # quart.typing's protocol wrongly makes ``json`` a required keyword of ``open``.
-            return await self.client.open(  # type: ignore[call-arg]
-                path, method=method, data=body, scope_base={"query_string": qs(query)}
-            )
+        self, method: str, query: str | bytes, path: str = "/analytics", *, body: bytes = b"",
+        headers: list[tuple[bytes, bytes]] | None = None, hung_after: float = 10,
+    ) -> RawResponse:
+        return await raw_asgi(self.app, method, path, qs(query), body=body, headers=headers,
+                              hung_after=hung_after)
 
-    async def post(self, query: str | bytes) -> Any:
+    async def post(self, query: str | bytes) -> RawResponse:
         return await self.request("POST", query)
 
-    async def get(self, query: str | bytes) -> Any:
+    async def get(self, query: str | bytes) -> RawResponse:
         return await self.request("GET", query)
 
     async def event(self, timestamp: int, user: str, kind: str = "click") -> None:
@@ -168,7 +184,7 @@ class Harness:
         return body
 
 
-async def wait_healthy(client: TestClientProtocol) -> None:
+async def wait_healthy(client: Client) -> None:
     """Poll ``/healthz`` (what a real client would do) until it says 200, for at most 10 s."""
     with trio.fail_after(10):
         while (await client.get("/healthz")).status_code != 200:  # noqa: ASYNC110 - polling HTTP
@@ -179,45 +195,34 @@ async def wait_healthy(client: TestClientProtocol) -> None:
 async def running_app(
     data_dir: Path | str,
     *,
-    front: str = "quart",
     now_ms: int = NOW_MS,
     service_factory: Callable[[Settings, FixedClock], Service] | None = None,
     wait: bool = True,
     **overrides: Any,
 ) -> AsyncIterator[Harness]:
     """Build settings, service and app; run the app's lifespan around the block."""
-    assert front in FRONTS
     settings = dataclasses.replace(Settings(data_dir=str(data_dir)), **overrides)
     clock = FixedClock(now_ms)
     service = (service_factory or Service)(settings, clock)
     app = create_app(settings, service)
-    asgi: ASGIApp = lean_front(app) if front == "lean" else app
-    async with app.test_app() as test_app:
-        client = test_app.test_client()
+    async with app.quart.test_app():
+        client = Client(app)
         if wait:
             await wait_healthy(client)
-        yield Harness(front, app, asgi, service, client, settings, clock)
-
-
-@pytest.fixture(params=FRONTS)
-def http_front(request: pytest.FixtureRequest) -> str:
-    front: str = request.param
-    return front
+        yield Harness(app, service, client, settings, clock)
 
 
 @pytest.fixture
-async def harness(tmp_path: Path, http_front: str) -> AsyncIterator[Harness]:
-    async with running_app(tmp_path / "data", front=http_front) as h:
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    async with running_app(tmp_path / "data") as h:
         yield h
 
 
 @pytest.fixture
-def make_harness(
-    tmp_path: Path, http_front: str
-) -> Callable[..., AbstractAsyncContextManager[Harness]]:
+def make_harness(tmp_path: Path) -> Callable[..., AbstractAsyncContextManager[Harness]]:
     """``async with make_harness(inbox_size=1) as h:`` — a harness with other settings."""
 
     def make(**overrides: Any) -> AbstractAsyncContextManager[Harness]:
-        return running_app(tmp_path / "data", front=http_front, **overrides)
+        return running_app(tmp_path / "data", **overrides)
 
     return make

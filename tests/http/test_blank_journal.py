@@ -24,7 +24,7 @@ def tables(path: Path) -> list[str]:
 @pytest.mark.parametrize("hour", [K, K - 1], ids=["current", "past"])
 @pytest.mark.parametrize("kind", ["zero-length", "header-only"])
 async def test_a_get_reads_a_journal_without_tables_as_empty_and_writes_nothing(
-    tmp_path: Path, http_front: str, kind: str, hour: int
+    tmp_path: Path, kind: str, hour: int
 ) -> None:
     data = tmp_path / "data"
     (data / "journals").mkdir(parents=True)
@@ -37,7 +37,7 @@ async def test_a_get_reads_a_journal_without_tables_as_empty_and_writes_nothing(
         conn.close()
     before = path.read_bytes()
     timestamp = hour * 3_600_000 + 1_000
-    async with running_app(data, front=http_front, now_ms=NOW_MS) as harness:
+    async with running_app(data, now_ms=NOW_MS) as harness:
         assert await harness.counts(timestamp) == ZERO
         assert path.read_bytes() == before and tables(path) == []
         await harness.event(timestamp, "alice")  # a POST may write: it creates the tables

@@ -1,4 +1,4 @@
-"""Cluster mode over HTTP, with the in-memory log behind the node: both fronts publish POSTs,
+"""Cluster mode over HTTP, with the in-memory log behind the node: the app publishes POSTs,
 wait at the read barrier on GETs, say when an answer is stale, and report lag in /healthz
 and /metrics."""
 
@@ -8,7 +8,6 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 import trio
 
 from shardstats.clock import FixedClock
@@ -32,10 +31,9 @@ def cluster_service(log: InMemoryLog) -> Callable[[Settings, FixedClock], Servic
     return make
 
 
-@pytest.mark.parametrize("front", ["quart", "lean"])
-async def test_posts_are_published_and_gets_read_their_writes(tmp_path: Path, front: str) -> None:
+async def test_posts_are_published_and_gets_read_their_writes(tmp_path: Path) -> None:
     log = InMemoryLog()
-    async with running_app(tmp_path / "d", front=front, service_factory=cluster_service(log),
+    async with running_app(tmp_path / "d", service_factory=cluster_service(log),
                            node_name="n1") as h:
         await h.event(NOW_MS, "alice", "click")
         assert len(log.stored()) == 1

@@ -1,11 +1,12 @@
-"""The HTTP contract of DESIGN.md §1, through Quart's test client with the lifespan running.
-
-Every request names its exact query-string bytes (see ``conftest.Harness.request``).
+"""The HTTP contract of ``/analytics`` (README "API"): POST answers 204 once durable, 400 on
+invalid input (reason in a header, empty body), 503 with Retry-After when overloaded or not
+ready; GET answers the hour's counts as JSON; other methods 405, unknown paths 404; nothing a
+client sends gives a 500. Driven through the app the server runs, with the lifespan running;
+every request names its exact query-string bytes (see ``conftest.Harness.request``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sqlite3
 import tempfile
@@ -24,11 +25,12 @@ from shardstats.clock import FixedClock
 from shardstats.config import Settings
 from shardstats.core.events import HOUR_MS
 from shardstats.core.validation import MAX_QUERY_BYTES
-from shardstats.http.app import create_app, lean_front
+from shardstats.errors import Field, Reason
+from shardstats.http.app import create_app
 from shardstats.shards.service import Service
 from shardstats.storage.journal import Journal
 
-from .conftest import FRONTS, NOW_MS, Harness, K, raw_asgi, running_app, wait_healthy
+from .conftest import NOW_MS, Client, Harness, K, raw_asgi, running_app, wait_healthy
 
 ZERO = {"unique_users": 0, "clicks": 0, "impressions": 0}
 MAX_TS = 2**63 - 1
@@ -58,6 +60,9 @@ async def assert_post_400(h: Harness, query: str | bytes) -> str:
     reason = response.headers.get("X-Shardstats-Error")
     assert isinstance(reason, str)
     assert reason, "a POST 400 names its reason in X-Shardstats-Error"
+    # ... and its problem as codes from fixed sets.
+    Field(response.headers["X-Shardstats-Error-Field"])
+    Reason(response.headers["X-Shardstats-Error-Reason"])
     return reason
 
 
@@ -66,9 +71,11 @@ async def assert_get_400(h: Harness, query: str | bytes) -> str:
     assert response.status_code == 400, (query, response.status_code)
     assert response.mimetype == "application/json"
     body = json.loads(await response.get_data())
-    assert list(body) == ["error"]
+    assert list(body) == ["error", "field", "reason"]
     assert isinstance(body["error"], str)
     assert body["error"]
+    Field(body["field"])
+    Reason(body["reason"])
     return body["error"]
 
 
@@ -89,9 +96,7 @@ async def test_post_answers_204_with_empty_body(harness: Harness) -> None:
 
 
 async def test_post_204_on_the_wire_has_no_body_content_type_or_length(harness: Harness) -> None:
-    # Quart's test client rebuilds responses and re-adds a default Content-Type; read the
-    # ASGI messages the app itself sends instead.
-    response = await raw_asgi(harness.asgi, "POST", "/analytics", valid().encode())
+    response = await raw_asgi(harness.app, "POST", "/analytics", valid().encode())
     assert response.status_code == 204
     assert response.body == b""
     assert "content-type" not in response.header_names()
@@ -99,7 +104,7 @@ async def test_post_204_on_the_wire_has_no_body_content_type_or_length(harness: 
 
 
 async def test_post_400_on_the_wire_has_reason_header_and_no_body(harness: Harness) -> None:
-    response = await raw_asgi(harness.asgi, "POST", "/analytics", valid(event="nope").encode())
+    response = await raw_asgi(harness.app, "POST", "/analytics", valid(event="nope").encode())
     assert response.status_code == 400
     assert response.body == b""
     assert response.headers["X-Shardstats-Error"] == "event must be 'click' or 'impression'"
@@ -109,7 +114,7 @@ async def test_post_400_on_the_wire_has_reason_header_and_no_body(harness: Harne
 async def test_get_on_the_wire_is_json_with_a_correct_length(harness: Harness) -> None:
     await harness.event(NOW_MS, "alice", "impression")
     for query, status in ((f"timestamp={NOW_MS}", 200), ("timestamp=x", 400)):
-        response = await raw_asgi(harness.asgi, "GET", "/analytics", query.encode())
+        response = await raw_asgi(harness.app, "GET", "/analytics", query.encode())
         assert response.status_code == status
         assert response.mimetype == "application/json"
         assert int(response.headers["Content-Length"]) == len(response.body)
@@ -218,12 +223,12 @@ async def test_get_on_a_fresh_data_dir_creates_no_journal(harness: Harness) -> N
     assert journal_files(harness) == []
 
 
-async def test_counts_survive_a_restart(tmp_path: Path, http_front: str) -> None:
-    async with running_app(tmp_path, front=http_front) as h:
+async def test_counts_survive_a_restart(tmp_path: Path) -> None:
+    async with running_app(tmp_path) as h:
         await h.event(NOW_MS, "alice", "click")
         await h.event(NOW_MS, "bob", "impression")
         await h.event(NOW_MS - 3 * HOUR_MS, "alice", "impression")
-    async with running_app(tmp_path, front=http_front) as h:
+    async with running_app(tmp_path) as h:
         assert await h.counts(NOW_MS) == {"unique_users": 2, "clicks": 1, "impressions": 1}
         assert await h.counts(NOW_MS - 3 * HOUR_MS) == {
             "unique_users": 1,
@@ -534,6 +539,55 @@ async def test_post_400_reasons_name_the_problem(harness: Harness) -> None:
     assert "more than once" in await reason(f"{valid()}&event=click")
 
 
+PROBLEMS = {
+    # query: (field, reason) of the 400
+    "": ("timestamp", "missing"),
+    f"timestamp={NOW_MS}&event=click": ("user", "missing"),
+    f"timestamp={NOW_MS}&user=a": ("event", "missing"),
+    valid(timestamp=""): ("timestamp", "empty"),
+    valid(user=""): ("user", "empty"),
+    valid(timestamp="x"): ("timestamp", "malformed"),
+    valid(timestamp=str(2**63)): ("timestamp", "too_large"),
+    valid(timestamp=str(PAST_BOUND - 1)): ("timestamp", "too_old"),
+    valid(timestamp=str(FUTURE_BOUND + 1)): ("timestamp", "too_new"),
+    valid(user="x" * 257): ("user", "too_long"),
+    valid(user="a%00"): ("user", "control_character"),
+    valid(user="%ff"): ("user", "encoding"),
+    valid(event="tap"): ("event", "unknown_value"),
+    f"{valid()}&event=click": ("event", "repeated"),
+    f"{valid()}&id=": ("id", "empty"),
+    f"{valid()}&id={'i' * 129}": ("id", "too_long"),
+    f"{valid()}&pad={'x' * MAX_QUERY_BYTES}": ("query", "too_long"),
+}
+
+
+async def test_a_post_400_gives_its_problem_as_codes(harness: Harness) -> None:
+    for query, (field, reason) in PROBLEMS.items():
+        response = await harness.post(query)
+        assert response.status_code == 400
+        got = (response.headers["X-Shardstats-Error-Field"],
+               response.headers["X-Shardstats-Error-Reason"])
+        assert got == (field, reason), (query[:80], response.headers["X-Shardstats-Error"])
+
+
+@pytest.mark.parametrize("path, query, field, reason", [
+    ("/analytics", "", "timestamp", "missing"),
+    ("/analytics", "timestamp=1e3", "timestamp", "malformed"),
+    ("/analytics", "timestamp=1&timestamp=2", "timestamp", "repeated"),
+    ("/analytics/range", "from=1", "to", "missing"),
+    ("/analytics/range", "from=2&to=1", "to", "out_of_order"),
+    ("/analytics/range", f"from=0&to={NOW_MS}", "to", "too_large"),
+    ("/analytics/range", "from=1&to=2&step=week", "step", "unknown_value"),
+])
+async def test_a_get_400_gives_its_problem_as_codes(
+    harness: Harness, path: str, query: str, field: str, reason: str
+) -> None:
+    response = await harness.request("GET", query, path)
+    assert response.status_code == 400
+    body = await response.get_json()
+    assert (body["field"], body["reason"]) == (field, reason), body["error"]
+
+
 async def test_rejected_posts_change_nothing(harness: Harness) -> None:
     await harness.event(NOW_MS, "alice", "click")
     for query in [*BAD_SHAPES.values(), *(valid(event=e) for e in BAD_EVENTS.values())]:
@@ -603,6 +657,25 @@ async def test_other_methods_on_analytics_are_405(harness: Harness, method: str)
     assert journal_files(harness) == []
 
 
+async def test_head_on_analytics_is_a_get_without_its_body(harness: Harness) -> None:
+    await harness.event(NOW_MS, "alice")
+    for query, status in ((f"timestamp={NOW_MS}", 200), ("timestamp=x", 400)):
+        get = await harness.get(query)
+        head = await harness.request("HEAD", query)
+        assert (head.status_code, head.body) == (status, b"")
+        assert head.headers["Content-Length"] == str(len(get.body))
+        assert head.mimetype == "application/json"
+
+
+async def test_405_on_analytics_is_counted_under_its_method(harness: Harness) -> None:
+    await harness.request("PUT", valid())
+    await harness.request("BREW", valid())
+    scrape = (await harness.client.get("/metrics")).body.decode()
+    assert 'method="PUT",route="/analytics",status="405"' in scrape
+    assert 'method="other",route="/analytics",status="405"' in scrape
+    assert "BREW" not in scrape
+
+
 @pytest.mark.parametrize(
     "path", ["/nope", "/analytic", "/analytics/", "/analytics/x", "/ANALYTICS", "/healthz/x"]
 )
@@ -645,7 +718,7 @@ async def assert_503(response: Any, *, body: str | None) -> None:
         assert body in json.loads(await response.get_data())
 
 
-async def test_503_with_retry_after_while_recovering(tmp_path: Path, http_front: str) -> None:
+async def test_503_with_retry_after_while_recovering(tmp_path: Path) -> None:
     release = trio.Event()
     entered = trio.Event()
 
@@ -660,7 +733,7 @@ async def test_503_with_retry_after_while_recovering(tmp_path: Path, http_front:
         return service
 
     async with running_app(
-        tmp_path, front=http_front, service_factory=blocking_service, wait=False
+        tmp_path, service_factory=blocking_service, wait=False
     ) as h:
         try:
             with trio.fail_after(10):
@@ -683,18 +756,12 @@ async def test_503_when_service_never_started(tmp_path: Path) -> None:
     # No lifespan: the service is constructed but not running (ready is False).
     settings = Settings(data_dir=str(tmp_path))
     service = Service(settings, clock=FixedClock(NOW_MS))
-    app = create_app(settings, service)
-    client = app.test_client()
+    client = Client(create_app(settings, service))
     await assert_503(await client.get("/healthz"), body="status")
-    await assert_503(
-        await client.post("/analytics", scope_base={"query_string": valid().encode()}),
-        body=None,
-    )
-    await assert_503(await client.get(f"/analytics?timestamp={NOW_MS}"), body="error")
-    lean = lean_front(app)
-    await assert_503(await raw_asgi(lean, "POST", "/analytics", valid().encode()), body=None)
-    get = await raw_asgi(lean, "GET", "/analytics", f"timestamp={NOW_MS}".encode())
+    await assert_503(await client.post(f"/analytics?{valid()}"), body=None)
+    get = await client.get(f"/analytics?timestamp={NOW_MS}")
     await assert_503(get, body="error")
+    assert "recovering" in (await get.get_json())["error"]
 
 
 class BlockedJournal:
@@ -856,46 +923,31 @@ PROPERTY_SETTINGS = settings(
 
 @PROPERTY_SETTINGS
 @given(query=QUERIES)
-async def test_any_query_string_gives_a_contract_status_on_both_fronts(
+async def test_any_query_string_gives_a_contract_status(
     tmp_path_factory: pytest.TempPathFactory, query: str
 ) -> None:
     data_dir = Path(tempfile.mkdtemp(dir=tmp_path_factory.getbasetemp()))
-    async with running_app(data_dir, max_open_shards=4) as quart:
-        lean = dataclasses.replace(quart, front="lean", asgi=lean_front(quart.app))
-        seen: list[tuple[int, str | None, int, dict[str, Any]]] = []
-        for h in (quart, lean):
-            post = await h.post(query)
-            assert post.status_code in (204, 400), (h.front, query, post.status_code)
-            assert await post.get_data() == b""
-            reason = post.headers.get("X-Shardstats-Error")
-            assert (reason is not None) == (post.status_code == 400)
+    async with running_app(data_dir, max_open_shards=4) as h:
+        post = await h.post(query)
+        assert post.status_code in (204, 400), (query, post.status_code)
+        assert await post.get_data() == b""
+        reason = post.headers.get("X-Shardstats-Error")
+        assert (reason is not None) == (post.status_code == 400)
 
-            get = await h.get(query)
-            assert get.status_code in (200, 400), (h.front, query, get.status_code)
-            assert get.mimetype == "application/json"
-            body = json.loads(await get.get_data())
-            if get.status_code == 200:
-                assert set(body) == {"unique_users", "clicks", "impressions"}
-                assert all(type(v) is int and v >= 0 for v in body.values())
-            else:
-                assert list(body) == ["error"]
-                assert isinstance(body["error"], str)
-            seen.append((post.status_code, reason, get.status_code, body))
-        event(f"POST {seen[0][0]}, GET {seen[0][2]}")
-
-        # Both fronts give the same verdicts; the same valid event twice is counted twice
-        # (read-your-writes: a valid POST's hour is the hour the same query GETs).
-        (post_q, reason_q, get_q, body_q), (post_l, reason_l, get_l, body_l) = seen
-        assert (post_q, reason_q, get_q) == (post_l, reason_l, get_l)
-        if get_q == 400:
-            assert body_q == body_l
-        elif post_q == 204:
-            assert body_q["clicks"] + body_q["impressions"] == 1
-            assert body_q["unique_users"] == 1
-            assert body_l["clicks"] + body_l["impressions"] == 2
-            assert body_l["unique_users"] == 1
+        get = await h.get(query)
+        assert get.status_code in (200, 400), (query, get.status_code)
+        assert get.mimetype == "application/json"
+        body = json.loads(await get.get_data())
+        if get.status_code == 200:
+            assert set(body) == {"unique_users", "clicks", "impressions"}
+            assert all(type(v) is int and v >= 0 for v in body.values())
+            # Read-your-writes: a valid POST's hour is the hour the same query GETs.
+            assert body["clicks"] + body["impressions"] == (post.status_code == 204)
+            assert body["unique_users"] == (post.status_code == 204)
         else:
-            assert body_q == body_l
+            assert list(body) == ["error", "field", "reason"]
+            assert isinstance(body["error"], str)
+        event(f"POST {post.status_code}, GET {get.status_code}")
 
 
 USERS = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=12).filter(
@@ -911,19 +963,17 @@ EVENTS = st.tuples(
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    front=st.sampled_from(FRONTS),
     pool=st.lists(USERS, min_size=6, max_size=6),
     events=st.lists(EVENTS, max_size=25),
 )
 async def test_counts_match_a_model(
     tmp_path_factory: pytest.TempPathFactory,
-    front: str,
     pool: list[str],
     events: list[tuple[int, int, str, bool]],
 ) -> None:
     model: dict[int, tuple[set[str], int, int]] = {}
     data_dir = Path(tempfile.mkdtemp(dir=tmp_path_factory.getbasetemp()))
-    async with running_app(data_dir, front=front) as h:
+    async with running_app(data_dir) as h:
         for ts, index, kind, plus in events:
             user = pool[index]
             encoded = quote(user, safe="").replace("%20", "+") if plus else quote(user, safe="")

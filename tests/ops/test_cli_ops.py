@@ -30,25 +30,21 @@ def populate(root: Path, hours: int, events_per_hour: int, seed: int = 7) -> dic
     rng = random.Random(seed)
     datadir = DataDir(root)
     datadir.prepare()
-    users = datadir.open_users()
     model: dict[int, tuple[set[str], int, int]] = {}
-    try:
+    with datadir.open_users() as users:
         for hour in range(BASE_HOUR, BASE_HOUR + hours):
             pool = events_per_hour // 2 + 1
             names = [f"user-{rng.randrange(pool)}" for _ in range(events_per_hour)]
             kinds = [rng.choice([1, 2]) for _ in names]
             ids = users.assign(names)
-            journal = datadir.open_journal(hour, create=True)
-            for start in range(0, len(names), 500):
-                chunk = range(start, min(start + 500, len(names)))
-                journal.append(EventColumns([hour * HOUR_MS + i for i in chunk],
-                                            [names[i] for i in chunk],
-                                            [kinds[i] for i in chunk]),
-                               [ids[names[i]] for i in chunk])
-            journal.close()
+            with datadir.open_journal(hour, create=True) as journal:
+                for start in range(0, len(names), 500):
+                    chunk = range(start, min(start + 500, len(names)))
+                    journal.append(EventColumns([hour * HOUR_MS + i for i in chunk],
+                                                [names[i] for i in chunk],
+                                                [kinds[i] for i in chunk]),
+                                   [ids[names[i]] for i in chunk])
             model[hour] = (set(names), kinds.count(1), kinds.count(2))
-    finally:
-        users.close()
     return model
 
 

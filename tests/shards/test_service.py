@@ -193,7 +193,7 @@ async def test_full_inbox_is_overload_not_growth(tmp_path: Path) -> None:
             return SlowJournal(self.journal_path(hour), create=create, readonly=readonly,
                                upgrade=upgrade)
 
-    service = make_service(tmp_path, SlowDataDir(tmp_path), inbox_size=2, max_batch=1)
+    service = make_service(tmp_path, SlowDataDir(tmp_path), inbox_size=2, max_commit_events=1)
     outcomes: list[str] = []
 
     async def one(user: str) -> None:

@@ -6,24 +6,18 @@ server. Nothing here depends on timing.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import math
-import os
 import random
 import re
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
-import httpx
 import pytest
 import trio
 from pyroaring import BitMap
 
+from tests.tools.fake_server import reply, serve_fake
 from tools.loadgen import cli
 from tools.loadgen.batch import BatchSource as Source
 from tools.loadgen.batch import (
@@ -45,8 +39,8 @@ from tools.loadgen.ranges import (
     segments,
 )
 from tools.loadgen.runner import BatchTally, FillReport, LoadSession, now_ms
-from tools.loadgen.wire import request_bytes
 from tools.loadgen.workload import HOUR_MS, FillPlan
+from tools.spawn import ShardstatsServer
 
 NOW = 1_795_802_400_000 + 1_234_567  # 20 min into an hour
 CURRENT = NOW // HOUR_MS
@@ -161,16 +155,6 @@ def test_batch_source_draws_live_events_from_the_pool() -> None:
     assert again.body == chunk.body
 
 
-def test_request_bytes_with_body() -> None:
-    raw = request_bytes("POST", "/analytics/batch", "h:1", b'{"a":1}\n{"b":2}')
-    head, _, body = raw.partition(b"\r\n\r\n")
-    assert head.split(b"\r\n") == [b"POST /analytics/batch HTTP/1.1", b"Host: h:1",
-                                   b"Content-Type: application/x-ndjson",
-                                   b"Content-Length: 15"]
-    assert body == b'{"a":1}\n{"b":2}'
-    assert request_bytes("POST", "/b", "h", b"").endswith(b"Content-Length: 0\r\n\r\n")
-
-
 # -- verdicts and the ledger ----------------------------------------------------------------
 
 
@@ -262,9 +246,9 @@ def test_settle_per_line_verdicts() -> None:
     past, now = ledger.hours[CURRENT - 1], ledger.hours[CURRENT]
     assert (past.acknowledged.clicks, past.acknowledged.impressions) == (1, 0)
     assert list(past.acknowledged.users) == [1]
-    assert (past.unacknowledged.impressions, list(past.unacknowledged.users)) == (1, [1])
+    assert (past.sent.impressions, past.unacknowledged, list(past.sent.users)) == (1, 1, [1])
     assert (now.acknowledged.clicks, list(now.acknowledged.users)) == (2, [1, 3])
-    assert now.unacknowledged.events == 0  # the rejected line widens no bound
+    assert now.sent.events == 2 and now.unacknowledged == 0  # the rejected line widens no bound
     assert check(ledger, {CURRENT - 1: Counts(1, 1, 0), CURRENT: Counts(2, 2, 0)}).exact is False
     assert check(ledger, {CURRENT - 1: Counts(1, 1, 1), CURRENT: Counts(2, 2, 0)}).ok
     assert not check(ledger, {CURRENT - 1: Counts(1, 1, 0), CURRENT: Counts(3, 2, 1)}).ok
@@ -364,47 +348,17 @@ def test_ledger_user_sets_are_bitmaps() -> None:
 
 # -- the batch sender against a scripted server ---------------------------------------------
 
-Handler = Callable[[str, str, bytes], tuple[int, bytes]]
-
-
-async def serve_fake(handler: Handler, task_status: trio.TaskStatus[int]) -> None:
-    """A minimal keep-alive HTTP/1.1 server; ``handler(method, target, body)`` answers."""
-
-    async def connection(stream: trio.SocketStream) -> None:
-        buffer = b""
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            while True:
-                while b"\r\n\r\n" not in buffer:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        return
-                    buffer += data
-                head, _, buffer = buffer.partition(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                method, target, _ = lines[0].split(" ")
-                length = 0
-                for line in lines[1:]:
-                    name, _, value = line.partition(":")
-                    if name.strip().lower() == "content-length":
-                        length = int(value)
-                while len(buffer) < length:
-                    buffer += await stream.receive_some(65536)
-                body, buffer = buffer[:length], buffer[length:]
-                status, out = handler(method, target, body)
-                await stream.send_all(f"HTTP/1.1 {status} X\r\nContent-Length: {len(out)}\r\n"
-                                      f"\r\n".encode() + out)
-
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.serve_listeners, connection, listeners)
-        task_status.started(port)
+Handler = Callable[[str, str, bytes], tuple[int, bytes]]  # (method, target, body) -> answer
 
 
 def run_against(handler: Handler, scenario: Callable[[LoadSession], object]) -> object:
     async def main() -> object:
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(serve_fake, handler)
+            def respond(head: list[str], body: bytes) -> bytes:
+                method, target, _ = head[0].split(" ")
+                return reply(*handler(method, target, body))
+
+            port = await nursery.start(serve_fake, respond)
             session = LoadSession(f"http://127.0.0.1:{port}", seed=1, progress=None,
                                   timeout=5.0, baseline={})
             try:
@@ -486,9 +440,10 @@ def test_fill_splits_on_413_and_retries_503() -> None:
     script = Script(max_body=12_000, fail_503=2)
     report, session = fill_with(script, PLANS, 400)
     assert report.method == "batch"
-    assert (report.sent, report.acknowledged, report.rejected) == (800, 800, 0)
-    assert report.retried_503 == 2
-    assert report.split_413 > 0 and max(script.bodies) > 12_000
+    t = report.tally
+    assert (t.sent, t.accepted, t.rejected) == (800, 800, 0)
+    assert t.retried_503 == 2
+    assert t.split > 0 and max(script.bodies) > 12_000
     assert len(script.stored) == 800
     # What the server stored is exactly what the ledger acknowledged.
     result = check(session.ledger, stored_counts(script.stored))
@@ -508,7 +463,7 @@ def test_failed_lines_are_resent_and_bound_the_check() -> None:
     script = Script(fail_line=fail_first_time)
     report, session = fill_with(script, PLANS, 250)
     ledger = session.ledger
-    assert report.sent == 800 and report.resent == len(seen) > 0
+    assert report.tally.sent == 800 and report.tally.resent == len(seen) > 0
     assert len(script.stored) == 800  # every line got in on its second try
     assert ledger.in_flight == 0
     assert ledger.acknowledged == 800 and ledger.unacknowledged == len(seen)
@@ -527,7 +482,7 @@ def test_fill_falls_back_to_single_posts_on_404() -> None:
 
     report, _ = fill_with(no_batch, [FillPlan(CURRENT - 5, 30, 10)], 100)
     assert report.method == "single"
-    assert report.acknowledged == 30 and len(posts) == 30
+    assert report.tally.accepted == 30 and len(posts) == 30
     assert all(re.fullmatch(r"/analytics\?timestamp=\d+&user=lg[0-9a-f]{8}-\d+&event="
                             r"(click|impression)", p) for p in posts)
 
@@ -566,39 +521,12 @@ def test_whole_request_4xx_is_refused_5xx_unacknowledged() -> None:
 
 # -- end to end -----------------------------------------------------------------------------
 
-REPO = Path(__file__).resolve().parents[2]
-LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
-
-
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("loadgen-batch-e2e")
-    log_path = tmp / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDSTATS_")}
-    env.update(TZ="UTC", PYTHONUNBUFFERED="1", SHARDSTATS_MAX_BATCH_BYTES="200000")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "shardstats", "serve", "--bind", "127.0.0.1:0",
-             "--data-dir", str(tmp / "data")],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        url = None
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, log_path.read_text()
-            match = LISTENING.search(log_path.read_text())
-            url = match.group(1) if match else None
-            if url is not None:
-                with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                        break
-            time.sleep(0.05)
-        yield url
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
+    with ShardstatsServer(tmp / "data", tmp / "server.log",
+                          {"SHARDSTATS_MAX_BATCH_BYTES": "200000"}) as server:
+        yield server.url
 
 
 @pytest.mark.e2e
@@ -615,8 +543,8 @@ def test_batch_fill_and_ranges_read_back_exactly(server_url: str) -> None:
         report = await session.prepopulate(plans, connections=2, chunk_events=5_000)
         assert report.method == "batch" and report.check is not None
         assert report.check.ok and report.check.exact, report.as_dict()
-        assert report.acknowledged == 30 * 400 and report.rejected == 0
-        assert report.split_413 > 0  # 5,000 events do not fit in 200 kB
+        assert report.tally.accepted == 30 * 400 and report.tally.rejected == 0
+        assert report.tally.split > 0  # 5,000 events do not fit in 200 kB
         for step in ("hour", "day"):
             want = expected_range(session.ledger, first, last, step)
             assert want is not None
@@ -647,7 +575,7 @@ def test_cli_batch_prepopulate_and_range_commands(server_url: str,
     out = capsys.readouterr().out
     report = json.loads(out)
     assert code == 0, out
-    assert report["method"] == "batch" and report["acknowledged"] == 2_100
+    assert report["method"] == "batch" and report["events_accepted"] == 2_100
     assert report["requests"] == 5 and report["check"]["exact"]
     code = cli.main(["batch", server_url, "--connections", "1", "--batch-events", "300",
                      "--duration", "0.3", "--warmup", "0", "--users", "1000", "--quiet",

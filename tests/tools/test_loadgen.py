@@ -1,4 +1,4 @@
-"""The load generator's own logic: traffic shape, percentiles, read-back check, HTTP parsing.
+"""The load generator's own logic: traffic shape, percentiles, read-back check, HTTP client.
 
 Distribution tests draw enough samples from a seeded RNG that the tolerances are many
 standard deviations wide; nothing here depends on timing. One end-to-end test runs the load
@@ -10,25 +10,20 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import random
-import re
-import subprocess
-import sys
-import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 import trio
 
-from tools.loadgen import cli
-from tools.loadgen.ledger import Counts, Ledger, check
+from tests.tools.fake_server import reply, serve_fake
+from tools.loadgen import cli, runner
+from tools.loadgen.client import Connection, Endpoint, TransportError
+from tools.loadgen.ledger import Counts, Event, Ledger, check
 from tools.loadgen.runner import LoadSession, event_target, fill_plans
-from tools.loadgen.stats import Recorder, percentile, summarize
-from tools.loadgen.wire import ProtocolError, ResponseParser, request_bytes
+from tools.loadgen.stats import Recorder, percentiles, summarize
 from tools.loadgen.workload import (
     HOUR_MS,
     FillPlan,
@@ -42,6 +37,7 @@ from tools.loadgen.workload import (
     coprime_stride,
     past_hour_weights,
 )
+from tools.spawn import ShardstatsServer
 
 NOW = 1_795_802_400_000 + 1_234_567  # a fixed instant, 20 min into an hour
 CURRENT = NOW // HOUR_MS
@@ -199,39 +195,26 @@ def test_user_ids_are_url_safe() -> None:
 # -- percentiles and rates ------------------------------------------------------------------
 
 
-def test_percentile_nearest_rank_hand_computed() -> None:
-    data = [15.0, 20.0, 35.0, 40.0, 50.0]
-    assert percentile(data, 5) == 15.0
-    assert percentile(data, 30) == 20.0  # rank ceil(1.5) = 2
-    assert percentile(data, 40) == 20.0  # rank 2 exactly
-    assert percentile(data, 50) == 35.0  # rank ceil(2.5) = 3
-    assert percentile(data, 100) == 50.0
-    assert percentile(data, 0) == 15.0
-    ten = [float(i) for i in range(1, 11)]
-    assert (percentile(ten, 50), percentile(ten, 90), percentile(ten, 99)) == (5.0, 9.0, 10.0)
+def test_percentiles_interpolate_between_samples() -> None:
+    ten = [float(i) for i in range(10, 0, -1)]  # unsorted on purpose
+    assert percentiles(ten) == pytest.approx((5.5, 9.1, 9.91))
     hundred = [float(i) for i in range(1, 101)]
-    assert (percentile(hundred, 50), percentile(hundred, 90), percentile(hundred, 99)) == (
-        50.0, 90.0, 99.0)
-    thousand = [float(i) for i in range(1, 1001)]
-    assert percentile(thousand, 99) == 990.0
-    assert percentile(thousand, 99.9) == 999.0
-    assert percentile([7.0], 99) == 7.0
+    assert percentiles(hundred) == pytest.approx((50.5, 90.1, 99.01))
+    assert percentiles([7.0]) == (7.0, 7.0, 7.0)
+    assert percentiles([1.0, 3.0]) == pytest.approx((2.0, 2.8, 2.98))
     with pytest.raises(ValueError):
-        percentile([], 50)
-    with pytest.raises(ValueError):
-        percentile(data, 101)
+        percentiles([])
 
 
 def test_summary_in_milliseconds_errors_apart() -> None:
     latencies = [i / 1000 for i in range(1, 101)]  # 1..100 ms
     s = summarize(latencies, Counter({"HTTP 503": 3}), completed_in_window=50, window_s=2.0)
     assert (s.requests, s.ok, s.errors) == (103, 100, 3)
-    assert s.p50_ms == pytest.approx(50.0)
-    assert s.p90_ms == pytest.approx(90.0)
-    assert s.p99_ms == pytest.approx(99.0)
+    assert (s.p50_ms, s.p90_ms, s.p99_ms) == pytest.approx((50.5, 90.1, 99.01))
     assert s.max_ms == pytest.approx(100.0)
     assert s.mean_ms == pytest.approx(50.5)
     assert s.rate == 25.0
+    assert s.as_dict()["rate_per_s"] == 25.0 and s.as_dict()["p99_ms"] == 99.01
     empty = summarize([], Counter({"timeout": 1}), 0, 1.0)
     assert empty.p99_ms is None and empty.errors == 1
 
@@ -260,9 +243,8 @@ def test_recorder_merges_classes() -> None:
         r.record(RequestClass.GET_PAST_WARM, 1.0, 1.0 + (50 + i) / 1000, None)  # 51..100 ms
     past = r.merged([RequestClass.GET_PAST_COLD, RequestClass.GET_PAST_WARM])
     assert past.ok == 100
-    assert past.p50_ms == pytest.approx(50.0)
-    assert past.p99_ms == pytest.approx(99.0)
-    assert r.summary()[RequestClass.GET_PAST_COLD].p99_ms == pytest.approx(50.0)
+    assert (past.p50_ms, past.p99_ms) == pytest.approx((50.5, 99.01))
+    assert r.summary()[RequestClass.GET_PAST_COLD].p99_ms == pytest.approx(49.51)
 
 
 # -- the read-back check --------------------------------------------------------------------
@@ -327,6 +309,40 @@ def test_check_adds_the_baseline_and_fails_unreadable_hours() -> None:
     assert not result.ok and "could not be read back" in result.problems[0]
 
 
+def test_two_step_filing_with_names_and_event_ids() -> None:
+    """The e2e tests' and the soak's way: sent before the request, acked on its answer."""
+    ledger = Ledger()
+    hour_ms = 7 * HOUR_MS
+    events = [Event(hour_ms + 1, "é", "click"), Event(hour_ms + 2, "e\u0301", "impression"),
+              Event(hour_ms + 3, "é", "impression")]
+    for event in events:
+        ledger.record_sent(event)
+    ledger.record_acked(events[0])
+    # While the other two are in flight the server may count them, or not.
+    assert check(ledger, {7: Counts(1, 1, 0)}).ok
+    assert check(ledger, {7: Counts(2, 1, 2)}).ok
+    assert not check(ledger, {7: Counts(3, 1, 2)}).ok  # two distinct names, not three
+    assert check(ledger, {7: Counts(1, 1, 0)}).exact is False
+    # An id is filed once however often it is sent and acknowledged.
+    again = Event(hour_ms + 4, "x", "click")
+    for _ in range(3):
+        ledger.record_sent(again, eid="id-1")
+        ledger.record_acked(again, eid="id-1")
+    assert ledger.hours[7].acknowledged.counts() == Counts(2, 2, 0)
+    assert ledger.hours[7].sent.counts() == Counts(3, 2, 2)
+    assert (ledger.acknowledged, ledger.unacknowledged) == (2, 2)
+
+
+def test_one_ledger_takes_one_kind_of_user() -> None:
+    ledger = ledger_of((1, 1, True, True))
+    with pytest.raises(TypeError):
+        ledger.record_sent(Event(HOUR_MS, "alice", "click"))
+    named = Ledger()
+    named.record_sent(Event(HOUR_MS, "alice", "click"))
+    with pytest.raises(TypeError):
+        named.settle(1, 5, True, acknowledged=True)
+
+
 def test_counts_from_json_is_strict() -> None:
     assert Counts.from_json({"unique_users": 1, "clicks": 2, "impressions": 3}) == Counts(1, 2, 3)
     bad: object
@@ -336,109 +352,109 @@ def test_counts_from_json_is_strict() -> None:
             Counts.from_json(bad)
 
 
-# -- HTTP parsing ---------------------------------------------------------------------------
+# -- the HTTP client ------------------------------------------------------------------------
 
 
-def test_parser_content_length_split_anywhere() -> None:
-    raw = (b"HTTP/1.1 200 \r\ncontent-type: application/json\r\ncontent-length: 13\r\n\r\n"
-           b'{"clicks": 1}')
-    for cut in range(1, len(raw)):
-        parser = ResponseParser()
-        got = parser.feed(raw[:cut]) + parser.feed(raw[cut:])
-        assert len(got) == 1
-        assert (got[0].status, got[0].body, got[0].keep_alive) == (200, b'{"clicks": 1}', True)
-        assert parser.idle
+def scripted(answers: list[bytes], seen: list[bytes]) -> Callable[[list[str], bytes], bytes]:
+    """A fake server's handler: the next of ``answers`` to each request (recorded in ``seen``)."""
+
+    def handler(head: list[str], body: bytes) -> bytes:
+        seen.append("\r\n".join(head).encode() + b"\r\n\r\n" + body)
+        return answers.pop(0)
+
+    return handler
 
 
-def test_parser_204_chunked_and_close() -> None:
-    parser = ResponseParser()
-    got = parser.feed(b"HTTP/1.1 204 \r\ndate: x\r\n\r\nHTTP/1.1 200 OK\r\n"
-                      b"Transfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n3;x=y\r\nefg\r\n0\r\n\r\n")
-    assert [(r.status, r.body) for r in got] == [(204, b""), (200, b"abcdefg")]
-    got = parser.feed(b"HTTP/1.1 503 \r\nretry-after: 1\r\nconnection: close\r\n"
-                      b"content-length: 0\r\n\r\n")
-    assert got[0].status == 503 and not got[0].keep_alive
-    assert got[0].headers[b"retry-after"] == b"1"
-    parser = ResponseParser()
-    assert parser.feed(b"HTTP/1.1 200 OK\r\n\r\nuntil close") == []
-    last = parser.eof()
-    assert last is not None and last.body == b"until close" and not last.keep_alive
+async def test_client_keeps_connections_alive_and_reads_every_framing() -> None:
+    answers = [
+        b"HTTP/1.1 204 \r\ndate: x\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n3;x=y\r\nefg\r\n"
+        b"0\r\n\r\n",
+        b"HTTP/1.1 503 \r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n\r\nuntil close",  # a body delimited by the close
+        b"HTTP/1.1 200 \r\ncontent-length: 13\r\n\r\n{\"clicks\": 1}",
+    ]
+    seen: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_fake, scripted(answers, seen))
+        conn = Connection(Endpoint.parse(f"http://127.0.0.1:{port}"))
+        got = [await conn.request("POST", "/a?b=1"), await conn.request("GET", "/c"),
+               await conn.request("POST", "/analytics/batch", b'{"a":1}\n{"b":2}'),
+               await conn.request("GET", "/d"), await conn.request("GET", "/e")]
+        conn.close()
+        nursery.cancel_scope.cancel()
+    assert [(r.status, r.body) for r in got] == [
+        (204, b""), (200, b"abcdefg"), (503, b""), (200, b"until close"),
+        (200, b'{"clicks": 1}')]
+    assert got[2].headers[b"retry-after"] == b"1"
+    assert conn.connects == 3  # one kept alive for three requests, then one per close
+    host = f"Host: 127.0.0.1:{port}".encode()
+    assert seen[0] == b"POST /a?b=1 HTTP/1.1\r\n" + host + b"\r\nContent-Length: 0\r\n\r\n"
+    assert seen[1] == b"GET /c HTTP/1.1\r\n" + host + b"\r\n\r\n"
+    assert seen[2] == (b"POST /analytics/batch HTTP/1.1\r\n" + host + b"\r\nContent-Type: "
+                       b"application/x-ndjson\r\nContent-Length: 15\r\n\r\n"
+                       b'{"a":1}\n{"b":2}')
 
 
-def test_parser_rejects_garbage_and_truncation() -> None:
-    with pytest.raises(ProtocolError):
-        ResponseParser().feed(b"SMTP ready\r\n\r\n")
-    parser = ResponseParser()
-    parser.feed(b"HTTP/1.1 200 \r\ncontent-length: 10\r\n\r\nabc")
-    with pytest.raises(ProtocolError):
-        parser.eof()
+async def test_client_turns_garbage_and_truncation_into_transport_errors() -> None:
+    answers = [b"SMTP ready\r\n\r\n",
+               b"HTTP/1.1 200 \r\nconnection: close\r\ncontent-length: 10\r\n\r\nabc"]
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_fake, scripted(answers, []))
+        conn = Connection(Endpoint.parse(f"127.0.0.1:{port}"))
+        for _ in range(2):
+            with pytest.raises(TransportError):
+                await conn.request("GET", "/")
+        nursery.cancel_scope.cancel()
+    with pytest.raises(TransportError, match="connect to"):
+        await Connection(Endpoint("127.0.0.1", port)).request("GET", "/")
 
 
-def test_request_bytes() -> None:
-    assert request_bytes("POST", "/a?b=1", "h:1") == (
-        b"POST /a?b=1 HTTP/1.1\r\nHost: h:1\r\nContent-Length: 0\r\n\r\n")
-    assert request_bytes("GET", "/", "h:1") == b"GET / HTTP/1.1\r\nHost: h:1\r\n\r\n"
+# -- open loop ----------------------------------------------------------------------------
+
+
+async def test_open_loop_gives_each_connection_one_worker_when_late_from_the_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A dispatcher already late at its first arrival (a busy machine) opens connections
+    before the first workers start; still exactly one worker per connection."""
+
+    class LateStart(runner.Stopwatch):
+        def __init__(self) -> None:
+            super().__init__()
+            self.t0 -= 0.5  # every arrival of the 0.5 s run is due at once
+
+    monkeypatch.setattr(runner, "Stopwatch", LateStart)
+    counts = b'{"unique_users": 0, "clicks": 0, "impressions": 0}'
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_fake, lambda head, body: reply(200, counts))
+        session = LoadSession(f"http://127.0.0.1:{port}", seed=1, progress=None)
+        report = await session.open_loop(0.0, 400.0, 0.5, poisson=False, connections=1,
+                                         max_connections=8, job=session.current_get,
+                                         check_after=False)
+        nursery.cancel_scope.cancel()
+    assert report.connections_opened == 8
+    assert (report.total.ok, report.errors) == (200, 0), report.error_examples
 
 
 # -- end to end -----------------------------------------------------------------------------
 
-REPO = Path(__file__).resolve().parents[2]
-LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
-
-
-class Server:
-    def __init__(self, url: str, log_path: Path) -> None:
-        self.url = url
-        self.log_path = log_path
-
-    def log_tail(self) -> str:
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        return "server log (tail):\n" + "\n".join(lines[-40:])
-
-
-def healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShardstatsServer]:
     tmp = tmp_path_factory.mktemp("loadgen-e2e")
-    log_path = tmp / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDSTATS_")}
-    env.update(TZ="UTC", PYTHONUNBUFFERED="1")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "shardstats", "serve", "--bind", "127.0.0.1:0",
-             "--data-dir", str(tmp / "data")],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        url = None
-        while url is None or not healthy(url):
-            assert proc.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, log_path.read_text()
-            match = LISTENING.search(log_path.read_text())
-            url = match.group(1) if match else None
-            time.sleep(0.05)
-        yield Server(url, log_path)
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
+    with ShardstatsServer(tmp / "data", tmp / "server.log") as server:
+        yield server
 
 
 @pytest.mark.e2e
 def test_open_loop_against_a_real_server_reads_back_exactly(
-    server: Server, capsys: pytest.CaptureFixture[str]
+    server: ShardstatsServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = cli.main(["open", server.url, "--post-rate", "150", "--get-rate", "40",
                      "--duration", "2", "--warmup", "0.3", "--baseline", "zero",
                      "--users", "2000", "--seed", "7", "--json", "--quiet"])
     captured = capsys.readouterr()
-    context = f"{captured.out}\n{captured.err}\n{server.log_tail()}"
+    context = f"{captured.out}\n{captured.err}\nserver log (tail):\n{server.tail()}"
     assert code == 0, context
     report = json.loads(captured.out)
     assert report["total"]["errors"] == 0, context
@@ -451,12 +467,12 @@ def test_open_loop_against_a_real_server_reads_back_exactly(
 
 
 @pytest.mark.e2e
-def test_read_back_catches_an_event_the_run_did_not_send(server: Server) -> None:
+def test_read_back_catches_an_event_the_run_did_not_send(server: ShardstatsServer) -> None:
     async def scenario() -> list[str]:
         session = LoadSession(server.url, WorkloadConfig(users=50), seed=8, progress=None)
         await session.read_baseline(session.window_hours(1.0))
         report = await session.closed_loop(4, 0.5, check_after=True)
-        assert report.errors == 0 and report.passed, (report.as_dict(), server.log_tail())
+        assert report.errors == 0 and report.passed, (report.as_dict(), server.tail())
         # Someone else's event lands in an hour the run wrote to: counted > sent.
         hour = max(session.ledger.hours)
         stranger = f"/analytics?timestamp={hour * HOUR_MS + 5}&user=stranger&event=click"

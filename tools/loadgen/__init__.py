@@ -1,9 +1,9 @@
-"""Load generator for shardstats (issue 3): realistic traffic, honest latencies, read-back.
+"""Load generator for shardstats: realistic traffic, honest latencies, read-back.
 
 Run ``python -m tools.loadgen --help``. Layout: ``workload`` (traffic model), ``stats``
 (percentiles, rates), ``ledger`` (read-back check), ``batch`` (batch bodies, chunks and
-verdicts), ``ranges`` (range answers and their exact expectation) and ``wire`` (HTTP/1.1
-parsing) are pure; ``client`` (sockets) and ``runner`` (open/closed loop, batch loop, range
+verdicts) and ``ranges`` (range answers and their exact expectation) are pure; ``client``
+(HTTP/1.1 through h11 on trio sockets) and ``runner`` (open/closed loop, batch loop, range
 loop, pre-population) do the I/O; ``cli`` is the command line.
 """
 

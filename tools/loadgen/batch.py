@@ -24,6 +24,7 @@ import enum
 import json
 import math
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -267,9 +268,7 @@ def parse_verdicts(body: bytes, lines: int) -> Verdicts:
                 raise ValueError(f"verdict {i + 1} is {result!r:.60} (an event line cannot be "
                                  "blank)")
             reasons.setdefault(kind, reason.strip())
-    counted = {v: 0 for v in Verdict}
-    for verdict in verdicts:
-        counted[verdict] += 1
+    counted = Counter(verdicts)
     for key, verdict in (("accepted", Verdict.ACCEPTED), ("rejected", Verdict.REJECTED),
                          ("failed", Verdict.FAILED)):
         value = data.get(key)

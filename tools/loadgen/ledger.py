@@ -1,27 +1,70 @@
-"""The read-back check: what the server says vs what it acknowledged, without I/O.
+"""The ledger of sent, acknowledged and counted events, and the one read-back check. No I/O.
 
-For every hour the run sent events to, the ledger keeps two tallies (clicks, impressions and
-the set of user ids): events *acknowledged* (204) and events sent but *not acknowledged*
-(an error status, a timeout, a broken connection: they may or may not have been stored).
-After the run, with ``baseline`` the hour's counts before the run (zero on a fresh server):
+For every hour it is told about, the ledger keeps two tallies (clicks, impressions and the set
+of users): events *sent* (they left the client: each may have been stored) and events
+*acknowledged* (a 204, or a batch line answered ``accepted``: each must be stored). Every
+acknowledged event was sent. Read back with ``baseline`` the hour's counts before the run (zero
+on a fresh server), every field (clicks, impressions; unique users likewise, from the sets):
 
-    baseline + acknowledged  <=  counted  <=  baseline + everything sent
+    baseline + acknowledged  <=  counted  <=  baseline + sent
 
-field by field (clicks, impressions; unique users likewise, using the user sets). Below the
-lower bound the server **lost** acknowledged events; above the upper bound it **invented**
-events. When nothing failed the two bounds meet and the answer must be exact.
+Below the lower bound the server **lost** acknowledged events; above the upper bound it
+**invented** events. When nothing failed the bounds meet and the answer must be exact.
+``check`` (a whole ledger) and ``check_hour`` (one hour, mid-run) are the one place that says so.
+
+Two ways to file an event, into the same two tallies:
+
+- ``settle(hour, user, click, acknowledged)`` once its outcome is known (the load generator;
+  it also counts events in flight: ``sent(n)`` before, ``refused(n)`` for events the server
+  refused outright, which were certainly not stored and widen no bound);
+- ``record_sent(event)`` before it leaves and ``record_acked(event)`` when acknowledged, where
+  bounds are read while events are in flight or a kill leaves outcomes unknown (the e2e tests,
+  the soak). With an event id (``eid``), an event is filed once however often it is sent again
+  (the server counts an id once).
 
 Unique users add up only if the run's users are new to the hour, which is why the load
-generator names its users with a per-run prefix. User sets are roaring bitmaps of the users'
-integer ranks (0 .. 2**32-1), so a ledger of millions of users per hour stays small.
+generator names its users with a per-run prefix. Users are integer ranks (0 .. 2**32-1, the
+load generator's) or strings (interned to ranks here); one ledger takes one kind. The user sets
+are roaring bitmaps of ranks, so a ledger of millions of users per hour stays small.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
 
 from pyroaring import BitMap
+
+from tools.loadgen.workload import HOUR_MS
+
+
+class Filed(Protocol):
+    """What the ledger needs of an event (``Event``, the load generator's ``PlannedEvent``)."""
+
+    @property
+    def hour(self) -> int: ...
+    @property
+    def user(self) -> int | str: ...
+    @property
+    def click(self) -> bool: ...
+
+
+class Event(NamedTuple):
+    """One event as a client sends it: ``(timestamp_ms, user, "click" | "impression")``."""
+
+    timestamp: int
+    user: str
+    kind: str
+
+    @property
+    def hour(self) -> int:
+        return self.timestamp // HOUR_MS
+
+    @property
+    def click(self) -> bool:
+        return self.kind == "click"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,32 +127,45 @@ class Tally:
     def events(self) -> int:
         return self.clicks + self.impressions
 
+    def counts(self) -> Counts:
+        return Counts(len(self.users), self.clicks, self.impressions)
+
 
 @dataclass
 class HourLedger:
+    sent: Tally = field(default_factory=Tally)
     acknowledged: Tally = field(default_factory=Tally)
-    unacknowledged: Tally = field(default_factory=Tally)
+
+    @property
+    def unacknowledged(self) -> int:
+        """Events sent whose acknowledgement never came (they may or may not be stored)."""
+        return self.sent.events - self.acknowledged.events
 
     def bounds(self, baseline: Counts) -> tuple[Counts, Counts]:
-        ack, unack = self.acknowledged, self.unacknowledged
-        low = Counts(len(ack.users), ack.clicks, ack.impressions)
-        high = Counts(
-            len(ack.users | unack.users),
-            ack.clicks + unack.clicks,
-            ack.impressions + unack.impressions,
-        )
-        return baseline + low, baseline + high
+        return baseline + self.acknowledged.counts(), baseline + self.sent.counts()
+
+
+def _first(seen: set[str], eid: str | None) -> bool:
+    """Whether an event with id ``eid`` (None: no id) is filed now, the id remembered."""
+    if eid is None:
+        return True
+    if eid in seen:
+        return False
+    seen.add(eid)
+    return True
 
 
 class Ledger:
-    """Outcome of every event sent, per hour. Call ``settle`` once per event."""
+    """Sent and acknowledged events per hour (see the module docstring). Not thread-safe."""
 
     def __init__(self) -> None:
         self.hours: dict[int, HourLedger] = {}
         self.in_flight = 0
-
-    def sent(self, events: int = 1) -> None:
-        self.in_flight += events
+        self.statuses: Counter[int] = Counter()  # HTTP statuses seen, for failure messages
+        self._names: dict[str, int] = {}
+        self._ranked = False  # integer users were filed
+        self._sent_ids: set[str] = set()
+        self._acked_ids: set[str] = set()
 
     def _hour(self, hour: int) -> HourLedger:
         entry = self.hours.get(hour)
@@ -117,23 +173,59 @@ class Ledger:
             entry = self.hours[hour] = HourLedger()
         return entry
 
-    def settle(self, hour: int, user: int, click: bool, acknowledged: bool) -> None:
+    def _rank(self, user: int | str) -> int:
+        if isinstance(user, int):
+            self._ranked = True
+            if self._names:
+                raise TypeError("this ledger holds string users; got an integer")
+            return user
+        if self._ranked:
+            raise TypeError("this ledger holds integer users; got a string")
+        return self._names.setdefault(user, len(self._names))
+
+    # -- outcome known: the load generator ------------------------------------------------
+
+    def sent(self, events: int = 1) -> None:
+        """``events`` left; their outcome (``settle``) comes later."""
+        self.in_flight += events
+
+    def settle(self, hour: int, user: int | str, click: bool, acknowledged: bool) -> None:
         self.in_flight -= 1
         entry = self._hour(hour)
-        (entry.acknowledged if acknowledged else entry.unacknowledged).add(user, click)
+        rank = self._rank(user)
+        entry.sent.add(rank, click)
+        if acknowledged:
+            entry.acknowledged.add(rank, click)
 
     def settle_many(self, hour: int, users: Iterable[int], clicks: int, impressions: int,
                     acknowledged: bool) -> None:
         """``clicks + impressions`` events of one hour by ``users``, all with one outcome."""
         self.in_flight -= clicks + impressions
+        self._ranked = True
         entry = self._hour(hour)
-        (entry.acknowledged if acknowledged else entry.unacknowledged).add_many(
-            users, clicks, impressions)
+        users = BitMap(users)
+        entry.sent.add_many(users, clicks, impressions)
+        if acknowledged:
+            entry.acknowledged.add_many(users, clicks, impressions)
 
     def refused(self, events: int = 1) -> None:
         """Events the server refused outright (rejected as invalid, or a 413 for the whole
         body): certainly not stored, so they widen no bound."""
         self.in_flight -= events
+
+    # -- in two steps: e2e tests, soak ----------------------------------------------------
+
+    def record_sent(self, event: Filed, eid: str | None = None) -> None:
+        """Before the first byte leaves: from now on the event may be counted."""
+        if _first(self._sent_ids, eid):
+            self._hour(event.hour).sent.add(self._rank(event.user), event.click)
+
+    def record_acked(self, event: Filed, eid: str | None = None) -> None:
+        """The server acknowledged the event (``record_sent`` was called for it)."""
+        if _first(self._acked_ids, eid):
+            self._hour(event.hour).acknowledged.add(self._rank(event.user), event.click)
+
+    # -- totals ---------------------------------------------------------------------------
 
     @property
     def acknowledged(self) -> int:
@@ -141,7 +233,7 @@ class Ledger:
 
     @property
     def unacknowledged(self) -> int:
-        return sum(h.unacknowledged.events for h in self.hours.values())
+        return sum(h.unacknowledged for h in self.hours.values())
 
 
 @dataclass(frozen=True)
@@ -211,6 +303,12 @@ def check_hour(
     hour: int, entry: HourLedger | None, baseline: Counts, observed: Counts
 ) -> HourCheck:
     low, high = entry.bounds(baseline) if entry is not None else (baseline, baseline)
+    return check_bounds(hour, low, high, observed)
+
+
+def check_bounds(hour: int, low: Counts, high: Counts, observed: Counts) -> HourCheck:
+    """``low <= observed <= high`` field by field (mid-run, ``low`` read before a GET and
+    ``high`` after it: events acknowledged or sent meanwhile may or may not count)."""
     lost: list[str] = []
     invented: list[str] = []
     for name in FIELDS:

@@ -79,7 +79,7 @@ def expected_range(ledger: Ledger, first_hour: int, last_hour: int, step: str,
         if baseline.get(hour, Counts()) != Counts():
             return None
         entry = ledger.hours.get(hour)
-        if entry is not None and entry.unacknowledged.events:
+        if entry is not None and entry.unacknowledged:
             return None
     series = []
     every = BitMap()

@@ -22,6 +22,10 @@ HEADER = (f"{'class':<16}{'requests':>9}{'errors':>8}{'rate/s':>10}"
           f"{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}")
 
 
+def latency(s: ClassSummary) -> str:
+    return f"p50 {ms(s.p50_ms)} ms, p99 {ms(s.p99_ms)} ms, max {ms(s.max_ms)} ms"
+
+
 def format_check(result: CheckResult | None) -> list[str]:
     if result is None:
         return ["read-back: skipped"]
@@ -41,31 +45,33 @@ def format_check(result: CheckResult | None) -> list[str]:
     return lines
 
 
-def format_load(report: LoadReport) -> str:
+def _table(report: LoadReport, total: bool) -> list[str]:
     lines = [f"{report.url}: {report.description}", HEADER]
-    for cls, summary in report.classes.items():
-        if summary.requests:
-            lines.append(class_row(cls.value, summary))
-    lines.append(class_row("all", report.total))
-    if report.baseline_reads is not None and report.baseline_reads.requests:
-        b = report.baseline_reads
+    lines += [class_row(cls.value, s) for cls, s in report.classes.items() if s.requests]
+    return lines + ([class_row("all", report.total)] if total else [])
+
+
+def _closing(examples: list[str], check: CheckResult | None) -> list[str]:
+    return [f"  error: {example}" for example in examples] + format_check(check)
+
+
+def format_load(report: LoadReport) -> str:
+    lines = _table(report, total=True)
+    b = report.baseline_reads
+    if b is not None and b.requests:
         lines.append(f"baseline reads before the load (first read of each hour: cold): "
-                     f"{b.requests}, p50 {ms(b.p50_ms)} ms, p99 {ms(b.p99_ms)} ms, "
-                     f"max {ms(b.max_ms)} ms")
+                     f"{b.requests}, {latency(b)}")
     client = (f"load generator: {report.client_cpu:.0%} of one core, "
               f"{report.connections_opened} connections")
     if report.lag_p99_ms is not None:
         client += (f", dispatch lag p99 {ms(report.lag_p99_ms)} ms "
                    f"(max {ms(report.lag_max_ms)} ms)")
     lines.append(client)
-    for example in report.error_examples:
-        lines.append(f"  error: {example}")
-    lines += format_check(report.check)
-    return "\n".join(lines)
+    return "\n".join(lines + _closing(report.error_examples, report.check))
 
 
 def format_fill(report: FillReport) -> str:
-    hours = report.hours
+    hours, t = report.hours, report.tally
     if not hours:
         span = "none"
     elif len(hours) == 1:
@@ -74,34 +80,27 @@ def format_fill(report: FillReport) -> str:
         span = f"hours {hours[0]}..{hours[-1]}"
     if report.method == "batch":
         how = (f"POST /analytics/batch, {report.chunk_events:,} events per request, "
-               f"{report.connections} connections, {report.requests:,} requests")
+               f"{report.connections} connections, {t.requests:,} requests")
     else:
         how = f"single POSTs, {report.connections} connections"
     lines = [
         f"{report.url}: pre-populated {len(hours)} hour{'s' if len(hours) != 1 else ''} "
-        f"({span}) by {how}: {report.sent:,} events in "
+        f"({span}) by {how}: {t.sent:,} events in "
         f"{report.seconds:.1f} s = {report.rate:,.0f} events/s, "
-        f"{report.acknowledged:,} acknowledged, {report.rejected:,} rejected, "
-        f"{report.retried_503} retries after 503, {report.split_413} splits after 413, "
-        f"errors {report.errors or 0}; "
+        f"{t.accepted:,} acknowledged, {t.rejected:,} rejected, "
+        f"{t.retried_503} retries after 503, {t.split} splits after 413, "
+        f"errors {t.errors or 0}; "
         f"load generator {report.client_cpu:.0%} of one core",
     ]
     lat = report.request_latency
     if lat is not None and lat.ok:
-        lines.append(f"  request latency: p50 {ms(lat.p50_ms)} ms, p99 {ms(lat.p99_ms)} ms, "
-                     f"max {ms(lat.max_ms)} ms")
-    for example in report.error_examples:
-        lines.append(f"  error: {example}")
-    lines += format_check(report.check)
-    return "\n".join(lines)
+        lines.append(f"  request latency: {latency(lat)}")
+    return "\n".join(lines + _closing(report.error_examples, report.check))
 
 
 def format_batch(report: BatchReport) -> str:
     load, t = report.load, report.tally
-    lines = [f"{report.load.url}: {load.description}", HEADER]
-    for cls, summary in load.classes.items():
-        if summary.requests:
-            lines.append(class_row(cls.value, summary))
+    lines = _table(load, total=False)
     lines.append(
         f"durable events: {report.event_rate:,.0f}/s in the measured window "
         f"({t.accepted_in_window:,} acknowledged in {load.window_s:.1f} s); overall "
@@ -113,7 +112,4 @@ def format_batch(report: BatchReport) -> str:
         f"(not sent before the window)")
     lines.append(f"load generator: {load.client_cpu:.0%} of one core, "
                  f"{load.connections_opened} connections")
-    for example in load.error_examples:
-        lines.append(f"  error: {example}")
-    lines += format_check(load.check)
-    return "\n".join(lines)
+    return "\n".join(lines + _closing(load.error_examples, load.check))

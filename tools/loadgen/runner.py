@@ -8,7 +8,7 @@ trio event loop and feeds the outcomes to those pure parts.
 from __future__ import annotations
 
 import contextlib
-import functools
+import dataclasses
 import json
 import math
 import random
@@ -16,10 +16,18 @@ import secrets
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import trio
 from pyroaring import BitMap
@@ -36,11 +44,10 @@ from tools.loadgen.batch import (
     plan_chunks,
     settle,
 )
-from tools.loadgen.client import Connection, Endpoint, TransportError
+from tools.loadgen.client import Connection, Endpoint, Response, TransportError
 from tools.loadgen.ledger import CheckResult, Counts, Ledger, check
 from tools.loadgen.ranges import RangeAnswer, range_target
-from tools.loadgen.stats import ClassSummary, Recorder, percentile, summarize
-from tools.loadgen.wire import Response
+from tools.loadgen.stats import ClassSummary, Recorder, percentiles, summarize
 from tools.loadgen.workload import (
     HOUR_MS,
     RANGE_CLASSES,
@@ -56,6 +63,7 @@ from tools.loadgen.workload import (
 Progress = Callable[[str], None]
 PAST_CLASSES = (RequestClass.GET_PAST_COLD, RequestClass.GET_PAST_WARM)
 Method = Literal["GET", "POST"]
+T = TypeVar("T")
 
 
 def stderr_progress(line: str) -> None:
@@ -78,15 +86,6 @@ def event_target(prefix: str, event: PlannedEvent) -> str:
 
 def query_target(timestamp_ms: int) -> str:
     return f"/analytics?timestamp={timestamp_ms}"
-
-
-@asynccontextmanager
-async def alongside(task: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
-    """Run ``task`` (progress reporting) in the background for the length of the block."""
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(task)
-        yield
-        nursery.cancel_scope.cancel()
 
 
 @dataclass(slots=True)
@@ -126,31 +125,40 @@ async def execute(conn: Connection, method: Method, target: str, limit: float,
     return Outcome("timeout", f"no answer within {limit} s", None)
 
 
-def parse_range_total(response: Response) -> Counts:
-    """The ``total`` of a range answer, checking only that much (the series is parsed and
-    compared once per scenario by ``fetch_range``; parsing 720 steps per answer would make
-    the load generator the bottleneck)."""
+def decoded(response: Response, parse: Callable[[object], T]) -> T:
+    """``parse`` of the JSON body; a ValueError that shows the body if it is unreadable."""
     try:
-        data = json.loads(response.body)
-        if not isinstance(data, dict) or not isinstance(data.get("series"), list):
-            raise ValueError("not a range answer")
-        return Counts.from_json(data.get("total"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"unreadable range body {response.body[:120]!r}: {exc}") from None
-
-
-def parse_range(response: Response) -> RangeAnswer:
-    try:
-        return RangeAnswer.from_json(json.loads(response.body))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"unreadable range body {response.body[:120]!r}: {exc}") from None
+        return parse(json.loads(response.body))
+    except ValueError as exc:  # UnicodeDecodeError is one too
+        raise ValueError(f"unreadable body {response.body[:120]!r}: {exc}") from None
 
 
 def parse_counts(response: Response) -> Counts:
-    try:
-        return Counts.from_json(json.loads(response.body))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"unreadable GET body {response.body[:120]!r}: {exc}") from None
+    return decoded(response, Counts.from_json)
+
+
+def range_total(data: object) -> Counts:
+    """The ``total`` of a range answer, checking only that much (the series is parsed and
+    compared once per scenario by ``fetch_range``; parsing 720 steps per answer would make
+    the load generator the bottleneck)."""
+    if not isinstance(data, dict) or not isinstance(data.get("series"), list):
+        raise ValueError("not a range answer")
+    return Counts.from_json(data.get("total"))
+
+
+async def each(conns: Sequence[Connection], work: Callable[[Connection], Awaitable[None]]
+               ) -> None:
+    """``work(conn)`` on every connection at once; each is closed when its work ends."""
+
+    async def closing(conn: Connection) -> None:
+        try:
+            await work(conn)
+        finally:
+            conn.close()
+
+    async with trio.open_nursery() as nursery:
+        for conn in conns:
+            nursery.start_soon(closing, conn)
 
 
 async def preconnect(conns: Sequence[Connection]) -> None:
@@ -163,6 +171,22 @@ async def preconnect(conns: Sequence[Connection]) -> None:
     async with trio.open_nursery() as nursery:
         for conn in conns:
             nursery.start_soon(one, conn)
+
+
+class Stopwatch:
+    """Wall time (trio clock) and this process's CPU time since it was made."""
+
+    def __init__(self) -> None:
+        self.cpu0, self.t0 = time.process_time(), trio.current_time()
+
+    @property
+    def seconds(self) -> float:
+        return trio.current_time() - self.t0
+
+    @property
+    def cpu_share(self) -> float:
+        """CPU time over wall time: the load generator's share of one core."""
+        return (time.process_time() - self.cpu0) / max(1e-9, self.seconds)
 
 
 # -- reports -------------------------------------------------------------------------------
@@ -231,6 +255,16 @@ class BatchTally:
     window_end: float = math.inf
     accepted_in_window: int = 0
 
+    def error(self, kind: str, events: int = 1) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + events
+
+    def as_dict(self) -> dict[str, object]:
+        return {"events_sent": self.sent, "events_accepted": self.accepted,
+                "events_rejected": self.rejected, "events_unacknowledged": self.unacknowledged,
+                "events_resent": self.resent, "requests": self.requests,
+                "retried_503": self.retried_503, "split_413": self.split,
+                "batch_errors": self.errors}
+
 
 @dataclass
 class BatchReport:
@@ -255,28 +289,17 @@ class BatchReport:
         return self.load.check
 
     @property
-    def passed(self) -> bool:
-        return self.load.passed
-
-    @property
     def errors(self) -> int:
         return self.load.errors
 
     def as_dict(self) -> dict[str, object]:
-        t = self.tally
         return {
             **self.load.as_dict(),
+            **self.tally.as_dict(),
             "connections": self.connections,
             "batch_events": self.batch_events,
             "user_pool": self.pool,
             "events_per_s": round(self.event_rate, 1),
-            "events_sent": t.sent,
-            "events_accepted": t.accepted,
-            "events_rejected": t.rejected,
-            "events_unacknowledged": t.unacknowledged,
-            "events_resent": t.resent,
-            "retried_503": t.retried_503,
-            "batch_errors": t.errors,
             "events_in_window": self.events_in_window,
             "distinct_users_in_window": self.distinct_in_window,
             "new_users_in_window": self.new_in_window,
@@ -287,10 +310,7 @@ class BatchReport:
 class FillReport:
     url: str
     hours: list[int]
-    sent: int
-    acknowledged: int
-    retried_503: int
-    errors: dict[str, int]
+    tally: BatchTally
     seconds: float
     client_cpu: float
     error_examples: list[str]
@@ -299,19 +319,15 @@ class FillReport:
     method: str = "single"  # "batch" or "single"
     connections: int = 0
     chunk_events: int = 1
-    requests: int = 0
-    rejected: int = 0
-    resent: int = 0
-    split_413: int = 0
     request_latency: ClassSummary | None = None
 
     @property
     def rate(self) -> float:
-        return self.sent / self.seconds if self.seconds > 0 else 0.0
+        return self.tally.sent / self.seconds if self.seconds > 0 else 0.0
 
     @property
-    def passed(self) -> bool:
-        return self.check is None or self.check.ok
+    def errors(self) -> int:
+        return sum(self.tally.errors.values())
 
     def manifest(self) -> dict[str, object]:
         """Counts per hour after the fill: a baseline for a later run (``--baseline FILE``)."""
@@ -325,23 +341,16 @@ class FillReport:
             "method": self.method,
             "connections": self.connections,
             "chunk_events": self.chunk_events,
-            "requests": self.requests,
             "hours": self.hours,
-            "sent": self.sent,
-            "acknowledged": self.acknowledged,
-            "rejected": self.rejected,
-            "resent": self.resent,
-            "split_413": self.split_413,
+            **self.tally.as_dict(),
             "request_latency": (self.request_latency.as_dict() if self.request_latency
                                 else None),
-            "retried_503": self.retried_503,
-            "errors": self.errors,
             "seconds": round(self.seconds, 3),
             "rate_per_s": round(self.rate, 1),
             "client_cpu_fraction": round(self.client_cpu, 3),
             "error_examples": self.error_examples,
             "check": self.check.as_dict() if self.check else None,
-            "counts": {str(h): c.as_dict() for h, c in sorted(self.counts.items())},
+            "counts": self.manifest()["hours"],
         }
 
 
@@ -426,25 +435,27 @@ class LoadSession:
             self.ledger.sent()
         outcome = await execute(conn, job.method, job.target, self.timeout)
         t_done = trio.current_time()
-        error = outcome.error
-        if error is None and job.method == "GET" and outcome.response is not None:
+        if outcome.error is None and job.method == "GET" and outcome.response is not None:
             try:
-                if job.cls in RANGE_CLASSES:
-                    parse_range_total(outcome.response)
-                else:
-                    parse_counts(outcome.response)
+                decoded(outcome.response,
+                        range_total if job.cls in RANGE_CLASSES else Counts.from_json)
             except ValueError as exc:
-                error, outcome = "bad body", Outcome("bad body", str(exc), None)
-        if error is not None:
-            self.examples.add(job.method, job.target, error, outcome.detail)
+                outcome = Outcome("bad body", str(exc), None)
+        if outcome.error is not None:
+            self.examples.add(job.method, job.target, outcome.error, outcome.detail)
         if job.event is not None:
             ev = job.event
-            self.ledger.settle(ev.hour, ev.user, ev.click, acknowledged=error is None)
-        recorder.record(job.cls, job.t_sent, t_done, error)
+            self.ledger.settle(ev.hour, ev.user, ev.click, acknowledged=outcome.error is None)
+        recorder.record(job.cls, job.t_sent, t_done, outcome.error)
 
     def _connection(self) -> Connection:
         self.connections_opened += 1
         return Connection(self.endpoint)
+
+    async def _connections(self, n: int) -> list[Connection]:
+        conns = [self._connection() for _ in range(n)]
+        await preconnect(conns)
+        return conns
 
     # -- reading hours ---------------------------------------------------------------------
 
@@ -453,41 +464,30 @@ class LoadSession:
     ) -> tuple[dict[int, Counts], list[float], list[str]]:
         """GET each hour once (503s retried); returns counts, latencies (s) and failures."""
         todo = sorted(set(hours))
+        pending = iter(todo)
         counts: dict[int, Counts] = {}
         latencies: list[float] = []
         failures: list[str] = []
-        position = 0
 
-        async def reader() -> None:
-            nonlocal position
-            conn = self._connection()
-            try:
-                with contextlib.suppress(TransportError):  # else execute() reports it
-                    await conn.connect()
-                while position < len(todo):
-                    hour = todo[position]
-                    position += 1
-                    for attempt in range(attempts):
-                        t0 = trio.current_time()
-                        outcome = await execute(conn, "GET", query_target(hour * HOUR_MS),
-                                                self.timeout)
-                        if outcome.error is None and outcome.response is not None:
-                            latencies.append(trio.current_time() - t0)
-                            try:
-                                counts[hour] = parse_counts(outcome.response)
-                            except ValueError as exc:
-                                failures.append(f"hour {hour}: {exc}")
-                            break
-                        if outcome.error != "HTTP 503" or attempt == attempts - 1:
-                            failures.append(f"hour {hour}: {outcome.error}: {outcome.detail}")
-                            break
-                        await trio.sleep(0.2 * (attempt + 1))
-            finally:
-                conn.close()
+        async def reader(conn: Connection) -> None:
+            for hour in pending:
+                for attempt in range(attempts):
+                    t0 = trio.current_time()
+                    outcome = await execute(conn, "GET", query_target(hour * HOUR_MS),
+                                            self.timeout)
+                    if outcome.error is None and outcome.response is not None:
+                        latencies.append(trio.current_time() - t0)
+                        try:
+                            counts[hour] = parse_counts(outcome.response)
+                        except ValueError as exc:
+                            failures.append(f"hour {hour}: {exc}")
+                        break
+                    if outcome.error != "HTTP 503" or attempt == attempts - 1:
+                        failures.append(f"hour {hour}: {outcome.error}: {outcome.detail}")
+                        break
+                    await trio.sleep(0.2 * (attempt + 1))
 
-        async with trio.open_nursery() as nursery:
-            for _ in range(max(1, min(connections, len(todo)))):
-                nursery.start_soon(reader)
+        await each(await self._connections(max(1, min(connections, len(todo)))), reader)
         return counts, latencies, failures
 
     async def read_baseline(self, hours: Iterable[int]) -> None:
@@ -509,31 +509,59 @@ class LoadSession:
         return list(range(first, last + 1))
 
     async def read_back(self) -> CheckResult:
+        """Read every hour of the ledger and check it (``CheckResult.hours`` holds what each
+        readable hour counted)."""
         observed, _, failures = await self.read_hours(self.ledger.hours)
         result = check(self.ledger, observed, self.baseline)
         if failures:
-            result = CheckResult(result.hours, result.acknowledged, result.unacknowledged,
-                                 result.unreadable + tuple(failures))
+            result = dataclasses.replace(result, unreadable=result.unreadable + tuple(failures))
         return result
 
-    # -- progress --------------------------------------------------------------------------
+    # -- progress and reports --------------------------------------------------------------
 
-    async def _report_progress(self, label: str, recorder: Recorder, t0: float,
-                               connections: Callable[[], int]) -> None:
-        if self.progress is None:
-            return
-        last_done, last_t = 0, t0
-        while True:
-            await trio.sleep(self.progress_interval)
-            now = trio.current_time()
-            done = recorder.done
-            rate = (done - last_done) / (now - last_t) if now > last_t else 0.0
-            self.progress(
-                f"[{label} {now - t0:6.1f}s] done {done}  {rate:7.0f}/s  "
-                f"errors {recorder.failed}  in flight {self.ledger.in_flight}  "
-                f"connections {connections()}"
-            )
-            last_done, last_t = done, now
+    @asynccontextmanager
+    async def _progress(self, label: str, count: Callable[[], int], what: str,
+                        more: Callable[[], str]) -> AsyncIterator[None]:
+        """A progress line every ``progress_interval`` while the block runs: ``count()`` so
+        far, its rate since the last line, then ``more()``."""
+
+        async def report() -> None:
+            assert self.progress is not None
+            t0 = last_t = trio.current_time()
+            last = 0
+            while True:
+                await trio.sleep(self.progress_interval)
+                now, done = trio.current_time(), count()
+                self.progress(f"[{label} {now - t0:6.1f}s] {done} {what}  "
+                              f"{(done - last) / max(1e-9, now - last_t):8.0f}/s  {more()}")
+                last, last_t = done, now
+
+        async with trio.open_nursery() as nursery:
+            if self.progress is not None:
+                nursery.start_soon(report)
+            yield
+            nursery.cancel_scope.cancel()
+
+    def _recorder_progress(self, label: str, recorder: Recorder, conns: Sequence[Connection]
+                           ) -> AbstractAsyncContextManager[None]:
+        return self._progress(label, lambda: recorder.done, "done", lambda: (
+            f"errors {recorder.failed}  in flight {self.ledger.in_flight}  "
+            f"connections {len(conns)}"))
+
+    async def _load_report(self, mode: str, description: str, warmup: float,
+                           recorder: Recorder, watch: Stopwatch, conns: Sequence[Connection],
+                           check_after: bool, lags: Sequence[float] = ()) -> LoadReport:
+        report = LoadReport(
+            mode=mode, url=self.url, description=description, warmup_s=warmup,
+            window_s=recorder.window, classes=recorder.summary(), total=recorder.total(),
+            past=recorder.merged(PAST_CLASSES), client_cpu=watch.cpu_share,
+            connections_opened=len(conns), baseline_reads=self.baseline_reads,
+            error_examples=self.examples.items,
+            lag_p99_ms=percentiles(lags)[2] * 1000 if lags else None,
+            lag_max_ms=max(lags) * 1000 if lags else None)
+        if check_after:
+            report.check = await self.read_back()
+        return report
 
     # -- open loop -------------------------------------------------------------------------
 
@@ -560,23 +588,20 @@ class LoadSession:
         schedule = arrivals(self.rng, post_rate, get_rate, warmup + duration, poisson=poisson)
         send, receive = trio.open_memory_channel[Job](math.inf)
         lags: list[float] = []
-        conns = [self._connection() for _ in range(connections)]
-        await preconnect(conns)
-        cpu0, t0 = time.process_time(), trio.current_time() + 0.01
+        conns = await self._connections(connections)
+        watch = Stopwatch()
+        t0 = watch.t0 + 0.01
         recorder = Recorder(t0 + warmup, t0 + warmup + duration)
 
         async def worker(conn: Connection) -> None:
-            try:
-                async for job in receive:
-                    await self.run_job(conn, job, recorder)
-            finally:
-                conn.close()
+            async for job in receive:
+                await self.run_job(conn, job, recorder)
 
-        async with alongside(functools.partial(
-            self._report_progress, label, recorder, t0, lambda: len(conns)
-        )), trio.open_nursery() as nursery:
-            for conn in conns:
-                nursery.start_soon(worker, conn)
+        async with self._recorder_progress(label, recorder, conns), \
+                trio.open_nursery() as nursery:
+            # A copy: the dispatcher below may add connections (each with its own worker)
+            # before this task first runs.
+            nursery.start_soon(each, conns[:], worker)
             async with send:
                 for offset, is_get in schedule:
                     t_sched = t0 + offset
@@ -591,42 +616,20 @@ class LoadSession:
                     lags.append(now - t_sched)
                     if job is not None:
                         send.send_nowait(job(t_sched, is_get))
-                    elif is_get:
-                        send.send_nowait(self.get_job(t_sched))
                     else:
-                        send.send_nowait(self.post_job(t_sched))
+                        send.send_nowait((self.get_job if is_get else self.post_job)(t_sched))
                     backlog = receive.statistics().current_buffer_used
                     if backlog and len(conns) < max_connections:
                         conns.append(self._connection())
-                        nursery.start_soon(worker, conns[-1])
+                        nursery.start_soon(each, conns[-1:], worker)
                 # Closing the channel lets each worker finish what is queued, then return.
-        cpu = time.process_time() - cpu0
-        wall = max(1e-9, trio.current_time() - t0)
-        lags.sort()
         description = (
             f"open loop, {'Poisson' if poisson else 'uniform'} arrivals: {post_rate:g} POST/s + "
             f"{get_rate:g} GET/s for {duration:g} s (+{warmup:g} s warm-up), "
             f"{connections}..{max_connections} connections"
         )
-        report = LoadReport(
-            mode="open",
-            url=self.url,
-            description=description,
-            warmup_s=warmup,
-            window_s=recorder.window,
-            classes=recorder.summary(),
-            total=recorder.total(),
-            past=recorder.merged(PAST_CLASSES),
-            client_cpu=cpu / wall,
-            connections_opened=len(conns),
-            lag_p99_ms=percentile(lags, 99) * 1000 if lags else None,
-            lag_max_ms=lags[-1] * 1000 if lags else None,
-            baseline_reads=self.baseline_reads,
-            error_examples=self.examples.items,
-        )
-        if check_after:
-            report.check = await self.read_back()
-        return report
+        return await self._load_report("open", description, warmup, recorder, watch, conns,
+                                       check_after, lags)
 
     # -- closed loop -----------------------------------------------------------------------
 
@@ -648,50 +651,24 @@ class LoadSession:
             raise ValueError("get_share must lie in [0, 1]")
 
         def next_job(t: float) -> Job:
-            if self.rng.random() < get_share:
-                return self.get_job(t)
-            return self.post_job(t)
+            return (self.get_job if self.rng.random() < get_share else self.post_job)(t)
 
         make = job or next_job
-        conns = [self._connection() for _ in range(connections)]
-        await preconnect(conns)
-        cpu0, t0 = time.process_time(), trio.current_time()
-        end = t0 + warmup + duration
-        recorder = Recorder(t0 + warmup, end)
+        conns = await self._connections(connections)
+        watch = Stopwatch()
+        end = watch.t0 + warmup + duration
+        recorder = Recorder(watch.t0 + warmup, end)
 
         async def worker(conn: Connection) -> None:
-            try:
-                while trio.current_time() < end:
-                    await self.run_job(conn, make(trio.current_time()), recorder)
-            finally:
-                conn.close()
+            while trio.current_time() < end:
+                await self.run_job(conn, make(trio.current_time()), recorder)
 
-        async with alongside(functools.partial(
-            self._report_progress, label, recorder, t0, lambda: len(conns)
-        )), trio.open_nursery() as workers:
-            for conn in conns:
-                workers.start_soon(worker, conn)
-        cpu = time.process_time() - cpu0
-        wall = max(1e-9, trio.current_time() - t0)
+        async with self._recorder_progress(label, recorder, conns):
+            await each(conns, worker)
         what = "custom requests" if job else f"{get_share:.0%} GET"
-        report = LoadReport(
-            mode="closed",
-            url=self.url,
-            description=(f"closed loop: {connections} connections, {what}, {duration:g} s "
-                         f"(+{warmup:g} s warm-up)"),
-            warmup_s=warmup,
-            window_s=recorder.window,
-            classes=recorder.summary(),
-            total=recorder.total(),
-            past=recorder.merged(PAST_CLASSES),
-            client_cpu=cpu / wall,
-            connections_opened=len(conns),
-            baseline_reads=self.baseline_reads,
-            error_examples=self.examples.items,
-        )
-        if check_after:
-            report.check = await self.read_back()
-        return report
+        return await self._load_report(
+            "closed", f"closed loop: {connections} connections, {what}, {duration:g} s "
+            f"(+{warmup:g} s warm-up)", warmup, recorder, watch, conns, check_after)
 
     def fixed_get(self, hour: int, cls: RequestClass) -> Callable[[float], Job]:
         """A job source for ``closed_loop``: GETs of one hour, filed under ``cls``."""
@@ -713,18 +690,23 @@ class LoadSession:
 
     # -- range queries ---------------------------------------------------------------------
 
-    async def fetch_range(self, first_hour: int, last_hour: int, step: str) -> RangeAnswer:
-        """One range query; raises RuntimeError if it fails or its answer is unreadable."""
+    async def one_request(self, method: Method, target: str, body: bytes | None = None,
+                      expected: int | None = None) -> Outcome:
+        """One request on a connection of its own."""
         conn = self._connection()
-        target = range_target(first_hour, last_hour, step)
         try:
-            outcome = await execute(conn, "GET", target, self.timeout)
+            return await execute(conn, method, target, self.timeout, body, expected)
         finally:
             conn.close()
+
+    async def fetch_range(self, first_hour: int, last_hour: int, step: str) -> RangeAnswer:
+        """One range query; raises RuntimeError if it fails or its answer is unreadable."""
+        target = range_target(first_hour, last_hour, step)
+        outcome = await self.one_request("GET", target)
         if outcome.error is not None or outcome.response is None:
             raise RuntimeError(f"GET {target}: {outcome.error}: {outcome.detail}")
         try:
-            return parse_range(outcome.response)
+            return decoded(outcome.response, RangeAnswer.from_json)
         except ValueError as exc:
             raise RuntimeError(f"GET {target}: {exc}") from None
 
@@ -767,12 +749,7 @@ class LoadSession:
 
     async def batch_supported(self) -> bool:
         """Probe ``POST /analytics/batch`` with an empty body: 200 yes, 404 no, else raise."""
-        conn = self._connection()
-        try:
-            outcome = await execute(conn, "POST", BATCH_PATH, self.timeout, body=b"",
-                                    expected=200)
-        finally:
-            conn.close()
+        outcome = await self.one_request("POST", BATCH_PATH, body=b"", expected=200)
         if outcome.error is None:
             return True
         if outcome.error == "HTTP 404":
@@ -804,33 +781,32 @@ class LoadSession:
                                         expected=200)
                 t_done = trio.current_time()
                 tally.requests += 1
-                if outcome.error == "HTTP 503" and attempt < retries:
-                    tally.retried_503 += 1
-                    if recorder is not None:
-                        recorder.record(RequestClass.BATCH, t_sent, t_done, outcome.error)
-                    await trio.sleep(min(1.0, 0.02 * 2**attempt))
-                    continue
-                break
-            error = outcome.error
+                if outcome.error != "HTTP 503" or attempt == retries:
+                    break
+                tally.retried_503 += 1
+                if recorder is not None:
+                    recorder.record(RequestClass.BATCH, t_sent, t_done, outcome.error)
+                await trio.sleep(min(1.0, 0.02 * 2**attempt))
             verdicts: Verdicts | None = None
-            if error is None and outcome.response is not None:
+            if outcome.error is None and outcome.response is not None:
                 try:
                     verdicts = parse_verdicts(outcome.response.body, len(part))
                 except ValueError as exc:
-                    error, outcome = "bad body", Outcome("bad body", str(exc), None)
+                    outcome = Outcome("bad body", str(exc), None)
+            error = outcome.error
             if error == "HTTP 413":
                 # The server may not have read the body, and then cannot take another request
                 # on this connection (hypercorn answers 413 without "Connection: close" and
                 # closes the connection when the next request arrives): start afresh.
                 conn.close()
-            if error == "HTTP 413" and len(part) > 1:
-                tally.split += 1
-                todo += [(half, resent) for half in part.split()]
-                continue
+                if len(part) > 1:
+                    tally.split += 1
+                    todo += [(half, resent) for half in part.split()]
+                    continue
             if recorder is not None:
                 recorder.record(RequestClass.BATCH, t_sent, t_done, error)
             if error is not None:
-                tally.errors[error] = tally.errors.get(error, 0) + 1
+                tally.error(error)
                 self.examples.add("POST", BATCH_PATH, error, outcome.detail)
                 status = outcome.response.status if outcome.response is not None else 0
                 if 400 <= status < 500:  # refused as a whole: nothing was stored
@@ -846,8 +822,7 @@ class LoadSession:
             if verdicts is not None:
                 for kind, reason in verdicts.reasons.items():
                     self.examples.add("POST", BATCH_PATH, f"line {kind}", reason)
-                    tally.errors[f"lines {kind}"] = (tally.errors.get(f"lines {kind}", 0)
-                                                     + getattr(verdicts, kind))
+                    tally.error(f"lines {kind}", getattr(verdicts, kind))
                 if verdicts.failed and resent < 3:
                     failed = [i for i, v in enumerate(verdicts.lines) if v is Verdict.FAILED]
                     again = part.subset(failed)
@@ -878,17 +853,14 @@ class LoadSession:
         """
         if connections < 1 or batch_events < 1:
             raise ValueError("connections and batch_events must be at least 1")
-        source = BatchSource(self.rng, pool, zipf_s=zipf_s,
-                             click_share=self.config.click_share,
-                             late_share=self.config.late_share,
-                             late_mean_ms=self.config.late_mean_ms,
-                             late_max_ms=self.config.late_max_ms,
-                             jitter_ms=self.config.jitter_ms)
+        cfg = self.config
+        source = BatchSource(self.rng, pool, zipf_s=zipf_s, click_share=cfg.click_share,
+                             late_share=cfg.late_share, late_mean_ms=cfg.late_mean_ms,
+                             late_max_ms=cfg.late_max_ms, jitter_ms=cfg.jitter_ms)
         prefix = json_safe_prefix(self.prefix)
-        conns = [self._connection() for _ in range(connections)]
-        await preconnect(conns)
-        cpu0, t0 = time.process_time(), trio.current_time()
-        start, end = t0 + warmup, t0 + warmup + duration
+        conns = await self._connections(connections)
+        watch = Stopwatch()
+        start, end = watch.t0 + warmup, watch.t0 + warmup + duration
         recorder = Recorder(start, end)
         tally = BatchTally(window_start=start, window_end=end)
         before, during = BitMap(), BitMap()
@@ -896,68 +868,26 @@ class LoadSession:
 
         async def worker(conn: Connection) -> None:
             nonlocal events_in_window
-            try:
-                while trio.current_time() < end:
-                    chunk = source.chunk(now_ms(), batch_events, prefix)
-                    self.ledger.sent(len(chunk))
-                    t_sent = trio.current_time()
-                    if t_sent >= start:
-                        during.update(chunk.users)
-                        events_in_window += len(chunk)
-                    else:
-                        before.update(chunk.users)
-                    tally.sent += len(chunk)
-                    await self.send_batch(conn, chunk, tally, recorder if t_sent >= start
-                                          else None)
-            finally:
-                conn.close()
+            while trio.current_time() < end:
+                chunk = source.chunk(now_ms(), batch_events, prefix)
+                self.ledger.sent(len(chunk))
+                tally.sent += len(chunk)
+                measured = trio.current_time() >= start
+                (during if measured else before).update(chunk.users)
+                events_in_window += len(chunk) if measured else 0
+                await self.send_batch(conn, chunk, tally, recorder if measured else None)
 
-        async def progress() -> None:
-            if self.progress is None:
-                return
-            last, last_t = 0, t0
-            while True:
-                await trio.sleep(self.progress_interval)
-                now = trio.current_time()
-                self.progress(
-                    f"[{label} {now - t0:6.1f}s] {tally.accepted} events acknowledged "
-                    f"{(tally.accepted - last) / max(1e-9, now - last_t):9.0f}/s  "
-                    f"requests {tally.requests}  errors {sum(tally.errors.values())}")
-                last, last_t = tally.accepted, now
-
-        async with alongside(progress), trio.open_nursery() as workers:
-            for conn in conns:
-                workers.start_soon(worker, conn)
-        cpu = time.process_time() - cpu0
-        wall = max(1e-9, trio.current_time() - t0)
-        load = LoadReport(
-            mode="batch",
-            url=self.url,
-            description=(f"closed loop of POST {BATCH_PATH}: {connections} connections, "
-                         f"{batch_events:,} events per request, users from a pool of "
-                         f"{pool:,}, {duration:g} s (+{warmup:g} s warm-up)"),
-            warmup_s=warmup,
-            window_s=recorder.window,
-            classes=recorder.summary(),
-            total=recorder.total(),
-            past=recorder.merged(PAST_CLASSES),
-            client_cpu=cpu / wall,
-            connections_opened=len(conns),
-            error_examples=self.examples.items,
-        )
-        report = BatchReport(
-            load=load,
-            connections=connections,
-            batch_events=batch_events,
-            pool=pool,
-            tally=tally,
-            events_in_window=events_in_window,
-            distinct_in_window=len(during),
-            new_in_window=len(during - before),
-        )
-        if check_after:
-            load.check = await self.read_back()
-        return report
+        async with self._progress(label, lambda: tally.accepted, "events acknowledged",
+                                  lambda: f"requests {tally.requests}  "
+                                          f"errors {sum(tally.errors.values())}"):
+            await each(conns, worker)
+        load = await self._load_report(
+            "batch", f"closed loop of POST {BATCH_PATH}: {connections} connections, "
+            f"{batch_events:,} events per request, users from a pool of {pool:,}, "
+            f"{duration:g} s (+{warmup:g} s warm-up)", warmup, recorder, watch, conns,
+            check_after)
+        return BatchReport(load, connections, batch_events, pool, tally, events_in_window,
+                           len(during), len(during - before))
 
     # -- pre-population --------------------------------------------------------------------
 
@@ -980,139 +910,84 @@ class LoadSession:
         connections (``send_batch`` says how each answer is filed); if the server answers 404
         there (or ``use_batch`` is off), with single POSTs over ``single_connections``.
         """
-        method = "single"
-        if use_batch:
-            if await self.batch_supported():
-                method = "batch"
-            elif self.progress is not None:
-                self.progress(f"[{label}] POST {BATCH_PATH} answered 404: single POSTs instead")
-        acknowledged_before = self.ledger.acknowledged
+        batch = use_batch and await self.batch_supported()
+        if use_batch and not batch and self.progress is not None:
+            self.progress(f"[{label}] POST {BATCH_PATH} answered 404: single POSTs instead")
         tally = BatchTally()
         total = sum(p.events for p in plans)
-        cpu0, t0 = time.process_time(), trio.current_time()
-        recorder = Recorder(t0, t0 + 1e9)
-
-        async def progress() -> None:
-            if self.progress is None:
-                return
-            last, last_t = 0, t0
-            while True:
-                await trio.sleep(self.progress_interval)
-                now = trio.current_time()
-                self.progress(
-                    f"[{label} {now - t0:6.1f}s] {tally.sent}/{total} events  "
-                    f"{(tally.sent - last) / max(1e-9, now - last_t):8.0f}/s  "
-                    f"errors {sum(tally.errors.values())}"
-                )
-                last, last_t = tally.sent, now
-
-        async with alongside(progress):
-            if method == "batch":
+        watch = Stopwatch()
+        recorder = Recorder(watch.t0, watch.t0 + 1e9)
+        async with self._progress(label, lambda: tally.sent, f"/ {total} events",
+                                  lambda: f"errors {sum(tally.errors.values())}"):
+            if batch:
                 await self._fill_batch(plans, connections, chunk_events, max_hours_per_chunk,
                                        tally, recorder, retries_503)
             else:
                 await self._fill_single(plans, single_connections, tally, retries_503)
-        seconds = trio.current_time() - t0
-        cpu = time.process_time() - cpu0
-        result: CheckResult | None = None
-        counts: dict[int, Counts] = {}
-        if check_after:
-            counts, _, failures = await self.read_hours(self.ledger.hours)
-            result = check(self.ledger, counts, self.baseline)
-            if failures:
-                result = CheckResult(result.hours, result.acknowledged, result.unacknowledged,
-                                     result.unreadable + tuple(failures))
-        latency = recorder.summary()[RequestClass.BATCH] if method == "batch" else None
+        seconds, cpu = watch.seconds, watch.cpu_share
+        result = await self.read_back() if check_after else None
         return FillReport(
-            url=self.url,
-            hours=[p.hour for p in plans],
-            sent=tally.sent,
-            acknowledged=self.ledger.acknowledged - acknowledged_before,
-            retried_503=tally.retried_503,
-            errors=tally.errors,
-            seconds=seconds,
-            client_cpu=cpu / max(1e-9, seconds),
-            error_examples=self.examples.items,
-            check=result,
-            counts=counts,
-            method=method,
-            connections=connections if method == "batch" else single_connections,
-            chunk_events=chunk_events if method == "batch" else 1,
-            requests=tally.requests,
-            rejected=tally.rejected,
-            resent=tally.resent,
-            split_413=tally.split,
-            request_latency=latency,
+            url=self.url, hours=[p.hour for p in plans], tally=tally, seconds=seconds,
+            client_cpu=cpu, error_examples=self.examples.items, check=result,
+            counts={h.hour: h.observed for h in result.hours} if result else {},
+            method="batch" if batch else "single",
+            connections=connections if batch else single_connections,
+            chunk_events=chunk_events if batch else 1,
+            request_latency=recorder.summary()[RequestClass.BATCH] if batch else None,
         )
 
     async def _fill_batch(self, plans: Sequence[FillPlan], connections: int,
                           chunk_events: int, max_hours: int, tally: BatchTally,
                           recorder: Recorder, retries: int) -> None:
         chunks = plan_chunks(plans, chunk_events, max_hours)
+        pending = iter(chunks)
         prefix = json_safe_prefix(self.prefix)
-        position = 0
-        conns = [self._connection() for _ in range(max(1, min(connections, len(chunks))))]
-        await preconnect(conns)
 
         async def filler(conn: Connection) -> None:
-            nonlocal position
-            try:
-                while position < len(chunks):
-                    pieces = chunks[position]
-                    position += 1
-                    chunk = fill_chunk(plans, pieces, prefix)
-                    self.ledger.sent(len(chunk))
-                    tally.sent += len(chunk)
-                    await self.send_batch(conn, chunk, tally, recorder, retries)
-            finally:
-                conn.close()
+            for pieces in pending:
+                chunk = fill_chunk(plans, pieces, prefix)
+                self.ledger.sent(len(chunk))
+                tally.sent += len(chunk)
+                await self.send_batch(conn, chunk, tally, recorder, retries)
 
-        async with trio.open_nursery() as nursery:
-            for conn in conns:
-                nursery.start_soon(filler, conn)
+        await each(await self._connections(max(1, min(connections, len(chunks)))), filler)
 
     async def _fill_single(self, plans: Sequence[FillPlan], connections: int,
                            tally: BatchTally, retries_503: int) -> None:
-        """One POST per event, all connections busy on one hour at a time (one open shard,
-        group commits of up to ``connections`` events). A 503 (queue full) is retried after
-        a short pause; any other failure leaves the event unacknowledged."""
-        conns = [self._connection() for _ in range(connections)]
-        await preconnect(conns)
-        for plan in plans:
-            stride = plan.stride
-            position = 0
+        """One POST per event, the connections working through the plans in order (so
+        mostly on one hour at a time: one open shard, group commits of up to
+        ``connections`` events). A 503 (queue full) is retried after a short pause; any
+        other failure leaves the event unacknowledged."""
 
-            async def filler(conn: Connection, plan: FillPlan = plan,
-                             stride: int = stride) -> None:
-                nonlocal position
-                while position < plan.events:
-                    event = plan.event(position, stride)
-                    position += 1
-                    target = event_target(self.prefix, event)
-                    self.ledger.sent()
-                    tally.sent += 1
-                    for attempt in range(retries_503 + 1):
-                        outcome = await execute(conn, "POST", target, self.timeout)
-                        tally.requests += 1
-                        if outcome.error != "HTTP 503" or attempt == retries_503:
-                            break
-                        tally.retried_503 += 1
-                        await trio.sleep(min(1.0, 0.02 * 2**attempt))
-                    if outcome.error is not None:
-                        tally.errors[outcome.error] = tally.errors.get(outcome.error, 0) + 1
-                        self.examples.add("POST", target, outcome.error, outcome.detail)
-                    ok = outcome.error is None
-                    if ok:
-                        tally.accepted += 1
-                    else:
-                        tally.unacknowledged += 1
-                    self.ledger.settle(event.hour, event.user, event.click, acknowledged=ok)
+        def planned() -> Iterator[PlannedEvent]:
+            for plan in plans:
+                stride = plan.stride
+                yield from (plan.event(i, stride) for i in range(plan.events))
 
-            async with trio.open_nursery() as nursery:
-                for conn in conns:
-                    nursery.start_soon(filler, conn)
-        for conn in conns:
-            conn.close()
+        events = planned()
+
+        async def filler(conn: Connection) -> None:
+            for event in events:
+                target = event_target(self.prefix, event)
+                self.ledger.sent()
+                tally.sent += 1
+                for attempt in range(retries_503 + 1):
+                    outcome = await execute(conn, "POST", target, self.timeout)
+                    tally.requests += 1
+                    if outcome.error != "HTTP 503" or attempt == retries_503:
+                        break
+                    tally.retried_503 += 1
+                    await trio.sleep(min(1.0, 0.02 * 2**attempt))
+                if outcome.error is None:
+                    tally.accepted += 1
+                else:
+                    tally.unacknowledged += 1
+                    tally.error(outcome.error)
+                    self.examples.add("POST", target, outcome.error, outcome.detail)
+                self.ledger.settle(event.hour, event.user, event.click,
+                                   acknowledged=outcome.error is None)
+
+        await each(await self._connections(connections), filler)
 
 
 def fill_plans(

@@ -1,31 +1,29 @@
 """Latency samples, percentiles and rates, without I/O (times are passed in, in seconds).
 
-Percentiles use the nearest-rank definition: the p-th percentile of n sorted samples is the
-sample at 1-based rank ``ceil(p/100 · n)`` (rank 1 for p = 0). It is always a value that was
-actually measured, and P100 is the maximum.
+Percentiles are the standard library's ``statistics.quantiles(method="inclusive")``: linear
+interpolation between the two samples around position ``p/100 · (n-1)`` of the sorted
+samples, so no figure lies outside what was measured (P100 would be the maximum).
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import statistics
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from tools.loadgen.workload import RequestClass
 
-PERCENTILES = (50.0, 90.0, 99.0)
 
-
-def percentile(sorted_values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile of already sorted values."""
-    if not sorted_values:
-        raise ValueError("percentile of no samples")
-    if not 0.0 <= p <= 100.0:
-        raise ValueError(f"percentile must lie in [0, 100], got {p}")
-    rank = max(1, math.ceil(p / 100.0 * len(sorted_values) - 1e-9))
-    return sorted_values[rank - 1]
+def percentiles(values: Collection[float]) -> tuple[float, float, float]:
+    """P50, P90 and P99 of the samples (``StatisticsError``, a ``ValueError``, for none)."""
+    if len(values) == 1:  # Python 3.11's quantiles wants two samples
+        (only,) = values
+        return only, only, only
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return cuts[49], cuts[89], cuts[98]
 
 
 @dataclass(frozen=True)
@@ -37,58 +35,30 @@ class ClassSummary:
     errors: int
     error_kinds: dict[str, int]
     rate: float
-    p50_ms: float | None
-    p90_ms: float | None
-    p99_ms: float | None
-    max_ms: float | None
-    mean_ms: float | None
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+    mean_ms: float | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "requests": self.requests,
-            "ok": self.ok,
-            "errors": self.errors,
-            "error_kinds": dict(self.error_kinds),
-            "rate_per_s": round(self.rate, 2),
-            "p50_ms": _round(self.p50_ms),
-            "p90_ms": _round(self.p90_ms),
-            "p99_ms": _round(self.p99_ms),
-            "max_ms": _round(self.max_ms),
-            "mean_ms": _round(self.mean_ms),
-        }
+        out = dataclasses.asdict(self)
+        out["rate_per_s"] = out.pop("rate")
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}
 
 
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
-
-
-def summarize(
-    latencies_s: Iterable[float],
-    errors: Counter[str],
-    completed_in_window: int,
-    window_s: float,
-) -> ClassSummary:
+def summarize(latencies_s: Collection[float], errors: Counter[str], completed_in_window: int,
+              window_s: float) -> ClassSummary:
     """Summary of one class. Error responses are counted, not mixed into the latencies."""
-    values = sorted(latencies_s)
-    ok = len(values)
-    n_errors = sum(errors.values())
+    ok, n_errors = len(latencies_s), sum(errors.values())
     rate = completed_in_window / window_s if window_s > 0 else 0.0
-    if not values:
-        return ClassSummary(ok + n_errors, ok, n_errors, dict(errors), rate,
-                            None, None, None, None, None)
-    p50, p90, p99 = (percentile(values, p) * 1000 for p in PERCENTILES)
-    return ClassSummary(
-        requests=ok + n_errors,
-        ok=ok,
-        errors=n_errors,
-        error_kinds=dict(errors),
-        rate=rate,
-        p50_ms=p50,
-        p90_ms=p90,
-        p99_ms=p99,
-        max_ms=values[-1] * 1000,
-        mean_ms=sum(values) / ok * 1000,
-    )
+    summary = ClassSummary(ok + n_errors, ok, n_errors, dict(errors), rate)
+    if not ok:
+        return summary
+    p50, p90, p99 = (p * 1000 for p in percentiles(latencies_s))
+    return dataclasses.replace(summary, p50_ms=p50, p90_ms=p90, p99_ms=p99,
+                               max_ms=max(latencies_s) * 1000,
+                               mean_ms=statistics.fmean(latencies_s) * 1000)
 
 
 @dataclass
@@ -138,17 +108,14 @@ class Recorder:
         return self.end - self.start
 
     def summary(self) -> dict[RequestClass, ClassSummary]:
-        return {
-            cls: summarize(s.latencies, s.errors, s.completed_in_window, self.window)
-            for cls, s in self.classes.items()
-        }
+        return {cls: self.merged([cls]) for cls in self.classes}
 
     def total(self) -> ClassSummary:
         return self.merged(tuple(RequestClass))
 
     def merged(self, classes: Iterable[RequestClass]) -> ClassSummary:
         """One summary of several classes' samples together."""
-        latencies: list[float] = []
+        latencies: array[float] = array("d")
         errors: Counter[str] = Counter()
         completed = 0
         for samples in (self.classes[c] for c in classes):
