@@ -258,3 +258,16 @@ def test_a_closed_store_refuses_work(tmp_path: Path) -> None:
 
     with pytest.raises(StorageError, match="closed"):
         store.assign(["a"])
+
+
+def test_integrity_problems_name_a_user_held_under_two_ids(tmp_path: Path) -> None:
+    path = tmp_path / "users.sqlite"
+    with UserStore(path) as store:
+        store.assign(["ann", "bob"])
+        assert store.integrity_problems() == []
+    conn = sqlite3.connect(path)  # nothing in the file forbids it: only the store's own rules
+    conn.execute("INSERT INTO users(id, name) VALUES (3, 'ann')")
+    conn.commit()
+    conn.close()
+    with UserStore(path, readonly=True) as store:
+        assert store.integrity_problems() == ["user 'ann' has 2 ids"]
