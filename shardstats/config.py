@@ -29,6 +29,8 @@ ENV_PREFIX = "SHARDSTATS_"
 ENV_CONFIG = "SHARDSTATS_CONFIG"
 NATS_SCHEMES = frozenset({"nats", "tls", "ws", "wss"})
 STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# What a browser sends in Origin for a page of an http(s) site: no path, no userinfo.
+ORIGIN = re.compile(r"https?://(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:[0-9]{1,5})?")
 
 
 def _doc(text: str, *, shown: str | None = None, cluster: bool = False) -> Any:
@@ -106,6 +108,12 @@ class Settings:
         shown="empty (off)"))
     require_tokens: bool = field(default=False, metadata=_doc(
         "Refuse to start unless both tokens are set (see config/production.toml)."))
+    browser_origins: str = field(default="", metadata=_doc(
+        "Web origins whose pages may send events from a browser (/tracker.js), "
+        "comma-separated, e.g. \"https://www.example.com,https://shop.example.com\". A POST "
+        "to /analytics or /analytics/batch whose Origin header is listed gets CORS headers and "
+        "needs no ingest token; a POST with any other Origin (but the server's own) gets 403. "
+        "Empty: no page of another origin may send.", shown="empty (none)"))
     cluster_nats_urls: str = field(default="", metadata=_doc(
         "Comma-separated NATS server URLs, e.g. \"nats://10.0.0.1:4222,nats://10.0.0.2:4222\"; "
         "list every server. Empty: embedded mode, one process, the SQLite journals are the "
@@ -168,6 +176,12 @@ class Settings:
                 "SHARDSTATS_INGEST_TOKEN and SHARDSTATS_QUERY_TOKEN"
             )
         self._check_cluster()
+        for origin in self.browser_origin_set:
+            if not ORIGIN.fullmatch(origin):
+                raise ConfigError(
+                    f"browser_origins: {origin!r} is not a web origin (scheme://host[:port], "
+                    "http or https, no path, no '*')"
+                )
         host, sep, port = self.bind.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:
             raise ConfigError(f"bind must be HOST:PORT, got {self.bind!r}")
@@ -197,6 +211,12 @@ class Settings:
     def cluster_nats_url_list(self) -> tuple[str, ...]:
         """The NATS URLs, trimmed; empty in embedded mode."""
         return tuple(u.strip() for u in self.cluster_nats_urls.split(",") if u.strip())
+
+    @property
+    def browser_origin_set(self) -> frozenset[str]:
+        """The allowed origins, lowercased as browsers send them (trailing ``/`` tolerated)."""
+        return frozenset(o.strip().rstrip("/").lower() for o in self.browser_origins.split(",")
+                         if o.strip())
 
     @property
     def cluster_mode(self) -> bool:

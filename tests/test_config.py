@@ -409,6 +409,25 @@ def test_sample_config_documents_every_key() -> None:
         assert lines[index - 1].startswith("#"), f"{name} has no comment above it"
 
 
+# -- browser_origins ---------------------------------------------------------------------------
+
+
+def test_browser_origins_are_parsed_and_lowercased() -> None:
+    settings = load_settings(environ={
+        "SHARDSTATS_BROWSER_ORIGINS": " https://WWW.Example.com , http://127.0.0.1:8000/,"})
+    assert settings.browser_origin_set == {"https://www.example.com", "http://127.0.0.1:8000"}
+    assert Settings().browser_origin_set == frozenset()
+
+
+@pytest.mark.parametrize("origin", [
+    "*", "null", "www.example.com", "https://example.com/path", "ftp://example.com",
+    "https://user@example.com", "https://example.com:port", "https://*.example.com",
+])
+def test_browser_origins_must_be_web_origins(origin: str) -> None:
+    with pytest.raises(ConfigError, match="browser_origins"):
+        Settings(browser_origins=f"https://ok.example,{origin}")
+
+
 # -- renamed settings ------------------------------------------------------------------------
 
 

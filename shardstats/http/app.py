@@ -20,6 +20,7 @@ import time
 from importlib import resources
 from typing import Any
 
+import trio
 from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
@@ -28,7 +29,9 @@ from shardstats.config import Settings, load_settings
 from shardstats.core.events import HOUR_MS, MAX_TIMESTAMP_MS
 from shardstats.core.ranges import range_from_query
 from shardstats.errors import BatchTooLarge, DataDirLocked, ShardstatsError
+from shardstats.http.assets import JAVASCRIPT, Asset, static_asset, swagger_asset
 from shardstats.http.batch import BatchRoute
+from shardstats.http.cors import TRUSTED_ORIGIN
 from shardstats.http.hot import (
     BEARER_INGEST,
     BEARER_QUERY,
@@ -100,7 +103,8 @@ def _quart_app(service: Service, metrics: Metrics, hot: HotRoutes) -> QuartTrio:
 
     @app.post("/analytics/batch", provide_automatic_options=False)
     async def post_batch() -> ResponseValue:
-        if not ingest(request.headers.get("Authorization")):
+        # A listed browser origin (judged by the front, ``cors``) needs no token.
+        if not (TRUSTED_ORIGIN in request.scope or ingest(request.headers.get("Authorization"))):
             return {"error": "missing or invalid bearer token"}, 401, dict([BEARER_INGEST])
         try:
             return _reply(await batch.post(await _body_chunks(service.settings.max_batch_bytes)))
@@ -142,6 +146,18 @@ def _quart_app(service: Service, metrics: Metrics, hot: HotRoutes) -> QuartTrio:
     async def docs() -> ResponseValue:
         return DOCS_PAGE, 200, {"Content-Type": "text/html; charset=utf-8"}
 
+    @app.get("/docs/swagger-ui-bundle.js")
+    async def swagger_js() -> ResponseValue:
+        return _asset(await trio.to_thread.run_sync(swagger_asset, "swagger-ui-bundle.js"))
+
+    @app.get("/docs/swagger-ui.css")
+    async def swagger_css() -> ResponseValue:
+        return _asset(await trio.to_thread.run_sync(swagger_asset, "swagger-ui.css"))
+
+    @app.get("/tracker.js")
+    async def tracker() -> ResponseValue:
+        return _asset(TRACKER)
+
     @app.before_request
     async def start_timer() -> None:
         g.started = time.perf_counter()
@@ -176,7 +192,7 @@ def _quart_app(service: Service, metrics: Metrics, hot: HotRoutes) -> QuartTrio:
             ).observe(time.perf_counter() - started)
         # Quart labels every response text/html; an empty body has nothing to describe, and a
         # 204 must not carry Content-Length either.
-        if response.status_code == 204:
+        if response.status_code in (204, 304):
             response.headers.pop("Content-Type", None)
             response.headers.pop("Content-Length", None)
         elif response.content_length == 0:
@@ -202,6 +218,10 @@ def _quart_app(service: Service, metrics: Metrics, hot: HotRoutes) -> QuartTrio:
 
 
 DOCS_PAGE = docs_page()
+# An hour, then revalidated with its ETag: pages pick up a new version within the hour.
+# Cross-Origin-Resource-Policy: pages of sites that require it (COEP) may load it too.
+TRACKER = static_asset("tracker.js", JAVASCRIPT, "public, max-age=3600",
+                       (("Cross-Origin-Resource-Policy", "cross-origin"),))
 DASHBOARD = (resources.files("shardstats.http") / "static" / "dashboard.html").read_text("utf-8")
 async def _freeze_when_ready(service: Service) -> None:
     """Once recovery is done, move everything alive (modules, the app, recovered hours: some
@@ -228,6 +248,13 @@ async def _body_chunks(limit: int) -> list[bytes]:
             raise RequestEntityTooLarge()
         chunks.append(chunk)
     return chunks
+
+
+def _asset(asset: Asset | None) -> ResponseValue:
+    if asset is None:
+        return {"error": "not installed: pip install swagger-ui-py"}, 404
+    return _reply(asset.reply(request.headers.get("If-None-Match"),
+                              request.headers.get("Accept-Encoding")))
 
 
 def _reply(reply: Reply) -> ResponseValue:

@@ -23,6 +23,7 @@ from shardstats.cluster.barrier import Consistency
 from shardstats.core.events import hour_of
 from shardstats.core.validation import event_from_query, timestamp_from_query
 from shardstats.errors import InvalidInput, ShardstatsError, Unavailable
+from shardstats.http.cors import CROSS_ORIGIN_METHODS, INGEST_PATHS, TRUSTED_ORIGIN, CrossOrigin
 from shardstats.http.metrics import Metrics, method_label
 from shardstats.shards.service import Service
 
@@ -75,9 +76,12 @@ class HotRoutes:
         self._metrics = metrics
         self.ingest_allowed = token_checker(service.settings.ingest_token)
         self.query_allowed = token_checker(service.settings.query_token)
+        self.browser_origins = service.settings.browser_origin_set
 
-    async def post(self, query: bytes, authorization: str | None) -> Reply:
-        if not self.ingest_allowed(authorization):
+    async def post(self, query: bytes, authorization: str | None, *,
+                   browser: bool = False) -> Reply:
+        """``browser``: sent by a page of a ``browser_origins`` site (no token needed)."""
+        if not (browser or self.ingest_allowed(authorization)):
             return 401, [BEARER_INGEST], b""
         service = self._service
         try:
@@ -156,11 +160,18 @@ class LeanFront:
         self._routes = routes
         self._latency: dict[tuple[str, int], Any] = {}  # label lookups cached per series
         self._metrics = metrics
+        self._cross_origin = CrossOrigin(routes.browser_origins, metrics)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self._inner(scope, receive, send)
             return
+        if scope["path"] in INGEST_PATHS and scope["method"] in CROSS_ORIGIN_METHODS:
+            # Pages of other sites: refusals and preflights are answered here (``cors``).
+            admitted = await self._cross_origin.admit(scope, send)
+            if admitted is None:
+                return
+            scope, send = admitted
         if scope["path"] != ANALYTICS:
             await self._inner(scope, receive, _finish_unhurried(send))
             return
@@ -193,7 +204,8 @@ class LeanFront:
     async def _answer(self, method: str, scope: Any) -> Reply:
         """The reply to one ``/analytics`` request (a HEAD gets a GET's headers, no body)."""
         if method == "POST":
-            return await self._routes.post(scope["query_string"], _authorization(scope))
+            return await self._routes.post(scope["query_string"], _authorization(scope),
+                                           browser=TRUSTED_ORIGIN in scope)
         if method in ("GET", "HEAD"):
             return await self._routes.get(scope["query_string"], _authorization(scope))
         return 405, [_JSON, ALLOW], _METHOD_NOT_ALLOWED

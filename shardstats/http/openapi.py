@@ -1,10 +1,12 @@
-"""The OpenAPI 3.1 document of every route, and a docs page rendered from it.
+"""The OpenAPI 3.1 document of every route, and the ``/docs`` page that shows it.
 
 Written by hand rather than generated: the routes are few and the contract is exact; a test
 checks every route of the app appears here and that the document validates. Settings are
 named with ``_setting``: their defaults come from ``shardstats.config``, and a test checks no
 description names a setting any other way.
-The docs page is plain HTML rendered on the server, so it works offline (no CDN, no JS).
+``/docs`` is Swagger UI ("try it out" against this server), its files served by the server
+itself from a package dependency, so it works offline; without JavaScript the page shows a
+static rendering of the document.
 """
 
 from __future__ import annotations
@@ -62,6 +64,16 @@ def _param(name: str, description: str, schema: dict[str, Any], required: bool =
 _RETRY = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
 _UNAVAILABLE = {"description": "Overloaded or still recovering", "headers": _RETRY}
 _INGEST_401 = {"description": "Ingest token required and missing or wrong"}
+_ORIGIN_REFUSED = ("Sent from a web page (Origin header) whose origin is not in "
+                   f"{_setting('browser_origins')}; the reason is in X-Shardstats-Error")
+_ORIGIN_403 = {"description": _ORIGIN_REFUSED,
+               "headers": {"X-Shardstats-Error": {"schema": {"type": "string"}}}}
+_BROWSER_NOTE = (" A POST from a web page whose Origin is in "
+                 f"{_setting('browser_origins')} needs no token "
+                 "and gets CORS headers (a preflight OPTIONS is answered); any other Origin but "
+                 "the server's own gets 403.")
+_STATIC = {"description": "The file (ETag; 304 when If-None-Match holds it)"}
+_NOT_MODIFIED = {"description": "Not modified (If-None-Match)"}
 
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -84,7 +96,7 @@ DOCUMENT: dict[str, Any] = {
             "post": {
                 "summary": "Record one event",
                 "description": "Answers 204 once the event is durable (fsynced). A bearer "
-                f"token is required when {_setting('ingest_token')} is set.",
+                f"token is required when {_setting('ingest_token')} is set." + _BROWSER_NOTE,
                 "security": [{}, {"bearer": []}],
                 "parameters": [
                     _param("timestamp", "Milliseconds since the epoch, digits only; within "
@@ -109,6 +121,7 @@ DOCUMENT: dict[str, Any] = {
                                 "X-Shardstats-Error-Reason": {"schema": _REASON},
                             }},
                     "401": _INGEST_401,
+                    "403": _ORIGIN_403,
                     "500": {"description": "Could not be made durable"},
                     "503": _UNAVAILABLE,
                 },
@@ -137,7 +150,7 @@ DOCUMENT: dict[str, Any] = {
                 "blank or one-character lines). A body larger than "
                 f"{_setting('max_batch_bytes')}, or with more lines than "
                 f"{_setting('max_batch_lines')} (a final newline does not start another), is "
-                "refused whole with 413, before any line is judged.",
+                "refused whole with 413, before any line is judged." + _BROWSER_NOTE,
                 "security": [{}, {"bearer": []}],
                 "requestBody": {"required": True,
                                 "content": {"application/x-ndjson": {"schema": {
@@ -164,6 +177,8 @@ DOCUMENT: dict[str, Any] = {
                         },
                     }, "Verdicts: accepted, rejected: reason, failed: reason, blank"),
                     "401": _json({"$ref": "#/components/schemas/Error"}, "Token required"),
+                    "403": _json({"$ref": "#/components/schemas/Error"},
+                                 _ORIGIN_REFUSED),
                     "413": _json({"$ref": "#/components/schemas/Error"},
                                  "Body over the byte or line limit"),
                     "503": _UNAVAILABLE,
@@ -212,9 +227,17 @@ DOCUMENT: dict[str, Any] = {
         "/openapi.json": {"get": {"summary": "This document", "responses": {
             "200": {"description": "OpenAPI 3.1", "content": {"application/json": {
                 "schema": {"type": "object"}}}}}}},
-        "/docs": {"get": {"summary": "Human-readable API documentation", "responses": {
-            "200": {"description": "HTML", "content": {"text/html": {
-                "schema": {"type": "string"}}}}}}},
+        "/docs": {"get": {"summary": "This document in Swagger UI (try it out; no CDN)",
+                          "responses": {"200": {"description": "HTML", "content": {
+                              "text/html": {"schema": {"type": "string"}}}}}}},
+        "/docs/swagger-ui-bundle.js": {"get": {"summary": "Swagger UI script (/docs)",
+                                               "responses": {"200": _STATIC,
+                                                             "304": _NOT_MODIFIED}}},
+        "/docs/swagger-ui.css": {"get": {"summary": "Swagger UI style sheet (/docs)",
+                                         "responses": {"200": _STATIC, "304": _NOT_MODIFIED}}},
+        "/tracker.js": {"get": {"summary": "The tracker script for web pages: <script defer "
+                                "src=\".../tracker.js\"></script>",
+                                "responses": {"200": _STATIC, "304": _NOT_MODIFIED}}},
         "/": {"get": {"summary": "Dashboard: the last 48 hours and a range picker",
                       "responses": {"200": {"description": "HTML", "content": {"text/html": {
                           "schema": {"type": "string"}}}}}}},
@@ -222,26 +245,44 @@ DOCUMENT: dict[str, Any] = {
 }
 
 
+# Swagger UI's own defaults, less the online validator badge (it would call a server
+# outside) and the top bar (it needs the standalone preset).
+_SWAGGER_INIT = """window.ui = SwaggerUIBundle({
+  url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true, validatorUrl: null,
+  displayRequestDuration: true, presets: [SwaggerUIBundle.presets.apis], layout: "BaseLayout"
+});"""
+
+
 def docs_page() -> str:
-    """A static HTML rendering of ``DOCUMENT``."""
+    """Swagger UI on ``/openapi.json`` (its files served by the server itself, ``assets``),
+    with a static rendering of ``DOCUMENT`` for browsers without JavaScript."""
+    return "".join([
+        "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        '<meta name=viewport content="width=device-width, initial-scale=1">',
+        f"<title>shardstats {html.escape(__version__)} API</title>",
+        '<link rel=stylesheet href="/docs/swagger-ui.css">',
+        "<style>body{margin:0}.static{font:15px/1.45 system-ui,sans-serif;max-width:60em;"
+        "margin:2em auto;padding:0 1em}</style></head><body>",
+        '<div id="swagger-ui"></div>',
+        f'<noscript><div class="static">{_static_reference()}</div></noscript>',
+        '<script src="/docs/swagger-ui-bundle.js"></script>',
+        f"<script>{_SWAGGER_INIT}</script>",
+        "</body></html>",
+    ])
+
+
+def _static_reference() -> str:
+    """``DOCUMENT`` as plain HTML."""
     esc = html.escape
     parts = [
-        "<!doctype html><html lang=en><head><meta charset=utf-8>",
-        f"<title>shardstats {esc(__version__)} API</title>",
-        "<style>body{font:15px/1.45 system-ui,sans-serif;max-width:60em;margin:2em auto;"
-        "padding:0 1em;color:#222}code,pre{background:#f4f4f4;padding:.1em .3em}"
-        "h2{border-top:1px solid #ddd;padding-top:1em}.m{font-weight:700;color:#fff;"
-        "padding:.1em .5em;border-radius:3px;background:#3a7}.m.post{background:#37a}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:.2em .5em;"
-        "text-align:left;vertical-align:top}</style></head><body>",
         f"<h1>shardstats API <small>{esc(__version__)}</small></h1>",
         f"<p>{esc(DOCUMENT['info']['description'])}</p>",
         '<p>Machine-readable: <a href="/openapi.json">/openapi.json</a> (OpenAPI 3.1).</p>',
     ]
     for path, operations in DOCUMENT["paths"].items():
         for method, op in operations.items():
-            parts.append(f'<h2><span class="m {method}">{method.upper()}</span> '
-                         f"<code>{esc(path)}</code> — {esc(op['summary'])}</h2>")
+            parts.append(f"<h2>{method.upper()} <code>{esc(path)}</code> — "
+                         f"{esc(op['summary'])}</h2>")
             if "description" in op:
                 parts.append(f"<p>{esc(op['description'])}</p>")
             if op.get("parameters"):
@@ -258,5 +299,4 @@ def docs_page() -> str:
             for status, response in op["responses"].items():
                 parts.append(f"<li><b>{esc(status)}</b> {esc(response['description'])}</li>")
             parts.append("</ul>")
-    parts.append("</body></html>")
     return "".join(parts)
