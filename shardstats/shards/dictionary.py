@@ -12,6 +12,7 @@ waits for it. The store is closed or replaced only when no upkeep is running.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ class UserDictionary:
         self._failed = 0
         self._upkeeps = 0
         self._upkeep_running = False
+        self._closing = False
         self._upkeep_done = trio.Event()
         self._upkeep_done.set()
         self._nursery: trio.Nursery | None = None
@@ -110,10 +112,11 @@ class UserDictionary:
 
     async def _upkeep(self, store: UserStore) -> None:
         try:
-            # Not cancellable once started (a worker thread is not abandoned): shutdown
-            # waits for at most one merge of the index files.
-            await trio.to_thread.run_sync(store.maintain)
-            self._upkeeps += 1
+            # One merge at a time: a worker thread is not abandoned, so a closing dictionary
+            # waits for the step under way only (a merge of the whole index at worst).
+            while not self._closing and store.maintenance_due():
+                await trio.to_thread.run_sync(functools.partial(store.maintain, step=True))
+                self._upkeeps += 1
         except Exception as exc:
             # The index is a cache of users.sqlite: a failed upkeep leaves the tail in
             # memory, and the next commit tries again.
@@ -155,7 +158,7 @@ class UserDictionary:
 
     def _remember(self, ids: dict[str, int]) -> None:
         # Oldest-first eviction (insertion order) rather than strict LRU: a hit costs one
-        # dict lookup, with no reordering, and a miss only costs an indexed SQLite read.
+        # dict lookup, with no reordering, and a miss costs a lookup in the store's index.
         cache = self._cache
         cache.update(ids)
         excess = len(cache) - self._cache_size
@@ -165,4 +168,5 @@ class UserDictionary:
 
     def close(self) -> None:
         """Stop accepting requests; ``run`` returns once the queued ones are answered."""
+        self._closing = True
         self._send.close()

@@ -213,11 +213,15 @@ class UserStore:
         return (len(self._tail_names) >= self._tail_size
                 or user_index.to_merge(self._runs, self._tail_size) > 0)
 
-    def maintain(self) -> None:
-        """Write the tail as a run and merge runs (rule 5). Safe beside ``assign``."""
+    def maintain(self, *, step: bool = False) -> None:
+        """Write the tail as a run and merge runs until no merge is due (rule 5); with
+        ``step``, do one thing only: write the tail if it is full, else one merge. Safe
+        beside ``assign``."""
         with self._lock:
             self._check_open()
             count = len(self._tail_names)
+            if step and count < self._tail_size:
+                count = 0
             first = self._runs[-1].last + 1 if self._runs else 1
             if count:
                 last = self._tail_ids[count - 1]
@@ -236,16 +240,20 @@ class UserStore:
                 # Built anew from what assign added meanwhile (a few names): cheaper than
                 # deleting the written ones one by one.
                 self._tail = dict(zip(self._tail_names, self._tail_ids, strict=True))
+            if step:
+                return
         while True:
             runs = self._runs  # only maintain (one call at a time) replaces runs once open
-            count = user_index.to_merge(runs, self._tail_size)
-            if not count:
+            merging = user_index.to_merge(runs, self._tail_size)
+            if not merging:
                 return
-            merged = user_index.merge(self.index_dir, self._seed, runs[-count:])
+            merged = user_index.merge(self.index_dir, self._seed, runs[-merging:])
             with self._lock:
                 self._check_open()
-                self._runs = [*runs[:-count], merged]
+                self._runs = [*runs[:-merging], merged]
             self._drop_unused(self._runs)
+            if step:
+                return
 
     def _merged(self, runs: list[user_index.Run]) -> list[user_index.Run]:
         while count := user_index.to_merge(runs, self._tail_size):

@@ -271,3 +271,23 @@ def test_integrity_problems_name_a_user_held_under_two_ids(tmp_path: Path) -> No
     conn.close()
     with UserStore(path, readonly=True) as store:
         assert store.integrity_problems() == ["user 'ann' has 2 ids"]
+
+
+def test_maintain_in_steps_does_one_thing_at_a_time(tmp_path: Path) -> None:
+    store, model = filled(tmp_path / "users.sqlite", 0)
+    for start in range(0, 60, 10):  # six tails of 10 names: runs of one tier
+        model.update(store.assign([f"s{i}" for i in range(start, start + 10)]))
+        assert store.maintenance_due()
+        store.maintain(step=True)  # writes the full tail, merges nothing yet
+        assert store.tail_length == 0
+    assert [(r.first, r.last) for r in store._runs] == [(1, 10), (11, 20), (21, 30), (31, 40),
+                                                        (41, 50), (51, 60)]
+    store.assign(["partial"])  # a tail not full: a step merges the newest four runs instead
+    assert store.maintenance_due()
+    store.maintain(step=True)
+    assert store.tail_length == 1
+    assert [(r.first, r.last) for r in store._runs] == [(1, 10), (11, 20), (21, 60)]
+    assert not store.maintenance_due()
+    model["partial"] = 61
+    check(store, model)
+    store.close()
