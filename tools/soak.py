@@ -5,10 +5,10 @@
 Each cycle starts ``shardstats serve`` on the same data directory with small bounds (so
 snapshots, evictions and reloads happen all the time and kills land in the middle of them),
 runs concurrent clients posting to the current and past hours with new and repeated users
-(and reading hours back), kills the server with SIGKILL after a random delay, restarts it,
-and checks every hour: acknowledged ⊆ counted ⊆ sent, for clicks, impressions and unique
-users. Prints a line per cycle and a summary; exits 1 if any acknowledged event was lost or
-anything was counted that was never sent.
+(and reading hours back), kills the server with SIGKILL a random delay after the cycle's first
+acknowledgement, restarts it, and checks every hour: acknowledged ⊆ counted ⊆ sent, for
+clicks, impressions and unique users. Prints a line per cycle and a summary; exits 1 if any
+acknowledged event was lost or anything was counted that was never sent.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from tools.loadgen.ledger import CheckResult, Counts, Event, Ledger, check
 from tools.loadgen.workload import HOUR_MS
 from tools.spawn import ShardstatsServer
 
+FLOWING_WITHIN = 10.0  # seconds for the clients' first acknowledgement in a cycle
 STRESS_ENV = {
     "SHARDSTATS_MAX_OPEN_SHARDS": "3",
     "SHARDSTATS_MAX_CACHED_HOURS": "2",
@@ -61,8 +62,8 @@ def missing(result: CheckResult) -> tuple[int, int]:
     return lost, invented
 
 
-def client_loop(url: str, ledger: Ledger, lock: threading.Lock, stop: threading.Event, seed: int,
-                now: int) -> None:
+def client_loop(url: str, ledger: Ledger, lock: threading.Lock, stop: threading.Event,
+                flowing: threading.Event, seed: int, now: int) -> None:
     rng = random.Random(seed)
     with httpx.Client(base_url=url, timeout=10) as client:
         while not stop.is_set():
@@ -87,6 +88,7 @@ def client_loop(url: str, ledger: Ledger, lock: threading.Lock, stop: threading.
             if response.status_code == 204:
                 with lock:
                     ledger.record_acked(event)
+                flowing.set()
 
 
 @dataclass
@@ -108,14 +110,17 @@ def soak(data_dir: Path, cycles: int, clients: int, seed: int, kill_after: tuple
     problems: list[str] = []
     server = ShardstatsServer(data_dir, log_path, STRESS_ENV).start()
     for cycle in range(1, cycles + 1):
-        stop = threading.Event()
+        stop, flowing = threading.Event(), threading.Event()
         threads = [
             threading.Thread(target=client_loop, args=(
-                server.url, ledger, lock, stop, seed * 1000 + cycle * 100 + i, now))
+                server.url, ledger, lock, stop, flowing, seed * 1000 + cycle * 100 + i, now))
             for i in range(clients)
         ]
         for thread in threads:
             thread.start()
+        # The delay counts from the first acknowledgement: on a busy machine the clients can
+        # take longer than a whole delay to get going, and a cycle without load tests nothing.
+        flowing.wait(FLOWING_WITHIN)
         time.sleep(rng.uniform(*kill_after))
         server.kill()
         stop.set()

@@ -57,7 +57,6 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from pyroaring import BitMap
 
 from shardstats.clock import FixedClock
 from shardstats.config import Settings
@@ -333,9 +332,8 @@ class ServiceMachine(RuleBasedStateMachine):
             (group.start, self.union(group)) for group in groups]
 
     def union(self, hours: range) -> HourCounts:
-        """The model's answer for several hours together (its user ranks are the same in
-        every hour, so the union of its sets is exact)."""
-        users = BitMap()
+        """The model's answer for several hours together: the union of its user sets."""
+        users: set[int | str] = set()
         clicks = impressions = 0
         for hour in hours:
             entry = self.model.hours.get(hour)

@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from pyroaring import BitMap
 
@@ -109,9 +109,9 @@ FIELDS = ("unique_users", "clicks", "impressions")
 class Tally:
     clicks: int = 0
     impressions: int = 0
-    users: BitMap = field(default_factory=BitMap)
+    users: Any = field(default_factory=BitMap)  # BitMap of ranks, or a set (plain ledger)
 
-    def add(self, user: int, click: bool) -> None:
+    def add(self, user: int | str, click: bool) -> None:
         if click:
             self.clicks += 1
         else:
@@ -158,7 +158,8 @@ def _first(seen: set[str], eid: str | None) -> bool:
 class Ledger:
     """Sent and acknowledged events per hour (see the module docstring). Not thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, plain: bool = False) -> None:
+        self.plain = plain
         self.hours: dict[int, HourLedger] = {}
         self.in_flight = 0
         self.statuses: Counter[int] = Counter()  # HTTP statuses seen, for failure messages
@@ -170,10 +171,14 @@ class Ledger:
     def _hour(self, hour: int) -> HourLedger:
         entry = self.hours.get(hour)
         if entry is None:
-            entry = self.hours[hour] = HourLedger()
+            entry = self.hours[hour] = (
+                HourLedger(Tally(users=set()), Tally(users=set())) if self.plain else HourLedger()
+            )
         return entry
 
-    def _rank(self, user: int | str) -> int:
+    def _rank(self, user: int | str) -> int | str:
+        if self.plain:
+            return user
         if isinstance(user, int):
             self._ranked = True
             if self._names:
