@@ -88,6 +88,9 @@ class Settings:
         "Recent hours recovered eagerly at start (older hours recover on first use)."))
     user_cache_size: int = field(default=200_000, metadata=_doc(
         "User-id lookups kept in memory (LRU); misses are read from the user dictionary."))
+    user_index_tail: int = field(default=131_072, metadata=_doc(
+        "Newest user names held in memory (about 150 bytes each) until a background task "
+        "writes them into the user dictionary's on-disk name index (users-index/)."))
     graceful_timeout_seconds: float = field(default=10.0, metadata=_doc(
         "On SIGTERM/SIGINT, how long in-flight requests may take before they are cut, in "
         "seconds."))
@@ -148,7 +151,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         for name in ("max_user_bytes", "max_open_shards", "inbox_size", "max_commit_events",
-                     "max_range_hours", "max_batch_bytes", "max_batch_lines"):
+                     "max_range_hours", "max_batch_bytes", "max_batch_lines",
+                     "user_index_tail"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if self.max_batch_lines >= 2**32:  # line numbers are kept as 32-bit integers

@@ -42,6 +42,7 @@ DEFAULTS = {
     "shard_idle_seconds": 120.0,
     "preload_hours": 2,
     "user_cache_size": 200_000,
+    "user_index_tail": 131_072,
     "graceful_timeout_seconds": 10.0,
     "backlog": 1024,
     "log_level": "info",

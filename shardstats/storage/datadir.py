@@ -3,6 +3,7 @@
     <data-dir>/
       LOCK                  flock held by the one server using the directory
       users.sqlite          user dictionary (+ -wal, -shm while open)
+      users-index/          its name index: sorted runs, a cache of users.sqlite
       journals/<hour>.sqlite   one journal per UTC hour (hour = timestamp_ms // 3_600_000)
       snapshots/<hour>.snap    cache of that journal's aggregate; safe to delete
       stream-position       cluster mode: log seq applied to every hour (a cache too)
@@ -25,7 +26,7 @@ from pathlib import Path
 from shardstats.core.snapshot import JournalState
 from shardstats.storage.journal import Journal
 from shardstats.storage.lock import DataDirLock
-from shardstats.storage.users import UserStore
+from shardstats.storage.users import TAIL_SIZE, UserStore
 
 # Journals a shard of this process writes. Two writers of one journal would each number rows
 # from what they last saw and skip the other's, so a second claim is a bug, refused loudly.
@@ -122,8 +123,9 @@ class DataDir:
         state = self.journal_state(hour)
         return state if state is not None and state.settled(now) else None
 
-    def open_users(self, *, readonly: bool = False) -> UserStore:
-        return UserStore(self.users_path, readonly=readonly)
+    def open_users(self, *, readonly: bool = False, tail_size: int = TAIL_SIZE) -> UserStore:
+        return UserStore(self.users_path, readonly=readonly, tail_size=tail_size,
+                         index_dir=self.root / "users-index")
 
     def read_snapshot(self, hour: int) -> bytes | None:
         try:
