@@ -44,7 +44,6 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 import nats
@@ -54,7 +53,7 @@ import trio
 from nats.js import api
 
 from shardstats.cluster.aiothread import AsyncioThread, BridgeClosed
-from shardstats.cluster.log import LogRecord, LogStatistics
+from shardstats.cluster.log import AsyncClosing, LogCounters, LogRecord, LogStatistics
 from shardstats.errors import LogOutcomeUnknown, LogUnavailable
 
 if TYPE_CHECKING:
@@ -114,20 +113,7 @@ def default_node_name(bind: str) -> str:
     return f"{socket.gethostname()}:{port}"
 
 
-class _Counters:
-    def __init__(self) -> None:
-        self.published = 0
-        self.duplicates = 0
-        self.unavailable = 0
-        self.unknown = 0
-        self.last_published = 0
-        self.delivered = 0
-        self.skipped = 0
-        self.restarts = 0
-        self.open_consumers = 0
-
-
-class JetStreamLog:
+class JetStreamLog(AsyncClosing):
     """Open with ``async with await JetStreamLog.connect(config) as log:``."""
 
     def __init__(
@@ -139,7 +125,7 @@ class JetStreamLog:
         self._nc = nc
         self._js = js
         self._closed = False
-        self._counts = _Counters()
+        self._counts = LogCounters()
 
     # -- opening ----------------------------------------------------------------------------------
 
@@ -243,19 +229,8 @@ class JetStreamLog:
                 await consumer.stop()
 
     def statistics(self) -> LogStatistics:
-        counts = self._counts
-        return LogStatistics(
-            connected=not self._closed and self._nc.is_connected,
-            published=counts.published,
-            duplicates=counts.duplicates,
-            publish_unavailable=counts.unavailable,
-            publish_unknown=counts.unknown,
-            last_published_seq=counts.last_published,
-            delivered=counts.delivered,
-            redelivered_skipped=counts.skipped,
-            consumer_restarts=counts.restarts,  # ours; nats-py's own ordered-consumer resets unseen
-            open_consumers=counts.open_consumers,
-        )
+        # consumer_restarts are ours; nats-py's own ordered-consumer resets are unseen.
+        return self._counts.snapshot(connected=not self._closed and self._nc.is_connected)
 
     async def aclose(self) -> None:
         if self._closed:
@@ -263,17 +238,6 @@ class JetStreamLog:
             return
         self._closed = True
         await self._bridge.aclose(self._nc.close, within=self.config.request_timeout)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # -- internals --------------------------------------------------------------------------------
 

@@ -61,6 +61,7 @@ from shardstats.errors import LogOutcomeUnknown, LogUnavailable
 
 __all__ = [
     "EventLog",
+    "LogCounters",
     "LogOutcomeUnknown",
     "LogRecord",
     "LogStatistics",
@@ -96,6 +97,53 @@ class LogStatistics:
     redelivered_skipped: int  # records dropped because their seq was not above the last given
     consumer_restarts: int  # times a consumer was re-created to resume after a fault
     open_consumers: int
+
+
+class LogCounters:
+    """The running counts behind ``LogStatistics``, shared by every ``EventLog`` implementation."""
+
+    def __init__(self) -> None:
+        self.published = 0
+        self.duplicates = 0
+        self.unavailable = 0
+        self.unknown = 0
+        self.last_published = 0
+        self.delivered = 0
+        self.skipped = 0
+        self.restarts = 0
+        self.open_consumers = 0
+
+    def snapshot(self, *, connected: bool) -> LogStatistics:
+        return LogStatistics(
+            connected=connected,
+            published=self.published,
+            duplicates=self.duplicates,
+            publish_unavailable=self.unavailable,
+            publish_unknown=self.unknown,
+            last_published_seq=self.last_published,
+            delivered=self.delivered,
+            redelivered_skipped=self.skipped,
+            consumer_restarts=self.restarts,
+            open_consumers=self.open_consumers,
+        )
+
+
+class AsyncClosing:
+    """``async with`` for a log: enter returns the log itself, exit awaits ``aclose()``."""
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
 
 class EventLog(Protocol):

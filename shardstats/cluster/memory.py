@@ -15,12 +15,11 @@ import collections
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from types import TracebackType
 from typing import Literal, Self
 
 import trio
 
-from shardstats.cluster.log import LogRecord, LogStatistics
+from shardstats.cluster.log import AsyncClosing, LogCounters, LogRecord, LogStatistics
 from shardstats.errors import LogOutcomeUnknown, LogUnavailable
 
 PublishFault = Literal["unavailable", "unknown_stored", "unknown_lost"]
@@ -51,18 +50,18 @@ class _Consumer:
                 self.broken = False
                 raise LogUnavailable("consumer lost (injected)", reason="consumer_lost")
             if self.replay:
-                log._delivered += 1
+                log._counts.delivered += 1
                 return self.replay.popleft()
             record = log._first_after(self.position)
             if record is not None:
                 self.position = record.seq
                 self.recent.append(record)
-                log._delivered += 1
+                log._counts.delivered += 1
                 return record
             await log._changed.wait()
 
 
-class InMemoryLog:
+class InMemoryLog(AsyncClosing):
     """An ``EventLog`` held in a list. Not thread-safe; one trio run."""
 
     def __init__(
@@ -85,36 +84,30 @@ class InMemoryLog:
         self.available = True
         # False: behave as if every retry came after the duplicate window.
         self.dedupe = True
-        self._published = 0
-        self._duplicates = 0
-        self._unavailable = 0
-        self._unknown = 0
-        self._last_published = 0
-        self._delivered = 0
-        self._consumer_restarts = 0
+        self._counts = LogCounters()
 
     # -- EventLog -----------------------------------------------------------------------------
 
     async def publish(self, data: bytes, msg_id: str) -> int:
         await trio.lowlevel.checkpoint()
         if self.closed or not self.available:
-            self._unavailable += 1
+            self._counts.unavailable += 1
             reason = "closed" if self.closed else "no_quorum"
             raise LogUnavailable(f"in-memory log is {reason}", reason=reason)
         fault = self._faults.popleft() if self._faults else None
         if fault == "unavailable":
-            self._unavailable += 1
+            self._counts.unavailable += 1
             raise LogUnavailable("publish failed (injected)", reason="disconnected")
         if fault == "unknown_lost":
-            self._unknown += 1
+            self._counts.unknown += 1
             raise LogOutcomeUnknown("no ack (injected; record not stored)")
         seq, duplicate = self._store(data, msg_id)
         if fault == "unknown_stored":
-            self._unknown += 1
+            self._counts.unknown += 1
             raise LogOutcomeUnknown("no ack (injected; record stored)")
-        self._published += 1
-        self._duplicates += duplicate
-        self._last_published = max(self._last_published, seq)
+        self._counts.published += 1
+        self._counts.duplicates += duplicate
+        self._counts.last_published = max(self._counts.last_published, seq)
         return seq
 
     async def last_seq(self) -> int:
@@ -130,40 +123,20 @@ class InMemoryLog:
             raise ValueError("after_seq must not be negative")
         consumer = _Consumer(self, after_seq)
         self._consumers.add(consumer)
+        self._counts.open_consumers += 1
         try:
             yield consumer
         finally:
             self._consumers.discard(consumer)
+            self._counts.open_consumers -= 1
 
     def statistics(self) -> LogStatistics:
-        return LogStatistics(
-            connected=self.available and not self.closed,
-            published=self._published,
-            duplicates=self._duplicates,
-            publish_unavailable=self._unavailable,
-            publish_unknown=self._unknown,
-            last_published_seq=self._last_published,
-            delivered=self._delivered,
-            redelivered_skipped=0,
-            consumer_restarts=self._consumer_restarts,
-            open_consumers=len(self._consumers),
-        )
+        return self._counts.snapshot(connected=self.available and not self.closed)
 
     async def aclose(self) -> None:
         self.closed = True
         self._wake()
         await trio.lowlevel.checkpoint()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # -- inspection -----------------------------------------------------------------------------
 
@@ -197,7 +170,7 @@ class InMemoryLog:
         """Every open iterator raises LogUnavailable at its next step (caller must reopen)."""
         for consumer in self._consumers:
             consumer.broken = True
-        self._consumer_restarts += len(self._consumers)
+        self._counts.restarts += len(self._consumers)
         self._wake()
 
     def drop_before(self, seq: int) -> None:

@@ -10,6 +10,9 @@
   ``EventLog`` and the two moves of an outage (``begin_outage``, ``end_outage``); the contract
   tests run once per implementation.
 
+``take(log, after, count)`` reads ``count`` records after a seq through one ``records()``
+iterator, bounded.
+
 Every server started is stopped at teardown (SIGTERM, SIGKILL after a bound); every wait is
 bounded.
 """
@@ -25,7 +28,7 @@ import pytest
 import trio
 
 from shardstats.cluster.jetstream import JetStreamConfig, JetStreamLog
-from shardstats.cluster.log import EventLog
+from shardstats.cluster.log import EventLog, LogRecord
 from shardstats.cluster.memory import InMemoryLog
 from shardstats.cluster.natsproc import find_nats_server
 from tools.spawn import NatsCluster, open_nats_cluster
@@ -109,3 +112,15 @@ async def log_harness(
             log = await JetStreamLog.connect(jetstream_config(cluster))
         async with log:
             yield LogHarness("jetstream", log, cluster)
+
+
+async def take(log: EventLog, after: int, count: int, *, within: float = 10.0) -> list[LogRecord]:
+    """The next ``count`` records after seq ``after``, from one consumer; fails past ``within``."""
+    got: list[LogRecord] = []
+    with trio.fail_after(within):
+        async with log.records(after) as records:
+            async for record in records:
+                got.append(record)
+                if len(got) == count:
+                    break
+    return got

@@ -14,23 +14,12 @@ import trio
 from shardstats.cluster.log import EventLog, LogRecord, LogStatistics
 from shardstats.errors import LogUnavailable, Unavailable
 
-from .conftest import LogHarness
+from .conftest import LogHarness, take
 
 pytestmark = pytest.mark.cluster
 
 STEP = 10.0  # bound on any one step that should take milliseconds
 RECOVERY = 30.0  # bound on a restart: server up, client reconnected, consumer resumed
-
-
-async def take(log: EventLog, after: int, count: int) -> list[LogRecord]:
-    got: list[LogRecord] = []
-    with trio.fail_after(STEP):
-        async with log.records(after) as records:
-            async for record in records:
-                got.append(record)
-                if len(got) == count:
-                    break
-    return got
 
 
 async def publish_when_back(log: EventLog, data: bytes, msg_id: str) -> int:

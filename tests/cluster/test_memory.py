@@ -10,18 +10,9 @@ from shardstats.cluster.log import LogRecord
 from shardstats.cluster.memory import InMemoryLog
 from shardstats.errors import LogOutcomeUnknown, LogUnavailable
 
+from .conftest import take
+
 pytestmark = pytest.mark.cluster
-
-
-async def drain(log: InMemoryLog, after: int, count: int) -> list[LogRecord]:
-    got: list[LogRecord] = []
-    with trio.fail_after(2):
-        async with log.records(after) as records:
-            async for record in records:
-                got.append(record)
-                if len(got) == count:
-                    break
-    return got
 
 
 async def test_fail_publish_kinds() -> None:
@@ -67,7 +58,7 @@ async def test_break_consumers_ends_iteration_with_unavailable() -> None:
                 log.break_consumers()
     assert got == [1]
     assert log.statistics().consumer_restarts == 1
-    assert [r.seq for r in await drain(log, 0, 1)] == [1]  # reopening works
+    assert [r.seq for r in await take(log, 0, 1, within=2)] == [1]  # reopening works
 
 
 async def test_dedupe_off_stores_a_late_retry_twice() -> None:
@@ -75,7 +66,7 @@ async def test_dedupe_off_stores_a_late_retry_twice() -> None:
     await log.publish(b"a", "a")
     log.dedupe = False
     assert await log.publish(b"a", "a") == 2
-    assert [r.msg_id for r in await drain(log, 0, 2)] == ["a", "a"]
+    assert [r.msg_id for r in await take(log, 0, 2, within=2)] == ["a", "a"]
 
 
 async def test_duplicate_window_follows_the_clock() -> None:
@@ -93,7 +84,7 @@ async def test_drop_before_is_retention_and_leaves_a_gap() -> None:
     for i in range(5):
         await log.publish(bytes([i]), f"m{i}")
     log.drop_before(4)
-    assert [r.seq for r in await drain(log, 0, 2)] == [4, 5]
+    assert [r.seq for r in await take(log, 0, 2, within=2)] == [4, 5]
     assert await log.last_seq() == 5
 
 
