@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.journals import BLANK_KINDS, write_blank_journal
+
 from .conftest import NOW_MS, K, running_app
 
 ZERO = {"unique_users": 0, "clicks": 0, "impressions": 0}
@@ -22,19 +24,14 @@ def tables(path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("hour", [K, K - 1], ids=["current", "past"])
-@pytest.mark.parametrize("kind", ["zero-length", "header-only"])
+@pytest.mark.parametrize("kind", BLANK_KINDS)
 async def test_a_get_reads_a_journal_without_tables_as_empty_and_writes_nothing(
     tmp_path: Path, kind: str, hour: int
 ) -> None:
     data = tmp_path / "data"
     (data / "journals").mkdir(parents=True)
     path = data / "journals" / f"{hour}.sqlite"
-    if kind == "zero-length":
-        path.write_bytes(b"")
-    else:
-        conn = sqlite3.connect(path)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.close()
+    write_blank_journal(path, kind)
     before = path.read_bytes()
     timestamp = hour * 3_600_000 + 1_000
     async with running_app(data, now_ms=NOW_MS) as harness:

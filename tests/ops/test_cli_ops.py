@@ -20,6 +20,7 @@ from shardstats.cli import build_parser, main
 from shardstats.core.events import HOUR_MS, EventColumns
 from shardstats.ops.export import load_readonly
 from shardstats.storage.datadir import DataDir
+from tests.journals import BLANK_KINDS, write_blank_journal
 
 BASE_HOUR = 493_000  # 2026-03-29, long closed: compact treats every hour as closed
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,8 +103,6 @@ def test_verify_json_and_hour_selection(tmp_path: Path) -> None:
 
 def damage_page(path: Path) -> None:
     """Overwrite the cell-content end of the blocks table's root page."""
-    import sqlite3
-
     conn = sqlite3.connect(path)
     (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'blocks'").fetchone()
     (page_size,) = conn.execute("PRAGMA page_size").fetchone()
@@ -261,17 +260,12 @@ def test_prune_archive_reports_a_damaged_journal_and_goes_on(tmp_path: Path) -> 
     assert archived == {f"{BASE_HOUR}.sqlite", f"{BASE_HOUR + 2}.sqlite"}
 
 
-@pytest.mark.parametrize("kind", ["zero-length", "header-only"])
+@pytest.mark.parametrize("kind", BLANK_KINDS)
 def test_verify_reads_a_journal_without_tables_as_empty(tmp_path: Path, kind: str) -> None:
     """What a crash between creating a journal file and its tables left (earlier builds)."""
     populate(tmp_path, hours=1, events_per_hour=20)
     path = DataDir(tmp_path).journal_path(BASE_HOUR + 1)
-    if kind == "zero-length":
-        path.write_bytes(b"")
-    else:
-        conn = sqlite3.connect(path)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.close()
+    write_blank_journal(path, kind)
     before = path.read_bytes()
     code, out, err = run("verify", "--data-dir", str(tmp_path), "--json")
     assert code == 0, (out, err)
