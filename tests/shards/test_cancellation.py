@@ -122,6 +122,16 @@ rounds = st.lists(
 )
 
 
+async def assert_recovers(data_dir: Path, before: dict[int, HourCounts]) -> None:
+    """A restart gives the same counts, from the snapshots and then from the journals alone."""
+    async with running(make_service(data_dir, **TIGHT)) as service:
+        assert await counts_of(service) == before
+    for snap in (data_dir / "snapshots").glob("*.snap"):
+        snap.unlink()
+    async with running(make_service(data_dir)) as service:
+        assert await counts_of(service) == before
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(plan=rounds)
 async def test_cancelled_callers_never_lose_acknowledged_events(
@@ -144,14 +154,7 @@ async def test_cancelled_callers_never_lose_acknowledged_events(
             await submit(service, ledger, hour)
         before = await counts_of(service)
         ledger.check(before)
-
-    async with running(make_service(data_dir, **TIGHT)) as service:
-        assert await counts_of(service) == before
-
-    for snap in (data_dir / "snapshots").glob("*.snap"):
-        snap.unlink()
-    async with running(make_service(data_dir)) as service:
-        assert await counts_of(service) == before
+    await assert_recovers(data_dir, before)
 
 
 @pytest.mark.parametrize("attempt", range(20))  # the race depends on worker-thread timing
@@ -170,12 +173,7 @@ async def test_cancelled_eviction_keeps_the_victims_commits(tmp_path: Path, atte
         await submit(service, ledger, victim)
         before = await counts_of(service)
         ledger.check(before)
-    async with running(make_service(tmp_path, **TIGHT)) as service:
-        assert await counts_of(service) == before
-    for snap in (tmp_path / "snapshots").glob("*.snap"):
-        snap.unlink()
-    async with running(make_service(tmp_path)) as service:
-        assert await counts_of(service) == before
+    await assert_recovers(tmp_path, before)
 
 
 def test_a_second_writer_of_a_journal_is_refused_loudly(tmp_path: Path) -> None:
