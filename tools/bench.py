@@ -846,6 +846,15 @@ class Bench:
         return {"SHARDSTATS_CLUSTER_NATS_URLS": nats.url, "SHARDSTATS_CLUSTER_REPLICAS": "1",
                 "SHARDSTATS_CLUSTER_STREAM": stream, "SHARDSTATS_NODE_NAME": node}
 
+    def embedded_and_cluster(self, nats: NatsServer, test: str) -> dict[str, HttpServer]:
+        """An embedded server and a cluster node on ``nats``, each with its own data dir (not
+        started)."""
+        return {
+            "embedded": self.shardstats(self.work / f"cluster-{test}-embedded"),
+            "cluster": self.shardstats(self.work / f"cluster-{test}-node",
+                                       self.cluster_env(nats, f"bench_{test}", f"bench-{test}")),
+        }
+
     def cluster(self) -> None:
         """Embedded vs cluster mode (one local nats-server, R=1) in one run: POST rate in
         paired rounds with CPU per acknowledged POST, GETs at the SLO x10 load, one node vs
@@ -967,12 +976,8 @@ class Bench:
         self.say(f"-- SLO x1 (100 POST/s + 20 GET/s), then x10 (1000 POST/s + 200 GET/s), open "
                  f"loop, {scale.slo_s:g} s each: embedded, then cluster (fresh servers; cluster "
                  "GETs wait at the read barrier); CPU over the x10 phase")
-        servers = {
-            "embedded": (self.shardstats(self.work / "cluster-slo-embedded"), None),
-            "cluster": (self.shardstats(self.work / "cluster-slo-node",
-                                        self.cluster_env(nats, "bench_slo", "bench-slo")), nats),
-        }
-        for name, (server, log) in servers.items():
+        for name, server in self.embedded_and_cluster(nats, "slo").items():
+            log = nats if name == "cluster" else None
             start(server)
             session = self.session(server.url)
             one = trio.run(functools.partial(
@@ -1011,12 +1016,8 @@ class Bench:
         self.say(f"-- batch ingest: {scale.rounds} paired rounds of {scale.batch_s:g} s "
                  f"(+{scale.warmup:g} s warm-up), {scale.batch_connections} connections x "
                  f"{scale.batch_events:,} events, user pool {scale.batch_pool:,}")
-        servers = {
-            "embedded": start(self.shardstats(self.work / "cluster-batch-embedded")),
-            "cluster": start(self.shardstats(self.work / "cluster-batch-node",
-                                             self.cluster_env(nats, "bench_batch",
-                                                              "bench-batch"))),
-        }
+        servers = {name: start(server)
+                   for name, server in self.embedded_and_cluster(nats, "batch").items()}
         sessions = {name: self.session(server.url) for name, server in servers.items()}
         rates: dict[str, list[float]] = {"embedded": [], "cluster": []}
         for round_no in range(1, scale.rounds + 1):
