@@ -19,7 +19,7 @@ import itertools
 import random
 import signal
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -279,6 +279,31 @@ async def load_then_signal(
     return threshold
 
 
+async def kill_and_restart(
+    factory: ServerFactory,
+    data_dir: Path,
+    env: Mapping[str, str],
+    ledger: Ledger,
+    cycles: int,
+    load: Callable[[ShardstatsServer, str], Awaitable[object]],
+) -> tuple[ShardstatsServer, dict[int, Counts]]:
+    """``cycles`` times: start, check the bounds, ``load(server, tag)`` until it SIGKILLs the
+    server. Then start once more and check the bounds; returns that server and its answers."""
+    intervals = ["0.05", "30", "0.5"]  # snapshot often (snapshot + tail) or never (tail only)
+    for cycle in range(cycles):
+        server = await factory.astart(
+            data_dir, {**env, "SHARDSTATS_SNAPSHOT_INTERVAL_SECONDS": intervals[cycle % 3]}
+        )
+        if cycle:  # recovered from the previous SIGKILL
+            assert_bounds(await answers(server.url, ledger.hours), ledger, f"after kill {cycle}:\n")
+        await load(server, f"c{cycle}")
+        assert await server.await_exit(10) == -signal.SIGKILL
+    server = await factory.astart(data_dir, env)
+    got = await answers(server.url, ledger.hours)
+    assert_bounds(got, ledger, f"after kill {cycles}:\n")
+    return server, got
+
+
 async def kill_cycles(
     factory: ServerFactory,
     data_dir: Path,
@@ -291,19 +316,12 @@ async def kill_cycles(
     now = now_ms()
     hours = recent_hours(now, [1, 2, 3, 5, 24, 24 * 7, 24 * 29])
     ledger = Ledger()
-    intervals = ["0.05", "30", "0.5"]  # snapshot often (snapshot + tail) or never (tail only)
-    for cycle in range(cycles):
-        server = await factory.astart(
-            data_dir, {**env, "SHARDSTATS_SNAPSHOT_INTERVAL_SECONDS": intervals[cycle % 3]}
-        )
-        if cycle:  # recovered from the previous SIGKILL
-            assert_bounds(await answers(server.url, ledger.hours), ledger, f"after kill {cycle}:\n")
-        workload = Workload(rng, hours, now, tag=f"c{cycle}")
+
+    async def load(server: ShardstatsServer, tag: str) -> None:
+        workload = Workload(rng, hours, now, tag=tag)
         await load_then_signal(server, workload, ledger, rng, signal.SIGKILL)
-        assert await server.await_exit(10) == -signal.SIGKILL
-    server = await factory.astart(data_dir, env)
-    got = await answers(server.url, ledger.hours)
-    assert_bounds(got, ledger, f"after kill {cycles}:\n")
+
+    server, got = await kill_and_restart(factory, data_dir, env, ledger, cycles, load)
     # Journals exist exactly for UTC hours that were sent to, and for every acknowledged one.
     on_disk = journal_hours(data_dir)
     assert on_disk <= set(ledger.hours), sorted(on_disk - set(ledger.hours))
