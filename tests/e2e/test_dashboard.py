@@ -37,9 +37,11 @@ def browser() -> Iterator[Any]:
         yield browser
 
 
-def seed(server: ShardstatsServer, now: int) -> None:
+def seed(server: ShardstatsServer) -> tuple[int, int]:
     """Events over the last six days, most in the last two, users recurring across hours (so
-    the sum of per-hour uniques exceeds the exact count), some in the current hour."""
+    the sum of per-hour uniques exceeds the exact count), some in the current hour. Returns
+    now (ms) and the start of its hour."""
+    now = int(time.time() * 1000)
     rng = random.Random(5)
     lines = []
     for _ in range(600):
@@ -50,6 +52,7 @@ def seed(server: ShardstatsServer, now: int) -> None:
         lines.append(f'{{"timestamp": {ts}, "user": "{user}", "event": "{kind}"}}')
     with httpx.Client(base_url=server.url, timeout=10) as client:
         assert client.post("/analytics/batch", content="\n".join(lines)).json()["accepted"] == 600
+    return now, now - now % HOUR
 
 
 def api_view(server: ShardstatsServer, first: int, last: int, step: str) -> dict[str, Any]:
@@ -150,9 +153,7 @@ def check_csv(page: Page, expected: dict[str, Any], step: str) -> None:
 def test_dashboard_shows_the_api_numbers(shardstats_server: ServerFactory, data_dir: Path,
                                          browser: Any) -> None:
     server = shardstats_server.start(data_dir)
-    now = int(time.time() * 1000)
-    seed(server, now)
-    hour = now - now % HOUR
+    now, hour = seed(server)
     page = browser.new_page(viewport={"width": 1200, "height": 900}, accept_downloads=True)
     page.goto(server.url + "/?refresh=1", timeout=15_000)
     page.wait_for_selector("body[data-range-loaded][data-current-loaded]", timeout=15_000)
@@ -224,9 +225,7 @@ def test_dashboard_shows_the_api_numbers(shardstats_server: ServerFactory, data_
 def test_dashboard_on_a_phone(shardstats_server: ServerFactory, data_dir: Path,
                               browser: Any) -> None:
     server = shardstats_server.start(data_dir)
-    now = int(time.time() * 1000)
-    seed(server, now)
-    hour = now - now % HOUR
+    _, hour = seed(server)
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True,
                                   has_touch=True, device_scale_factor=2)
     page = context.new_page()
@@ -255,9 +254,7 @@ def test_dashboard_on_a_phone(shardstats_server: ServerFactory, data_dir: Path,
 def test_dashboard_with_a_query_token(shardstats_server: ServerFactory, data_dir: Path,
                                       browser: Any) -> None:
     server = shardstats_server.start(data_dir, {"SHARDSTATS_QUERY_TOKEN": "s3cret"})
-    now = int(time.time() * 1000)
-    seed(server, now)
-    hour = now - now % HOUR
+    _, hour = seed(server)
     page = browser.new_page(viewport={"width": 1000, "height": 800})
     page.goto(server.url + "/", timeout=15_000)
     page.wait_for_function("document.getElementById('status').textContent.includes('token')",
