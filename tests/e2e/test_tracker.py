@@ -174,3 +174,41 @@ def test_a_page_of_an_unlisted_origin_is_refused(
         assert batch_posts(server, 200) == 0
         assert counts_since(server, start_ms) == {"clicks": 0, "impressions": 0,
                                                   "unique_users": 0}
+
+
+def test_a_click_on_a_label_counts_once(
+        browser: Browser, shardstats_server: ServerFactory, data_dir: Path) -> None:
+    """Clicking a label also clicks its control (a second click event, from the browser):
+    inside one tracked element that is still one click."""
+    with Site({}) as site:
+        server = shardstats_server.start(data_dir, {"SHARDSTATS_BROWSER_ORIGINS": site.origin})
+        site.pages["/form.html"] = f"""<!doctype html><html><head><meta charset=utf-8>
+<script defer src="{server.url}/tracker.js"></script></head><body>
+<div data-shardstats-click><label><input type="checkbox" id="agree">
+<span id="agree-text">I agree</span></label></div>
+<a href="#top"><label for="outside" id="link-label">in a link</label></a>
+<input type="checkbox" id="outside">
+</body></html>"""
+        kinds: list[str] = []
+
+        def on_request(request: Any) -> None:
+            if request.url == f"{server.url}/analytics/batch" and request.method == "POST":
+                kinds.append(json.loads(request.post_data)["event"])
+
+        with browser.new_context() as context:
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.on("request", on_request)
+            page.goto(f"{site.origin}/form.html")
+            page.wait_for_function("window.shardstats !== undefined")
+            page.click("#agree-text")  # the label, then (from the browser) its checkbox
+            assert page.is_checked("#agree")
+            page.click("#agree")  # the checkbox itself
+            # A label in a link for a control outside it: the link's click counts; the
+            # control's click (outside anything tracked) does not.
+            page.click("#link-label")
+            assert page.is_checked("#outside")
+            wait_until(lambda: batch_posts(server, 200) >= 4, "4 beacons",
+                       lambda: page.wait_for_timeout(20))
+            page.wait_for_timeout(300)  # anything sent twice would be here by now
+        assert kinds == ["impression", "click", "click", "click"]

@@ -79,12 +79,18 @@
 
   window.shardstats = {track: track};
 
+  var CLICKABLE = "a[href], area[href], [data-shardstats-click]";
   document.addEventListener("click", function (event) {
     var target = event.target;
-    if (target && target.closest &&
-        target.closest("a[href], area[href], [data-shardstats-click]")) {
-      track("click");
-    }
+    var clicked = target && target.closest && target.closest(CLICKABLE);
+    if (!clicked) return;
+    // A click on a label makes the browser click its control too: when that second click
+    // lands in the same element, it is the one counted.
+    var label = target.closest("label");
+    var control = label && label.control;
+    if (control && !control.disabled && !control.contains(target) &&
+        control.closest(CLICKABLE) === clicked) return;
+    track("click");
   }, true);
 
   // A page restored from the back/forward cache is another view.
