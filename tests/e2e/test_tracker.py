@@ -212,3 +212,38 @@ def test_a_click_on_a_label_counts_once(
                        lambda: page.wait_for_timeout(20))
             page.wait_for_timeout(300)  # anything sent twice would be here by now
         assert kinds == ["impression", "click", "click", "click"]
+
+
+def test_fetch_retries_an_event_the_batch_answer_says_failed(
+        browser: Browser, shardstats_server: ServerFactory, data_dir: Path) -> None:
+    """Without sendBeacon the answer is read: a line the server could not make durable
+    (``failed``, in a 200: an overloaded or failing hour) is sent again, like a 5xx."""
+    with Site({}) as site:
+        server = shardstats_server.start(data_dir, {"SHARDSTATS_BROWSER_ORIGINS": site.origin})
+        site.pages["/old.html"] = tracked_page(server.url, before=NO_BEACON)
+        start_ms = int(time.time() * 1000)
+        bodies: list[str] = []
+        failed = {"accepted": 0, "rejected": 0, "failed": 1,
+                  "errors": [{"count": 1, "lines": "1", "verdict": "failed: storage error"}],
+                  "results": ["failed: storage error"]}
+
+        def first_fails(route: Any) -> None:
+            bodies.append(route.request.post_data)
+            if len(bodies) == 1:  # what the server answers when the hour's commit failed
+                route.fulfill(status=200, content_type="application/json",
+                              headers={"Access-Control-Allow-Origin": site.origin},
+                              body=json.dumps(failed))
+            else:
+                route.continue_()
+
+        with browser.new_context() as context:
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.route(f"{server.url}/analytics/batch", first_fails)
+            page.goto(f"{site.origin}/old.html")
+            wait_until(lambda: batch_posts(server, 200) >= 1, "the retry",
+                       lambda: page.wait_for_timeout(50))
+            page.wait_for_timeout(300)
+        assert len(bodies) == 2 and bodies[0] == bodies[1]  # the same event id
+        assert counts_since(server, start_ms) == {"clicks": 0, "impressions": 1,
+                                                  "unique_users": 1}

@@ -59,7 +59,15 @@
       method: "POST", body: body, keepalive: true, mode: "cors", credentials: "omit",
       headers: {"Content-Type": "text/plain"}
     }).then(function (response) {
-      if (response.status >= 500 && retriesLeft > 0) retry(body, retriesLeft);
+      if (retriesLeft <= 0) return;
+      if (response.status >= 500) return retry(body, retriesLeft);
+      // A 200 names a line the server could not make durable (an overloaded or failing
+      // hour) as "failed": as safe to send again as a 5xx.
+      if (response.ok) {
+        return response.json().then(function (answer) {
+          if (answer && answer.failed > 0) retry(body, retriesLeft);
+        }, function () {});
+      }
     }, function () {
       if (retriesLeft > 0) retry(body, retriesLeft);
     });
