@@ -188,6 +188,10 @@ def test_a_click_on_a_label_counts_once(
 <span id="agree-text">I agree</span></label></div>
 <a href="#top"><label for="outside" id="link-label">in a link</label></a>
 <input type="checkbox" id="outside">
+<div data-shardstats-click><label><input type="checkbox" disabled>
+<span id="off-text">disabled</span></label></div>
+<fieldset disabled><div data-shardstats-click><label><input type="checkbox">
+<span id="fieldset-text">in a disabled fieldset</span></label></div></fieldset>
 </body></html>"""
         kinds: list[str] = []
 
@@ -208,10 +212,13 @@ def test_a_click_on_a_label_counts_once(
             # control's click (outside anything tracked) does not.
             page.click("#link-label")
             assert page.is_checked("#outside")
-            wait_until(lambda: batch_posts(server, 200) >= 4, "4 beacons",
+            # A disabled control gets no click from its label: the label's click counts.
+            page.click("#off-text", force=True)  # Playwright would wait for it
+            page.click("#fieldset-text", force=True)
+            wait_until(lambda: batch_posts(server, 200) >= 6, "6 beacons",
                        lambda: page.wait_for_timeout(20))
             page.wait_for_timeout(300)  # anything sent twice would be here by now
-        assert kinds == ["impression", "click", "click", "click"]
+        assert kinds == ["impression"] + ["click"] * 5
 
 
 def test_fetch_retries_an_event_the_batch_answer_says_failed(

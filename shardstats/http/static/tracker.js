@@ -96,7 +96,7 @@
     // lands in the same element, it is the one counted.
     var label = target.closest("label");
     var control = label && label.control;
-    if (control && !control.disabled && !control.contains(target) &&
+    if (control && !control.matches(":disabled") && !control.contains(target) &&
         control.closest(CLICKABLE) === clicked) return;
     track("click");
   }, true);
