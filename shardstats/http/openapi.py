@@ -238,7 +238,7 @@ DOCUMENT: dict[str, Any] = {
         "/tracker.js": {"get": {"summary": "The tracker script for web pages: <script defer "
                                 "src=\".../tracker.js\"></script>",
                                 "responses": {"200": _STATIC, "304": _NOT_MODIFIED}}},
-        "/": {"get": {"summary": "Dashboard: the last 48 hours and a range picker",
+        "/": {"get": {"summary": "Dashboard: the current hour, a range per hour or day, CSV",
                       "responses": {"200": {"description": "HTML", "content": {"text/html": {
                           "schema": {"type": "string"}}}}}}},
     },

@@ -30,18 +30,20 @@ class ServerFactory:
         self._logs = logs
         self._servers: list[ShardstatsServer] = []
 
-    def spawn(self, data_dir: Path, env: Mapping[str, str] | None = None) -> ShardstatsServer:
-        """Start a process and return at once (no waiting)."""
+    def spawn(self, data_dir: Path, env: Mapping[str, str] | None = None, *,
+              bind: str = "127.0.0.1:0") -> ShardstatsServer:
+        """Start a process and return at once (no waiting). ``bind``: a fixed port, say to
+        start a server again where its clients look for it."""
         log_path = self._log_dir / f"server-{len(self._servers) + 1}.log"
-        server = ShardstatsServer(data_dir, log_path, env)
+        server = ShardstatsServer(data_dir, log_path, env, bind=bind)
         self._servers.append(server)
         self._logs.append(log_path)
         return server.spawn()
 
     def start(self, data_dir: Path, env: Mapping[str, str] | None = None,
-              within: float | None = None) -> ShardstatsServer:
+              within: float | None = None, *, bind: str = "127.0.0.1:0") -> ShardstatsServer:
         """Start a process and return once ``/healthz`` answers 200."""
-        return self.spawn(data_dir, env).wait_ready(within)
+        return self.spawn(data_dir, env, bind=bind).wait_ready(within)
 
     async def astart(self, data_dir: Path, env: Mapping[str, str] | None = None,
                      within: float | None = None) -> ShardstatsServer:

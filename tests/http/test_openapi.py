@@ -47,4 +47,4 @@ async def test_served_document_and_docs_page(tmp_path: Path) -> None:
         dashboard = await client.get("/")
         assert dashboard.status_code == 200
         html = await dashboard.get_data(as_text=True)
-        assert 'id="chart"' in html and not re.search(r"(src|href)=\"https?://", html)
+        assert 'id="chart-users"' in html and not re.search(r"(src|href)=\"https?://", html)
