@@ -254,3 +254,26 @@ def test_fetch_retries_an_event_the_batch_answer_says_failed(
         assert len(bodies) == 2 and bodies[0] == bodies[1]  # the same event id
         assert counts_since(server, start_ms) == {"clicks": 0, "impressions": 1,
                                                   "unique_users": 1}
+
+
+def test_a_pages_own_credentialed_beacon_with_json_is_taken(
+        browser: Browser, shardstats_server: ServerFactory, data_dir: Path) -> None:
+    """``sendBeacon`` with a JSON Blob is a credentialed CORS request (beacons always include
+    credentials): its preflight must allow credentials, or the browser never sends the POST."""
+    with Site({}) as site:
+        server = shardstats_server.start(data_dir, {"SHARDSTATS_BROWSER_ORIGINS": site.origin})
+        site.pages["/own.html"] = "<!doctype html><p>no tracker, the page's own beacon"
+        start_ms = int(time.time() * 1000)
+        with browser.new_context() as context:
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(f"{site.origin}/own.html")
+            queued = page.evaluate("""endpoint => navigator.sendBeacon(endpoint, new Blob(
+                [JSON.stringify({timestamp: Date.now(), user: "own", event: "click", id: "j1"})],
+                {type: "application/json"}))""", f"{server.url}/analytics/batch")
+            assert queued is True
+            wait_until(lambda: batch_posts(server, 200) >= 1, "the beacon's POST",
+                       lambda: page.wait_for_timeout(50))
+        assert requests(server, "OPTIONS", 204) == 1
+        assert counts_since(server, start_ms) == {"clicks": 1, "impressions": 0,
+                                                  "unique_users": 1}

@@ -40,6 +40,7 @@ async def test_listed_origin_posts_without_token_and_gets_cors_headers(tmp_path:
         assert single.body == b""
         assert header_dict(single)["access-control-allow-origin"] == SITE.decode()
         assert header_dict(single)["vary"] == "Origin"
+        assert header_dict(single)["access-control-allow-credentials"] == "true"
 
         batch = await raw_asgi(h.app, "POST", "/analytics/batch", b"", body=BATCH,
                                headers=[(b"origin", SITE), (b"content-type", b"text/plain")])
@@ -124,6 +125,8 @@ async def test_preflight(tmp_path: Path) -> None:
             assert headers["access-control-allow-origin"] == SITE.decode()
             assert headers["access-control-allow-methods"] == "POST"
             assert headers["access-control-allow-headers"].lower() == "content-type"
+            # A beacon always carries credentials: without this its POST is never sent.
+            assert headers["access-control-allow-credentials"] == "true"
             assert "content-length" not in headers
             refused = await raw_asgi(h.app, "OPTIONS", path, b"",
                                      headers=[(b"origin", OTHER), *asks])
