@@ -277,3 +277,30 @@ def test_a_pages_own_credentialed_beacon_with_json_is_taken(
         assert requests(server, "OPTIONS", 204) == 1
         assert counts_since(server, start_ms) == {"clicks": 1, "impressions": 0,
                                                   "unique_users": 1}
+
+
+def test_a_middle_click_on_a_link_counts(
+        browser: Browser, shardstats_server: ServerFactory, data_dir: Path) -> None:
+    """A middle click opens a link in a new tab: it fires ``auxclick``, not ``click``."""
+    with Site({"/next.html": "<!doctype html><p>no tracker here"}) as site:
+        server = shardstats_server.start(data_dir, {"SHARDSTATS_BROWSER_ORIGINS": site.origin})
+        site.pages["/index.html"] = tracked_page(server.url)
+        kinds: list[str] = []
+
+        def on_request(request: Any) -> None:
+            if request.url == f"{server.url}/analytics/batch" and request.method == "POST":
+                kinds.append(json.loads(request.post_data)["event"])
+
+        with browser.new_context() as context:
+            context.on("request", on_request)
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(f"{site.origin}/index.html")
+            page.wait_for_function("window.shardstats !== undefined")
+            page.click("#out", button="middle")  # a link: counts
+            page.click("#buy-label", button="middle")  # not a link: a middle click does nothing
+            page.click("#buy-label", button="right")
+            wait_until(lambda: batch_posts(server, 200) >= 2, "2 beacons",
+                       lambda: page.wait_for_timeout(20))
+            page.wait_for_timeout(300)
+        assert kinds == ["impression", "click"]

@@ -2,8 +2,9 @@
  *
  *   <script defer src="https://stats.example/tracker.js"></script>
  *
- * Sends an impression per page view, and a click per click on a link (a[href], area[href])
- * or on an element marked data-shardstats-click (the closest such element counts, once).
+ * Sends an impression per page view, and a click per click on a link (a[href], area[href];
+ * a middle click too) or on an element marked data-shardstats-click (the closest such
+ * element counts, once).
  * Custom events: shardstats.track("click") or shardstats.track("impression").
  *
  * The page's origin must be listed in the server's browser_origins setting.
@@ -99,6 +100,15 @@
     if (control && !control.matches(":disabled") && !control.contains(target) &&
         control.closest(CLICKABLE) === clicked) return;
     track("click");
+  }, true);
+
+  // A middle click opens a link in a new tab: an auxclick, never a click.
+  document.addEventListener("auxclick", function (event) {
+    var target = event.target;
+    if (event.button === 1 && target && target.closest &&
+        target.closest("a[href], area[href]")) {
+      track("click");
+    }
   }, true);
 
   // A page restored from the back/forward cache is another view.
