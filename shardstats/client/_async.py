@@ -189,6 +189,9 @@ class AsyncBufferedSender:
         return await self.send_event(make_event(user, event, timestamp, id))
 
     async def send_event(self, event: Event) -> Event:
+        # A send that raises Cancelled did not buffer its event (trio's rule): a caller who
+        # sends it again, with a new id, would otherwise have it counted twice.
+        await anyio.lowlevel.checkpoint_if_cancelled()
         while True:
             self._raise_if_stopped()
             if len(self._buffer) < self.max_buffer:
@@ -199,7 +202,7 @@ class AsyncBufferedSender:
         self._buffer.append(event)
         if len(self._buffer) == 1 or len(self._buffer) >= self.max_events:
             self._changed.fire()
-        await anyio.lowlevel.checkpoint()
+        await anyio.lowlevel.cancel_shielded_checkpoint()
         return event
 
     async def flush(self) -> None:
