@@ -100,6 +100,8 @@ def make_event(user: str, event: str, timestamp: int | None = None, id: str | No
         raise ValueError("user must be a non-empty string")
     if _CONTROL.search(user):
         raise ValueError("user contains a control character")
+    if not _is_utf8(user):  # a lone surrogate: no body or query could carry it
+        raise ValueError("user is not valid UTF-8 (a lone surrogate)")
     if timestamp is None:
         timestamp = now_ms if now_ms is not None else time.time_ns() // 1_000_000
     if isinstance(timestamp, bool) or not isinstance(timestamp, int) or not (
@@ -107,10 +109,19 @@ def make_event(user: str, event: str, timestamp: int | None = None, id: str | No
         raise ValueError("timestamp must be an int of milliseconds since the epoch")
     if id is None:
         id = os.urandom(16).hex()  # 128 random bits; uuid4() costs five times as much
-    if not id or len(id.encode()) > MAX_ID_BYTES or _CONTROL.search(id):
-        raise ValueError(f"id must be 1..{MAX_ID_BYTES} bytes without control characters")
+    if not id or not _is_utf8(id) or len(id.encode()) > MAX_ID_BYTES or _CONTROL.search(id):
+        raise ValueError(f"id must be 1..{MAX_ID_BYTES} bytes of UTF-8 without control "
+                         "characters")
     kind: EventKind = "click" if event == "click" else "impression"
     return Event(user, kind, timestamp, id)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def batch_body(events: Sequence[Event]) -> bytes:
