@@ -332,9 +332,14 @@ def deliver_one(event: Event, policy: Retry, clock: Clock,
 def deliver_batch(events: Sequence[Event], policy: Retry, clock: Clock,
                   rng: random.Random | None = None) -> Delivery:
     """``POST /analytics/batch`` until every event is accepted or rejected; returns the
-    rejected ones with their reasons. Lines that failed are sent again, and only they."""
+    rejected ones with their reasons. Lines that failed are sent again, and only they. A body
+    refused with ``413`` (more lines or bytes than the server takes) is sent again in halves;
+    one event refused that way alone is rejected (no server with that limit will take it)."""
     backoff = Backoff(policy, clock(), rng or random.Random())
-    pending = list(events)
+    return (yield from _deliver_batch(list(events), backoff, clock))
+
+
+def _deliver_batch(pending: list[Event], backoff: Backoff, clock: Clock) -> Delivery:
     rejected: list[tuple[Event, str]] = []
     while pending:
         answer = yield Post("/analytics/batch", body=batch_body(pending))
@@ -347,6 +352,16 @@ def deliver_batch(events: Sequence[Event], policy: Retry, clock: Clock,
             rejected += outcome.rejected
             pending = outcome.retry
             judgement = Judgement("retry", f"{len(pending)} line(s) failed")
+        elif answer.status == 413:
+            reason = f"HTTP 413: {_error_text(answer.text) or 'too large'}"
+            if len(pending) == 1:
+                return [*rejected, (pending[0], reason)]
+            half = len(pending) // 2
+            try:
+                rejected += yield from _deliver_batch(pending[:half], backoff, clock)
+            except DeliveryFailed as exc:
+                raise DeliveryFailed(exc.reason, [*exc.events, *pending[half:]]) from None
+            return [*rejected, *(yield from _deliver_batch(pending[half:], backoff, clock))]
         else:
             judgement = _judge(answer)
             if judgement.verdict == "rejected":  # the whole body: not a per-event verdict

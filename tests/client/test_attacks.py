@@ -6,7 +6,7 @@ import httpx
 import pytest
 import trio
 
-from shardstats.client import AsyncClient, Client, make_event
+from shardstats.client import AsyncClient, Client, DeliveryFailed, make_event
 from tests.client.test_senders import FakeServer
 
 
@@ -40,3 +40,57 @@ def test_a_user_that_is_not_utf8_is_refused_at_send(user: str) -> None:
             sender.send(user, "click", 1)
     assert sender.delivered == 1
 
+
+class LineLimitedServer(FakeServer):
+    """Answers 413 to a body of more than ``max_lines`` lines (max_batch_lines), or holding the
+    user "huge" (as if that line alone were more than max_batch_bytes)."""
+
+    def __init__(self, max_lines: int) -> None:
+        super().__init__()
+        self.max_lines = max_lines
+        self.refused = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        lines = request.content.split(b"\n")
+        if len(lines) > self.max_lines or any(b'"huge"' in line for line in lines):
+            with self.lock:
+                self.refused += 1
+            return httpx.Response(413, json={"error": "too many lines"},
+                                  headers={"connection": "close"})
+        return super().__call__(request)
+
+
+def test_a_batch_refused_with_413_is_split_and_every_event_delivered() -> None:
+    server = LineLimitedServer(max_lines=3)
+    with Client(transport=httpx.MockTransport(server)) as client, \
+            client.buffered(max_events=10, max_delay=3600) as sender:
+        sent = [sender.send(f"u{i}", "click", 1) for i in range(10)]
+    assert sender.delivered == 10 and sender.rejected == []
+    assert sum(server.batches) == 10 and server.refused > 0
+    assert all(size <= 3 for size in server.batches)
+    assert len(sent) == 10
+
+
+def test_one_event_too_large_on_its_own_is_rejected_not_the_batch() -> None:
+    server = LineLimitedServer(max_lines=100)
+    with Client(transport=httpx.MockTransport(server)) as client:
+        events = [make_event(f"u{i}", "click", 1) for i in range(4)]
+        events.insert(2, make_event("huge", "click", 1))
+        rejected = client.send_batch(events)
+    assert [event.user for event, _ in rejected] == ["huge"]
+    assert "413" in rejected[0][1]
+    assert sum(server.batches) == 4
+
+
+
+def test_giving_up_on_one_half_of_a_split_batch_hands_back_both_halves() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.content.count(b"\n") >= 2:  # three lines or more
+            return httpx.Response(413, json={"error": "too many lines"})
+        return httpx.Response(401, json={"error": "missing or invalid bearer token"})
+
+    with Client(transport=httpx.MockTransport(answer)) as client:
+        events = [make_event(f"u{i}", "click", 1) for i in range(5)]
+        with pytest.raises(DeliveryFailed, match="HTTP 401") as failed:
+            client.send_batch(events)
+    assert sorted(failed.value.events, key=events.index) == events

@@ -101,7 +101,7 @@ def test_a_400_is_reported_at_once_with_the_servers_reason() -> None:
     assert len(posts) == 1 and sleeps == []
 
 
-@pytest.mark.parametrize("status", [401, 403, 404, 413])
+@pytest.mark.parametrize("status", [401, 403, 404])
 def test_other_client_errors_give_up_without_retrying(status: int) -> None:
     clock = FakeClock()
     batch = events(3)
