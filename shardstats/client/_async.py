@@ -55,7 +55,11 @@ class AsyncClient:
                    id: str | None = None) -> Event:
         """See ``Client.send``."""
         sent = make_event(user, event, timestamp, id)
-        await self._run(deliver_one(sent, self.retry, anyio.current_time))
+        try:
+            await self._run(deliver_one(sent, self.retry, anyio.current_time))
+        except httpx.InvalidURL as exc:  # a user of more than 64 KiB: httpx will not send it
+            raise ValueError(f"the event does not fit in a URL ({exc}); send_batch carries "
+                             "it") from None
         return sent
 
     async def send_batch(self, events: Sequence[Event]) -> list[Rejection]:

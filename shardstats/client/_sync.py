@@ -73,9 +73,14 @@ class Client:
              id: str | None = None) -> Event:
         """``POST /analytics`` once it is durable (retrying as ``retry`` says); returns the
         event as sent. ``EventRejected`` on a 400, ``DeliveryFailed`` when giving up,
-        ``ValueError`` for an event no server accepts. ``timestamp``: ms, default now."""
+        ``ValueError`` for an event no server accepts or too long for a URL (a user of more
+        than 64 KiB: ``send_batch`` carries it). ``timestamp``: ms, default now."""
         sent = make_event(user, event, timestamp, id)
-        self._run(deliver_one(sent, self.retry, time.monotonic))
+        try:
+            self._run(deliver_one(sent, self.retry, time.monotonic))
+        except httpx.InvalidURL as exc:  # a user of more than 64 KiB: httpx will not send it
+            raise ValueError(f"the event does not fit in a URL ({exc}); send_batch carries "
+                             "it") from None
         return sent
 
     def send_batch(self, events: Sequence[Event]) -> list[Rejection]:
