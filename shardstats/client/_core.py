@@ -5,8 +5,8 @@ Rules (the reason a sent event is counted exactly once, whatever fails on the wa
 1. An event gets its ``id`` and its ``timestamp`` when it is created, never later: every
    retry sends the same bytes, so the server, which remembers ids per hour, counts it once.
 2. An attempt whose outcome is unknown (a transport error or timeout, any 5xx, a ``failed:``
-   line of a batch) is retried; so are ``408`` and ``429``, and a ``503`` or ``429`` waits at
-   least its ``Retry-After``.
+   line of a batch, a ``200`` whose body is not a batch answer) is retried; so are ``408``
+   and ``429``, and a ``503`` or ``429`` waits at least its ``Retry-After``.
 3. An answer that will not change by retrying (``400``, a ``rejected:`` line, ``401``, any
    other 4xx) is never retried: a rejected event is reported, anything else gives up.
 4. Retries back off exponentially with jitter, and no attempt starts after the delivery's
@@ -348,10 +348,13 @@ def _deliver_batch(pending: list[Event], backoff: Backoff, clock: Clock) -> Deli
             try:
                 outcome = judge_batch_answer(pending, json.loads(answer.text))
             except (ClientError, ValueError) as exc:
-                raise DeliveryFailed(f"unreadable batch answer ({exc})", pending) from None
-            rejected += outcome.rejected
-            pending = outcome.retry
-            judgement = Judgement("retry", f"{len(pending)} line(s) failed")
+                # Not the batch answer (a proxy's page, another server): an unknown outcome,
+                # retried like no answer at all (rule 2); the ids make that safe.
+                judgement = Judgement("retry", f"unreadable batch answer ({exc})")
+            else:
+                rejected += outcome.rejected
+                pending = outcome.retry
+                judgement = Judgement("retry", f"{len(pending)} line(s) failed")
         elif answer.status == 413:
             reason = f"HTTP 413: {_error_text(answer.text) or 'too large'}"
             if len(pending) == 1:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import httpx
 import pytest
 import trio
@@ -94,3 +96,23 @@ def test_giving_up_on_one_half_of_a_split_batch_hands_back_both_halves() -> None
         with pytest.raises(DeliveryFailed, match="HTTP 401") as failed:
             client.send_batch(events)
     assert sorted(failed.value.events, key=events.index) == events
+
+
+def test_a_200_with_an_unreadable_answer_is_retried() -> None:
+    # Rule 2: an attempt whose outcome is unknown is retried (same ids, so safe). A 200 whose
+    # body is not the batch answer (a proxy's page, a truncated JSON) is such an attempt.
+    server = FakeServer()
+    answers = iter([httpx.Response(200, text="<html>gateway</html>"),
+                    httpx.Response(200, text='{"accepted": 2, "res'),
+                    httpx.Response(200, json={"unexpected": True})])
+    lock = threading.Lock()
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        with lock:
+            answer = next(answers, None)
+        return answer if answer is not None else server(request)
+
+    with Client(transport=httpx.MockTransport(flaky)) as client:
+        events = [make_event(f"u{i}", "click", 1) for i in range(2)]
+        assert client.send_batch(events) == []
+    assert server.batches == [2]
