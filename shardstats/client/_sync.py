@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -136,7 +137,8 @@ class BufferedSender:
     Rejected events (400 verdicts) are logged, kept in ``rejected`` and passed to
     ``on_rejected`` (called from the sender's thread). When a delivery gives up, the sender
     stops and ``send``, ``flush`` and ``close`` raise that ``DeliveryFailed``, whose
-    ``events`` hold every event not delivered.
+    ``events`` hold every event not delivered. A forked child cannot use its parent's sender
+    (``send`` raises ``RuntimeError``): it makes its own.
     """
 
     def __init__(self, client: Client, *, max_events: int = 1000, max_delay: float = 1.0,
@@ -157,6 +159,7 @@ class BufferedSender:
         self._closing = False
         self._failure: BaseException | None = None
         self._changed = threading.Condition()
+        self._pid = os.getpid()  # a forked child has a copy of this sender, not its thread
         self._thread = threading.Thread(target=self._work, name="shardstats-sender",
                                         daemon=True)
         self._thread.start()
@@ -177,6 +180,7 @@ class BufferedSender:
         return self.send_event(make_event(user, event, timestamp, id))
 
     def send_event(self, event: Event) -> Event:
+        self._refuse_in_a_forked_child()
         with self._changed:
             while True:
                 self._raise_if_stopped()
@@ -192,6 +196,7 @@ class BufferedSender:
 
     def flush(self) -> None:
         """Return once every event sent so far is delivered or rejected."""
+        self._refuse_in_a_forked_child()
         with self._changed:
             self._flushes += 1
             self._changed.notify_all()
@@ -205,6 +210,9 @@ class BufferedSender:
     def close(self) -> None:
         """Flush, then stop the thread. Idempotent; raises the delivery failure if any."""
         atexit.unregister(self.close)
+        if os.getpid() != self._pid:
+            return  # the parent's sender: its events are the parent's to post (and its lock
+            # may have been held by a thread the child does not have)
         with self._changed:
             self._closing = True
             self._changed.notify_all()
@@ -217,6 +225,11 @@ class BufferedSender:
         """Events buffered or in flight."""
         with self._changed:
             return len(self._buffer) + self._in_flight
+
+    def _refuse_in_a_forked_child(self) -> None:
+        if os.getpid() != self._pid:
+            raise RuntimeError("this BufferedSender belongs to the process that forked this "
+                               "one: make a Client and a sender in the child")
 
     def _raise_if_stopped(self, closing_ok: bool = False) -> None:
         if self._failure is not None:

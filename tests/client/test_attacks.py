@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import httpx
@@ -116,3 +118,36 @@ def test_a_200_with_an_unreadable_answer_is_retried() -> None:
         events = [make_event(f"u{i}", "click", 1) for i in range(2)]
         assert client.send_batch(events) == []
     assert server.batches == [2]
+
+
+def test_a_forked_child_cannot_send_through_its_parents_sender() -> None:
+    # The child has a copy of the sender but not its thread: its sends were buffered, never
+    # posted, and exit flushed nothing, silently. Now send says so; the child's exit neither
+    # posts the parent's buffered events nor hangs.
+    script = """
+import os, sys
+import httpx
+from shardstats.client import Client
+
+def answer(request):
+    lines = request.content.split(b"\\n")
+    print(os.getpid() == parent, "posted", len(lines), flush=True)
+    return httpx.Response(200, json={"accepted": len(lines), "errors": [],
+                                     "results": ["accepted"] * len(lines)})
+
+parent = os.getpid()
+sender = Client(transport=httpx.MockTransport(answer)).buffered(max_delay=3600)
+sender.send("before", "click", 1)
+pid = os.fork()
+if pid == 0:
+    try:
+        sender.send("child", "click", 1)
+    except RuntimeError as exc:
+        print("child refused:", "fork" in str(exc), flush=True)
+    sys.exit(0)  # atexit runs: the parent's event is not posted from here
+os.waitpid(pid, 0)
+sender.send("after", "click", 1)
+"""
+    done = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning", "-c", script],
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout == "child refused: True\nTrue posted 2\n"
