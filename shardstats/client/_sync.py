@@ -137,7 +137,8 @@ class BufferedSender:
     Rejected events (400 verdicts) are logged, kept in ``rejected`` and passed to
     ``on_rejected`` (called from the sender's thread). When a delivery gives up, the sender
     stops and ``send``, ``flush`` and ``close`` raise that ``DeliveryFailed``, whose
-    ``events`` hold every event not delivered. A forked child cannot use its parent's sender
+    ``events`` hold every event not delivered; any other error in the thread (a closed
+    ``Client``, an ``on_rejected`` that raises) does the same, the error as its ``__cause__``. A forked child cannot use its parent's sender
     (``send`` raises ``RuntimeError``): it makes its own.
     """
 
@@ -261,25 +262,38 @@ class BufferedSender:
         while (batch := self._next_batch()) is not None:
             try:
                 rejected = self._client.send_batch(batch)
-                self._delivered(len(batch) - len(rejected), rejected)
-            except BaseException as exc:  # raised again to the caller by send/flush/close
-                if isinstance(exc, DeliveryFailed):
-                    with self._changed:  # hand over everything not delivered
-                        exc.events = (*exc.events, *self._buffer)
-                        self._buffer.clear()
-                self._stop(exc)
-                return
+            except DeliveryFailed as exc:
+                failure = exc
+            except BaseException as exc:  # not a verdict on the events: they go back too
+                failure = DeliveryFailed(f"{type(exc).__name__}: {exc}", batch)
+                failure.__cause__ = exc
+            else:
+                try:
+                    self._delivered(len(batch) - len(rejected), rejected)
+                    continue
+                except BaseException as exc:
+                    failure = DeliveryFailed(f"on_rejected raised {type(exc).__name__}: {exc}",
+                                             [])
+                    failure.__cause__ = exc
+            with self._changed:  # raised again to the caller by send/flush/close, with
+                failure.events = (*failure.events, *self._buffer)  # every event not delivered
+                self._buffer.clear()
+            self._stop(failure)
+            return
 
     def _delivered(self, count: int, rejected: list[Rejection]) -> None:
-        for event, reason in rejected:
-            log.warning("shardstats rejected event %s (user %r): %s", event.id, event.user, reason)
-            if self._on_rejected is not None:
-                self._on_rejected(event, reason)
-        with self._changed:
-            self.delivered += count
-            self.rejected += rejected
-            self._in_flight = 0
-            self._changed.notify_all()
+        try:
+            for event, reason in rejected:
+                log.warning("shardstats rejected event %s (user %r): %s", event.id, event.user,
+                            reason)
+                if self._on_rejected is not None:
+                    self._on_rejected(event, reason)
+        finally:
+            with self._changed:
+                self.delivered += count
+                self.rejected += rejected
+                self._in_flight = 0
+                self._changed.notify_all()
 
     def _stop(self, failure: BaseException) -> None:
         with self._changed:

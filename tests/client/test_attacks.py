@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from shardstats.client import AsyncClient, Client, DeliveryFailed, make_event
-from tests.client.test_senders import FakeServer
+from tests.client.test_senders import FakeServer, eventually
 
 
 async def test_a_cancelled_async_send_did_not_buffer_its_event() -> None:
@@ -151,3 +151,35 @@ sender.send("after", "click", 1)
     done = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning", "-c", script],
                           capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout == "child refused: True\nTrue posted 2\n"
+
+
+def test_a_sender_whose_client_was_closed_hands_back_every_event() -> None:
+    # Rule 4: nothing is dropped without an exception that carries it. The client closed
+    # under the sender made its thread fail with httpx's RuntimeError, and the batch and the
+    # buffer were in no exception.
+    server = FakeServer()
+    client = Client(transport=httpx.MockTransport(server))
+    sender = client.buffered(max_events=10, max_delay=3600)  # posted on close
+    client.close()
+    sent = [sender.send(f"u{i}", "click", 1) for i in range(3)]
+    with pytest.raises(DeliveryFailed, match="closed") as failed:
+        sender.close()
+    assert sorted(failed.value.events, key=sent.index) == sent
+    assert isinstance(failed.value.__cause__, RuntimeError)
+
+
+def test_an_on_rejected_that_raises_stops_the_sender_without_losing_events() -> None:
+    server = FakeServer(reject=frozenset({"bad"}))
+
+    def refuse(event: object, reason: str) -> None:
+        raise KeyError("callback broke")
+
+    with Client(transport=httpx.MockTransport(server)) as client:
+        sender = client.buffered(max_events=2, max_delay=3600, on_rejected=refuse)
+        first = [sender.send("bad", "click", 1), sender.send("good", "click", 1)]
+        eventually(lambda: sender._failure is not None)
+        with pytest.raises(DeliveryFailed, match="on_rejected") as failed:
+            sender.close()
+    assert failed.value.events == ()  # the batch was delivered (one line rejected)
+    assert sender.delivered == 1 and [e for e, _ in sender.rejected] == first[:1]
+    assert isinstance(failed.value.__cause__, KeyError)
