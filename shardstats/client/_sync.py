@@ -138,8 +138,9 @@ class BufferedSender:
     ``on_rejected`` (called from the sender's thread). When a delivery gives up, the sender
     stops and ``send``, ``flush`` and ``close`` raise that ``DeliveryFailed``, whose
     ``events`` hold every event not delivered; any other error in the thread (a closed
-    ``Client``, an ``on_rejected`` that raises) does the same, the error as its ``__cause__``. A forked child cannot use its parent's sender
-    (``send`` raises ``RuntimeError``): it makes its own.
+    ``Client``, an ``on_rejected`` that raises) does the same, the error as its ``__cause__``.
+    A forked child cannot use its parent's sender (``send`` raises ``RuntimeError``): it
+    makes its own.
     """
 
     def __init__(self, client: Client, *, max_events: int = 1000, max_delay: float = 1.0,
