@@ -262,26 +262,41 @@ class AsyncBufferedSender:
     async def _work(self) -> None:
         try:
             while (batch := await self._next_batch()) is not None:
+                failure: DeliveryFailed
                 try:
                     rejected = await self._client.send_batch(batch)
-                    self._delivered(len(batch) - len(rejected), rejected)
-                except Exception as exc:  # raised again to the caller by send/flush/exit
-                    if isinstance(exc, DeliveryFailed):
-                        exc.events = (*exc.events, *self._buffer)
-                        self._buffer.clear()
-                    self._failure = exc
-                    self._in_flight = []
-                    self._changed.fire()
-                    return
+                except DeliveryFailed as exc:
+                    failure = exc
+                except Exception as exc:  # not a verdict on the events: they go back too
+                    failure = DeliveryFailed(f"{type(exc).__name__}: {exc}", batch)
+                    failure.__cause__ = exc
+                else:
+                    try:
+                        self._delivered(len(batch) - len(rejected), rejected)
+                        continue
+                    except Exception as exc:
+                        failure = DeliveryFailed(
+                            f"on_rejected raised {type(exc).__name__}: {exc}", [])
+                        failure.__cause__ = exc
+                # raised again to the caller by send/flush/exit, with every event not delivered
+                failure.events = (*failure.events, *self._buffer)
+                self._buffer.clear()
+                self._failure = failure
+                self._in_flight = []
+                self._changed.fire()
+                return
         finally:
             self._done.set()
 
     def _delivered(self, count: int, rejected: list[Rejection]) -> None:
-        for event, reason in rejected:
-            log.warning("shardstats rejected event %s (user %r): %s", event.id, event.user, reason)
-            if self._on_rejected is not None:
-                self._on_rejected(event, reason)
-        self.delivered += count
-        self.rejected += rejected
-        self._in_flight = []
-        self._changed.fire()
+        try:
+            for event, reason in rejected:
+                log.warning("shardstats rejected event %s (user %r): %s", event.id, event.user,
+                            reason)
+                if self._on_rejected is not None:
+                    self._on_rejected(event, reason)
+        finally:
+            self.delivered += count
+            self.rejected += rejected
+            self._in_flight = []
+            self._changed.fire()

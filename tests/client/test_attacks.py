@@ -183,3 +183,15 @@ def test_an_on_rejected_that_raises_stops_the_sender_without_losing_events() -> 
     assert failed.value.events == ()  # the batch was delivered (one line rejected)
     assert sender.delivered == 1 and [e for e, _ in sender.rejected] == first[:1]
     assert isinstance(failed.value.__cause__, KeyError)
+
+
+async def test_an_async_sender_whose_client_was_closed_hands_back_every_event() -> None:
+    server = FakeServer()
+    client = AsyncClient(transport=httpx.MockTransport(server))
+    await client.aclose()
+    with pytest.raises(DeliveryFailed, match="closed") as failed:
+        async with client.buffered(max_events=10, max_delay=3600) as sender:
+            sent = [await sender.send(f"u{i}", "click", 1) for i in range(3)]
+    assert sorted(failed.value.events, key=sent.index) == sent
+    assert sender.unsent() == list(failed.value.events)
+    assert isinstance(failed.value.__cause__, RuntimeError)
