@@ -57,9 +57,10 @@ class Settings:
     accept_future_seconds: int = field(default=600, metadata=_doc(
         "POST rejects timestamps later than now plus this many seconds (0: no bound).",
         shown="10 minutes"))
-    max_open_shards: int = field(default=16, metadata=_doc(
-        "Hours with an open journal and a running shard task; the least recently used past "
-        "hour is snapshotted and closed to make room."))
+    max_open_shards: int = field(default=64, metadata=_doc(
+        "Hours with an open journal (3 file descriptors each) and a running shard task; the "
+        "least recently used past hour is closed to make room (its aggregate stays in memory "
+        "and its snapshot is written later, in the background)."))
     max_cached_hours: int = field(default=768, metadata=_doc(
         "Closed hours whose aggregate stays in memory for fast GETs and range queries (least "
         "recently used evicted). Memory per hour is about 2 bytes per distinct user."))
@@ -81,11 +82,15 @@ class Settings:
     snapshot_interval_seconds: float = field(default=30.0, metadata=_doc(
         "How often an open hour with new events is snapshotted, in seconds."))
     shard_idle_seconds: float = field(default=120.0, metadata=_doc(
-        "A past hour's shard idle this many seconds is snapshotted and closed."))
+        "A past hour's shard idle this many seconds is closed (its snapshot is written in "
+        "the background)."))
     preload_hours: int = field(default=2, metadata=_doc(
         "Recent hours recovered eagerly at start (older hours recover on first use)."))
     user_cache_size: int = field(default=200_000, metadata=_doc(
         "User-id lookups kept in memory (LRU); misses are read from the user dictionary."))
+    user_index_tail: int = field(default=131_072, metadata=_doc(
+        "Newest user names held in memory (about 150 bytes each) until a background task "
+        "writes them into the user dictionary's on-disk name index (users-index/)."))
     graceful_timeout_seconds: float = field(default=10.0, metadata=_doc(
         "On SIGTERM/SIGINT, how long in-flight requests may take before they are cut, in "
         "seconds."))
@@ -146,7 +151,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         for name in ("max_user_bytes", "max_open_shards", "inbox_size", "max_commit_events",
-                     "max_range_hours", "max_batch_bytes", "max_batch_lines"):
+                     "max_range_hours", "max_batch_bytes", "max_batch_lines",
+                     "user_index_tail"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if self.max_batch_lines >= 2**32:  # line numbers are kept as 32-bit integers

@@ -42,6 +42,10 @@ Scenarios, all in one run on this machine (every figure printed is measured in t
    generator's: this 2-core machine has no spare core, so it is no scaling measurement);
    batch ingest, embedded vs cluster, in paired rounds. Every run is read back (the
    two-node runs from each node).
+9. Single POSTs spread over hours (issue 14, ``tools/bench_hours.py``): current hour only,
+   the seed's 95/5 shape, evenly over 12 and over 48 hours in paired rounds on one server
+   (rates as ratios to the current hour's); then a flood of all 720 hours of the window with
+   the server's peak RSS and open file descriptors.
 
 Data sets are filled through ``POST /analytics/batch`` (``loadgen prepopulate``), and every
 fill is read back and checked exactly.
@@ -97,6 +101,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from shardstats.cluster.natsproc import find_nats_server
+from tools import bench_hours
 from tools.bench_cluster import SplitSession, process_cpu
 from tools.loadgen.client import Connection, Endpoint
 from tools.loadgen.ledger import Counts
@@ -1579,7 +1584,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SCENARIOS = ("post", "slo", "batch", "big", "range", "maxbatch", "cluster")
+SCENARIOS = ("post", "slo", "batch", "big", "range", "maxbatch", "cluster", "hours")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1632,6 +1637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("range", "range queries", bench.range_queries),
         ("maxbatch", "maximal batches", bench.max_batches),
         ("cluster", "cluster mode", bench.cluster),
+        ("hours", "POSTs spread over hours", lambda: bench_hours.run(bench)),
     ]
     if wanted is not None:
         steps = [step for step in steps if step[0] in wanted]
@@ -1645,6 +1651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"!! {name} failed: {type(exc).__name__}: {exc}", flush=True)
                 traceback.print_exc()
         bench.summarize()
+        bench_hours.summarize(bench)
         print()
         print(f"== Summary ({scale.name} mode, {stamp}, {machine()}; {pin_text})")
         print(bench.table())

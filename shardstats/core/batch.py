@@ -339,7 +339,7 @@ def _event(raw: bytes, now_ms: int, limits: Limits) -> Event:
         params[key] = value
     if "timestamp" not in params:
         raise InvalidInput("missing field 'timestamp'", Field.TIMESTAMP, Reason.MISSING)
-    timestamp = parse_timestamp_text(params["timestamp"], Field.TIMESTAMP)
+    timestamp = parse_timestamp_text(params["timestamp"], "timestamp")
     user = parse_user(params, limits.max_user_bytes)
     kind = parse_kind(params)
     eid = parse_event_id(params)

@@ -49,8 +49,8 @@ def range_from_query(raw: bytes, max_hours: int) -> RangeQuery:
     for name in (Field.FROM, Field.TO):
         if name not in params:
             raise InvalidInput(f"missing parameter '{name}'", name, Reason.MISSING)
-    start = parse_timestamp_text(params["from"], Field.FROM)
-    end = parse_timestamp_text(params["to"], Field.TO)
+    start = parse_timestamp_text(params["from"], "from")
+    end = parse_timestamp_text(params["to"], "to")
     if end < start:
         raise InvalidInput("'to' is before 'from'", Field.TO, Reason.OUT_OF_ORDER)
     step = params.get("step", "hour")

@@ -9,7 +9,9 @@ Rules:
 - ``event``: exactly ``click`` or ``impression``;
 - a POST timestamp must lie inside the acceptance window around ``now_ms`` (0 disables a side).
 
-Pure: the current time is an argument.
+Pure: the current time is an argument. ``Field`` and ``Reason`` members are looked up only
+when raising: an enum member access costs several times an attribute access, on every
+request.
 """
 
 from __future__ import annotations
@@ -68,15 +70,15 @@ def parse_query_fields(
         if key in found:
             raise InvalidInput(f"parameter '{key}' given more than once", Field(key),
                                Reason.REPEATED)
-        found[key] = _decode(value_raw, Field(key))
+        found[key] = _decode(value_raw, key)
     return found
 
 
-def _decode(raw: bytes, what: Field) -> str:
+def _decode(raw: bytes, what: str) -> str:
     try:
         return unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
     except UnicodeDecodeError:
-        raise InvalidInput(f"{what} is not valid UTF-8 after percent-decoding", what,
+        raise InvalidInput(f"{what} is not valid UTF-8 after percent-decoding", Field(what),
                            Reason.ENCODING) from None
 
 
@@ -84,18 +86,19 @@ def parse_timestamp(params: dict[str, str]) -> int:
     text = params.get("timestamp")
     if text is None:
         raise InvalidInput("missing parameter 'timestamp'", Field.TIMESTAMP, Reason.MISSING)
-    return parse_timestamp_text(text, Field.TIMESTAMP)
+    return parse_timestamp_text(text, "timestamp")
 
 
-def parse_timestamp_text(text: str, name: Field) -> int:
+def parse_timestamp_text(text: str, name: str) -> int:
+    """``name``: the parameter's name (a ``Field`` value)."""
     if not text:
-        raise InvalidInput(f"parameter '{name}' is empty", name, Reason.EMPTY)
+        raise InvalidInput(f"parameter '{name}' is empty", Field(name), Reason.EMPTY)
     if not (text.isascii() and text.isdigit()):
-        raise InvalidInput(f"{name} must be milliseconds since the epoch, digits only", name,
-                           Reason.MALFORMED)
+        raise InvalidInput(f"{name} must be milliseconds since the epoch, digits only",
+                           Field(name), Reason.MALFORMED)
     significant = text.lstrip("0")
     if len(significant) > 19 or int(significant or "0") > MAX_TIMESTAMP_MS:
-        raise InvalidInput(f"{name} exceeds the maximum {MAX_TIMESTAMP_MS}", name,
+        raise InvalidInput(f"{name} exceeds the maximum {MAX_TIMESTAMP_MS}", Field(name),
                            Reason.TOO_LARGE)
     return int(significant or "0")
 
@@ -106,7 +109,7 @@ def parse_user(params: dict[str, str], max_user_bytes: int) -> str:
         raise InvalidInput("missing parameter 'user'", Field.USER, Reason.MISSING)
     if not user:
         raise InvalidInput("parameter 'user' is empty", Field.USER, Reason.EMPTY)
-    size = _utf8_size(user, Field.USER)
+    size = _utf8_size(user, "user")
     if size > max_user_bytes:
         raise InvalidInput(f"user is {size} bytes long; the maximum is {max_user_bytes}",
                            Field.USER, Reason.TOO_LONG)
@@ -116,13 +119,13 @@ def parse_user(params: dict[str, str], max_user_bytes: int) -> str:
     return user
 
 
-def _utf8_size(text: str, what: Field) -> int:
+def _utf8_size(text: str, what: str) -> int:
     if text.isascii():
         return len(text)
     try:
         return len(text.encode("utf-8"))
     except UnicodeEncodeError:  # a lone surrogate, which JSON's \ud800 escapes can carry
-        raise InvalidInput(f"{what} is not valid Unicode", what, Reason.ENCODING) from None
+        raise InvalidInput(f"{what} is not valid Unicode", Field(what), Reason.ENCODING) from None
 
 
 def parse_kind(params: dict[str, str]) -> EventKind:
@@ -143,7 +146,7 @@ def parse_event_id(params: dict[str, str]) -> str | None:
         return None
     if not eid:
         raise InvalidInput("parameter 'id' is empty", Field.ID, Reason.EMPTY)
-    if _utf8_size(eid, Field.ID) > MAX_ID_BYTES:
+    if _utf8_size(eid, "id") > MAX_ID_BYTES:
         raise InvalidInput(f"id is longer than {MAX_ID_BYTES} bytes", Field.ID, Reason.TOO_LONG)
     if _CONTROL.search(eid):
         raise InvalidInput("id contains a control character", Field.ID,

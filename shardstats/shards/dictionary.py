@@ -4,10 +4,15 @@ Shards ask it for the ids of a batch's users. Known users are answered from a bo
 in-memory cache without a message; unknown ones go through the inbox, and the actor
 assigns and commits the ids of everything queued in one durable transaction (group commit)
 before replying. See ``shardstats.storage.users`` for why ids are committed first.
+
+The store's name index needs upkeep (its in-memory tail written out as a run, runs merged):
+the actor runs it in a task of its own, in a worker thread beside the commits, so no batch
+waits for it. The store is closed or replaced only when no upkeep is running.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from dataclasses import dataclass
@@ -17,7 +22,7 @@ import trio
 from shardstats.shards.failures import report_failure
 from shardstats.shards.pending import Pending
 from shardstats.storage.datadir import DataDir
-from shardstats.storage.users import UserStore
+from shardstats.storage.users import TAIL_SIZE, UserStore
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +34,30 @@ class DictionaryStatistics:
     cached_users: int
     commits: int
     failed_commits: int
+    index_upkeeps: int = 0
 
 
 class UserDictionary:
-    def __init__(self, datadir: DataDir, cache_size: int, inbox_size: int = 1024) -> None:
+    def __init__(self, datadir: DataDir, cache_size: int, inbox_size: int = 1024, *,
+                 tail_size: int = TAIL_SIZE) -> None:
         self._datadir = datadir
+        self._tail_size = tail_size
         self._cache: dict[str, int] = {}
         self._cache_size = cache_size
         self._send, self._receive = trio.open_memory_channel[_Request](inbox_size)
         self._store: UserStore | None = None
         self._commits = 0
         self._failed = 0
+        self._upkeeps = 0
+        self._upkeep_running = False
+        self._closing = False
+        self._upkeep_done = trio.Event()
+        self._upkeep_done.set()
+        self._nursery: trio.Nursery | None = None
 
     def statistics(self) -> DictionaryStatistics:
-        return DictionaryStatistics(len(self._cache), self._commits, self._failed)
+        return DictionaryStatistics(len(self._cache), self._commits, self._failed,
+                                    self._upkeeps)
 
     async def uids_for(self, names: list[str]) -> list[int]:
         """The id of each name (``result[i]`` is the id of ``names[i]``), assigning and
@@ -62,27 +77,59 @@ class UserDictionary:
         # Shielded: a cancelled wait (shutdown during start-up) would leave the opened store
         # with nobody to close it.
         with trio.CancelScope(shield=True):
-            self._store = await trio.to_thread.run_sync(self._datadir.open_users)
+            self._store = await trio.to_thread.run_sync(self._open_store)
         task_status.started()
         try:
-            async for request in self._receive:
-                batch = [request]
-                while True:
-                    try:
-                        batch.append(self._receive.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                await self._assign(batch)
+            # The upkeep task lives in this nursery: the store is closed after it has ended.
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                async for request in self._receive:
+                    batch = [request]
+                    while True:
+                        try:
+                            batch.append(self._receive.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    await self._assign(batch)
+                    self._start_upkeep()
         finally:
+            self._nursery = None
             store, self._store = self._store, None
             if store is not None:
-                await trio.to_thread.run_sync(store.close)
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(store.close)
+
+    def _open_store(self) -> UserStore:
+        return self._datadir.open_users(tail_size=self._tail_size)
+
+    def _start_upkeep(self) -> None:
+        store = self._store
+        if (self._nursery is not None and store is not None and not self._upkeep_running
+                and store.maintenance_due()):
+            self._upkeep_running = True
+            self._upkeep_done = trio.Event()
+            self._nursery.start_soon(self._upkeep, store)
+
+    async def _upkeep(self, store: UserStore) -> None:
+        try:
+            # One merge at a time: a worker thread is not abandoned, so a closing dictionary
+            # waits for the step under way only (a merge of the whole index at worst).
+            while not self._closing and store.maintenance_due():
+                await trio.to_thread.run_sync(functools.partial(store.maintain, step=True))
+                self._upkeeps += 1
+        except Exception as exc:
+            # The index is a cache of users.sqlite: a failed upkeep leaves the tail in
+            # memory, and the next commit tries again.
+            report_failure(exc, log, "user dictionary index upkeep", logging.WARNING)
+        finally:
+            self._upkeep_running = False
+            self._upkeep_done.set()
 
     async def _assign(self, batch: list[_Request]) -> None:
         names = list(dict.fromkeys(name for request in batch for name in request[0]))
         try:
             if self._store is None:
-                self._store = await trio.to_thread.run_sync(self._datadir.open_users)
+                self._store = await trio.to_thread.run_sync(self._open_store)
             ids = await trio.to_thread.run_sync(self._store.assign, names)
         except Exception as exc:
             self._failed += 1
@@ -99,6 +146,9 @@ class UserDictionary:
     async def _drop_store(self) -> None:
         # After a failed commit the connection's view of the file is not trusted (the lesson of
         # PostgreSQL's fsync failures): close it and re-read the file on the next request.
+        # Not while an upkeep writes the index beside it: opening cleans the index folder.
+        with trio.CancelScope(shield=True):
+            await self._upkeep_done.wait()
         store, self._store = self._store, None
         if store is not None:
             try:
@@ -108,7 +158,7 @@ class UserDictionary:
 
     def _remember(self, ids: dict[str, int]) -> None:
         # Oldest-first eviction (insertion order) rather than strict LRU: a hit costs one
-        # dict lookup, with no reordering, and a miss only costs an indexed SQLite read.
+        # dict lookup, with no reordering, and a miss costs a lookup in the store's index.
         cache = self._cache
         cache.update(ids)
         excess = len(cache) - self._cache_size
@@ -118,4 +168,5 @@ class UserDictionary:
 
     def close(self) -> None:
         """Stop accepting requests; ``run`` returns once the queued ones are answered."""
+        self._closing = True
         self._send.close()

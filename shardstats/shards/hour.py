@@ -11,9 +11,10 @@ Theory of operation:
   connection is then closed; the next batch reopens the file and first folds in any rows the
   file holds beyond the aggregate (a commit that reported failure may still have landed), so
   memory always equals what the file says, never what we hoped it said.
-- The shard snapshots itself every ``snapshot_interval`` seconds when it has new rows, and
-  once more when it closes. Snapshots are encoded on the event loop (a consistent view) and
-  written in a worker thread.
+- The shard snapshots itself every ``snapshot_interval`` seconds when it has new rows.
+  Closing does not snapshot: the aggregate outlives the journal in the registry, which writes
+  the hour's snapshot later, off every request's path (``registry`` rule 8). Snapshots are
+  encoded on the event loop (a consistent view) and written in a worker thread.
 - Readers on the same event loop read ``aggregate`` directly: it only changes synchronously,
   after a commit, so a GET that starts after a 204 sees that event. It is never changed from
   a worker thread: a base handed over by the registry (frozen, other readers may hold it) and
@@ -21,13 +22,15 @@ Theory of operation:
 - A running shard holds its hour's journal writer claim (``DataDir.journal_writer``) from
   before it opens the journal until after it has closed it: a second shard of the same hour
   fails loudly instead of writing beside it.
-- Cancellation of ``run`` (server shutdown) never interrupts an open, a commit or the final
-  snapshot half-way: those awaits are shielded; each is bounded by one disk operation.
+- Cancellation of ``run`` (server shutdown) never interrupts an open, a commit or the close
+  of the journal half-way: those awaits are shielded; each is bounded by one disk operation.
 - A bug that stops the shard (an exception no storage failure explains, say while applying
   a committed batch) still answers everyone: the batch in flight and whatever is queued get
   an ``InternalError``. The owner is told before the inbox closes (``on_stop``), so no
   submission meets a closed inbox; the shard's aggregate is then untrustworthy (it may lack
   committed rows), so it is neither snapshotted nor kept (``failed``).
+- ``journal_id`` names the journal the aggregate was read from and written to; with it the
+  registry can snapshot the aggregate once the shard is gone.
 """
 
 from __future__ import annotations
@@ -104,6 +107,9 @@ class HourShard:
         # Died of a bug: its aggregate may lack committed rows (or hold half a block), so
         # the registry drops it and the hour is read again from the journal.
         self.failed: ShardstatsError | None = None
+        # A commit failed and the journal was not read again since: the file may hold rows
+        # the aggregate lacks (``_journal_for_write`` folds them in).
+        self.diverged = False
         self.last_used = trio.current_time()
 
     def statistics(self) -> ShardStatistics:
@@ -132,8 +138,12 @@ class HourShard:
         self.last_used = trio.current_time()
         return pending
 
+    @property
+    def journal_id(self) -> bytes:
+        return self._journal_id
+
     def close(self) -> None:
-        """Stop accepting; ``run`` answers what is queued, snapshots and returns."""
+        """Stop accepting; ``run`` answers what is queued, closes the journal and returns."""
         self.inbox.close()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -246,6 +256,7 @@ class HourShard:
         self._failed += 1
         self._observer.commit(count, time.perf_counter() - started, False)
         error = report_failure(exc, log, f"hour {self.hour}: commit of {count} events")
+        self.diverged = True
         await self._drop_journal()
         for _, pending, _ in batch:
             pending.fail(error)
@@ -293,6 +304,7 @@ class HourShard:
                 caught_up,
             )
         self._journal = journal
+        self.diverged = False
         log.info("hour %d: journal reopened", self.hour)
         return journal
 
@@ -341,10 +353,6 @@ class HourShard:
                 break
             pending.fail(error)
         try:
-            try:
-                if self.failed is None:  # never snapshot what a bug may have left half-done
-                    await self.snapshot()
-            finally:
-                await self._drop_journal()
+            await self._drop_journal()
         finally:
             self.closed.set()

@@ -3,6 +3,9 @@
 Blocking: runs in a worker thread. A snapshot is trusted only if it decodes (checksum,
 sizes, counts), names this journal's identity and covers no more than the journal holds;
 anything else is logged and the hour is rebuilt from the journal alone.
+
+``proven`` is the cheap way in (no SQLite): a format-2 snapshot whose proof equals the
+journal file's state as it is now (``core.snapshot``) covers exactly the journal's rows.
 """
 
 from __future__ import annotations
@@ -46,6 +49,31 @@ def snapshot_base(datadir: DataDir, hour: int, journal: Journal) -> HourAggregat
         log.warning("hour %d: ignoring stale snapshot (%s); rebuilding", hour, problem)
         return None
     return snap.aggregate
+
+
+def proven(datadir: DataDir, hour: int) -> HourAggregate | None:
+    """The hour's aggregate from its snapshot alone when the snapshot's proof matches the
+    journal file as it is now; None when there is no such proof (then open the journal)."""
+    data = datadir.read_snapshot(hour)
+    if data is None:
+        return None
+    try:
+        snap = codec.decode(data)
+    except CorruptFile:
+        return None  # the full load says why
+    if snap.proof is None or snap.aggregate.hour != hour:
+        return None
+    if datadir.journal_state(hour) != snap.proof:
+        return None
+    return snap.aggregate
+
+
+def write_proven(datadir: DataDir, aggregate: HourAggregate, journal_id: bytes) -> bool:
+    """Write the snapshot of a closed journal whose rows are exactly ``aggregate``'s, with a
+    proof if the journal's state may be recorded now; returns whether it has one."""
+    proof = datadir.settled_journal_state(aggregate.hour)
+    datadir.write_snapshot(aggregate.hour, codec.encode(aggregate, journal_id, proof))
+    return proof is not None
 
 
 def load(

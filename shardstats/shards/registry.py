@@ -3,13 +3,16 @@
 State (all touched only from the event loop, so no locks):
 - ``_open``: hour -> running ``HourShard`` that accepts submissions (LRU order).
 - ``_live``: hour -> every shard whose task has not ended (open or closing); at most
-  ``max_open_shards`` together with the opens in progress.
+  ``max_open_shards + _closing`` together with the opens in progress, of which at most
+  ``max_open_shards`` in ``_open`` (rule 10).
 - ``_cached``: hour -> frozen ``HourAggregate`` of a closed hour (LRU order); at most
   ``max_cached_hours``.
 - ``_known``: hours that have a journal on disk. A GET for any other hour answers zeros
   without touching the disk, so queries never create files.
 - ``_busy``: hour -> the open/load/close of that hour in progress (``_Work``).
 - ``_wanted``: hour -> how many submissions are waiting for the hour's shard to open.
+- ``_unsaved``: hour -> the frozen aggregate of a closed hour that has no proven snapshot on
+  disk yet (``core.snapshot``), with its journal id and when it is due to be written.
 
 Rules:
 1. An hour is in at most one of ``_open`` and ``_cached``, and while it is in ``_busy``
@@ -36,6 +39,22 @@ Rules:
    not yet submitted (``_wanted``): otherwise, with many hours wanted at once, the waiters
    for slots evict each new shard before its requesters use it and every hour reopens
    over and over. Those requesters submit as soon as they run, so the pin is short.
+8. Snapshots are a cache, so closing a shard writes none: its aggregate stays in memory
+   (``_cached``) and is recorded in ``_unsaved``. One task (``_write_snapshots``) writes
+   them off every request's path: an aggregate the cache has dropped at once (it is kept in
+   ``_unsaved`` until written, at most ``max_open_shards`` of them: opens and loads wait for
+   room beyond that), the others once their journal has settled (``SETTLE_NS``), and all of
+   them on shutdown. A kill -9 loses only this cache: loads replay the journal tail.
+9. A snapshot's proof (the journal file's state) is taken only while the hour is busy with
+   that very check, its journal closed and no shard running: so the file then holds exactly
+   the rows of the aggregate recorded for it. The snapshot itself is written after the hour
+   is free again; a shard that changes the journal meanwhile changes the file's state, which
+   the proof then no longer matches. Loads try the proven snapshot first (no SQLite); any
+   mismatch means opening the journal, as before, and queueing a proven snapshot.
+10. An open that needs a slot starts the victim's close and does not wait for it: closing
+   the journal (SQLite checkpoints it, two fsyncs) runs in a task of the registry's own while
+   the open goes on. Up to ``_closing`` closes may be under way beside ``max_open_shards``
+   open hours, so the journals open at once stay bounded by the sum; past it, opens wait.
 """
 
 from __future__ import annotations
@@ -49,12 +68,14 @@ from typing import Any, TypeVar, cast
 
 import trio
 
+from shardstats.core import snapshot as codec
 from shardstats.core.aggregate import HourAggregate
 from shardstats.core.events import HOUR_MS, ZERO_COUNTS, EventColumns, HourCounts
 from shardstats.core.stream import StreamTag
 from shardstats.errors import NotReady, Overloaded, ShardstatsError
 from shardstats.shards import loader
 from shardstats.shards.dictionary import UserDictionary
+from shardstats.shards.failures import report_failure
 from shardstats.shards.hour import HourShard
 from shardstats.shards.observer import NULL_OBSERVER, Observer
 from shardstats.shards.pending import Pending
@@ -62,6 +83,15 @@ from shardstats.storage.datadir import DataDir
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+_SHUTDOWN_WRITERS = 4  # snapshots written at once on shutdown
+
+
+def _due() -> float:
+    """When an unsaved aggregate is written unless the cache drops it first: once its
+    journal has settled, so that the snapshot can carry a proof."""
+    return trio.current_time() + codec.SETTLE_NS / 1e9 + 0.1
 
 
 class _Retry:
@@ -80,9 +110,18 @@ class _Work:
     done: trio.Event = field(default_factory=trio.Event)
 
 
+@dataclass(eq=False)
+class _Unsaved:
+    """An aggregate of a closed hour whose proven snapshot is still to be written."""
+
+    aggregate: HourAggregate  # frozen
+    journal_id: bytes
+    due: float  # trio time
+
+
 @dataclass(frozen=True)
 class RegistryLimits:
-    max_open_shards: int = 16
+    max_open_shards: int = 64
     max_cached_hours: int = 128
     inbox_size: int = 4096
     max_batch: int = 4096
@@ -99,6 +138,8 @@ class RegistryStatistics:
     queued: int
     loads: int
     opens: int
+    unsaved: int
+    snapshots: int
 
 
 class Registry:
@@ -121,6 +162,11 @@ class Registry:
         self._known: set[int] = set()
         self._busy: dict[int, _Work] = {}
         self._wanted: dict[int, int] = {}
+        self._unsaved: OrderedDict[int, _Unsaved] = OrderedDict()
+        self._snapshot_work = trio.Event()  # set when ``_unsaved`` changes or on shutdown
+        self._unsaved_room = trio.lowlevel.ParkingLot()  # woken when one is written
+        self._snapshots = 0
+        self._saving: set[int] = set()  # hours whose snapshot is being written
         self._loads = 0
         self._opens = 0
         self._opening = 0
@@ -129,13 +175,16 @@ class Registry:
         # Cold loads of past hours each open a journal (3 descriptors) in a worker thread;
         # a flood of GETs for random hours must not open an unbounded number at once.
         self._load_limiter = trio.CapacityLimiter(limits.concurrent_loads)
+        # Rule 10: evictions under way beside the open hours (each holds its journal's
+        # descriptors until closed).
+        self._closing = max(1, limits.max_open_shards // 8)
         self._nursery: trio.Nursery | None = None
 
     def statistics(self) -> RegistryStatistics:
         queued = sum(s.statistics().queued for s in self._open.values())
         return RegistryStatistics(
             len(self._open), len(self._cached), len(self._known), queued, self._loads,
-            self._opens,
+            self._opens, len(self._unsaved), self._snapshots,
         )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -146,6 +195,7 @@ class Registry:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._maintain)
+            nursery.start_soon(self._write_snapshots)
             task_status.started()
             await trio.sleep_forever()
 
@@ -157,6 +207,14 @@ class Registry:
         async with trio.open_nursery() as nursery:
             for hour in list(self._open):
                 nursery.start_soon(self._close_when_free, hour)
+        # Every aggregate in memory is now unsaved or saved; write the unsaved ones, a few
+        # at a time (each write waits for two fsyncs).
+        async with trio.open_nursery() as nursery:
+            for _ in range(_SHUTDOWN_WRITERS):
+                nursery.start_soon(self._save_all_unsaved)
+        while self._unsaved:  # the background writer's last one
+            self._snapshot_work.set()
+            await self._unsaved_room.park()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
@@ -244,6 +302,9 @@ class Registry:
             if cached is not None:
                 self._cached.move_to_end(hour)
                 return cached
+            unsaved = self._unsaved.get(hour)
+            if unsaved is not None:  # dropped by the cache, its snapshot not yet written
+                return unsaved.aggregate
             if hour not in self._known:
                 return None
             # Answer from what was loaded even if the cache could not keep it
@@ -290,8 +351,7 @@ class Registry:
         finally:
             if not pending.done:  # cancelled by the registry's own shutdown
                 pending.fail(NotReady("shutting down"))
-            del self._busy[hour]
-            work.done.set()
+            self._free(hour, work)
 
     async def _guarded(self, hour: int, action: Callable[[int], Awaitable[T]]) -> T:
         """Run ``action`` in the calling (registry-owned) task with the hour marked busy."""
@@ -305,13 +365,19 @@ class Registry:
             work.outcome.fail(exc if isinstance(exc, Exception) else NotReady("shutting down"))
             raise
         finally:
-            del self._busy[hour]
-            work.done.set()
+            self._free(hour, work)
+
+    def _free(self, hour: int, work: _Work) -> None:
+        del self._busy[hour]
+        work.done.set()
+        if hour in self._unsaved:  # the writer skipped it while it was busy
+            self._snapshot_work.set()
 
     async def _open_shard(self, hour: int) -> None:
         dying = self._live.get(hour)
         if dying is not None:  # stopped on its own (rule 4) and still closing its journal
             await dying.closed.wait()
+        await self._room_for_unsaved()
         await self._make_room(hour)
         self._opening += 1
         try:
@@ -325,6 +391,9 @@ class Registry:
         if hour in self._live:
             raise RuntimeError(f"hour {hour}: a shard is still running; refusing a second one")
         base = self._cached.pop(hour, None)
+        unsaved = self._unsaved.pop(hour, None)  # the shard's aggregate will be newer
+        if base is None and unsaved is not None:
+            base = unsaved.aggregate
         shard = HourShard(
             hour,
             self._datadir,
@@ -340,6 +409,8 @@ class Registry:
         try:
             await self._nursery.start(self._run_shard, shard)
         except BaseException:
+            if unsaved is not None and hour not in self._unsaved:
+                self._unsaved[hour] = unsaved
             if base is not None and hour not in self._cached:
                 self._cache(hour, base)
             raise
@@ -375,20 +446,48 @@ class Registry:
             del self._live[hour]
         if self._open.get(hour) is shard:
             del self._open[hour]
-        if shard.started and shard.failed is None:
-            self._cache(hour, shard.aggregate)
+        # After a commit reported as failed the file may hold rows the aggregate lacks (the
+        # shard folds them in before its next commit): then the hour is read again instead.
+        if shard.started and shard.failed is None and not shard.diverged:
+            aggregate = shard.aggregate.freeze()
+            self._unsave(hour, _Unsaved(aggregate, shard.journal_id, _due()))
+            self._cache(hour, aggregate)
         self._notify_slots()
 
     async def _make_room(self, hour: int) -> None:
-        """Close idle shards (LRU, the current hour last) until a slot is free for ``hour``."""
-        while len(self._live) + self._opening >= self._limits.max_open_shards:
+        """Evict idle shards (LRU, the current hour last) until a slot is free for ``hour``
+        (rule 10)."""
+        limits = self._limits
+        while True:
+            if len(self._open) + self._opening < limits.max_open_shards:
+                if len(self._live) + self._opening < limits.max_open_shards + self._closing:
+                    return
+                await self._wait_for_room()  # enough closes under way: wait for one to end
+                continue
             idle = [h for h in self._open if h not in self._busy and h not in self._wanted]
             if idle:
                 current = self._current_hour()
-                victim = next((h for h in idle if h != current), idle[0])
-                await self._guarded(victim, self._close)
+                self._evict(next((h for h in idle if h != current), idle[0]))
             else:  # every slot is being opened, closed or used: wait for a change
                 await self._wait_for_room()
+
+    def _evict(self, hour: int) -> None:
+        """Close the hour's shard in a task of the registry's own; the hour stays busy until
+        its journal is closed and its aggregate cached (rule 3)."""
+        assert self._nursery is not None and hour not in self._busy
+        work = self._busy[hour] = _Work(self._close)
+        shard = self._open.pop(hour)  # rule 4: out of ``_open`` before its inbox closes
+        shard.close()
+        self._nursery.start_soon(self._evicted, hour, shard, work)
+
+    async def _evicted(self, hour: int, shard: HourShard, work: _Work) -> None:
+        try:
+            await shard.closed.wait()  # ``_retire`` ran in the shard's task right after
+            work.outcome.set(None)
+        finally:
+            if not work.outcome.done:  # cancelled by the registry's own shutdown
+                work.outcome.fail(NotReady("shutting down"))
+            self._free(hour, work)
 
     async def _wait_for_room(self) -> None:
         # One waiter is woken per change: each change (a shard retired, opened or no longer
@@ -421,13 +520,18 @@ class Registry:
         await self._guarded(hour, self._close)
 
     async def _load_cached(self, hour: int) -> HourAggregate | None:
+        await self._room_for_unsaved()
         started = time.perf_counter()
         replayed = 0
 
-        def load() -> HourAggregate | None:
+        def load() -> tuple[HourAggregate, bytes | None] | None:
+            """The aggregate, and the journal id when it still needs a proven snapshot."""
             nonlocal replayed
             if not self._datadir.journal_path(hour).exists():
                 return None  # pruned by an operator: the hour is empty now
+            aggregate = loader.proven(self._datadir, hour)
+            if aggregate is not None:  # no SQLite: the snapshot matches the journal file
+                return aggregate.freeze(), None
             # A query never writes (nor upgrades) a journal; only a shard does. The connection
             # is writable all the same so that closing it removes the -wal/-shm files.
             journal = self._datadir.open_journal(hour, create=False, upgrade=False)
@@ -436,31 +540,123 @@ class Registry:
                 replayed = result.replayed
                 if result.replayed:
                     log.info("hour %d: replayed %d journal events", hour, result.replayed)
-                    try:
-                        loader.write_snapshot(self._datadir, result.aggregate, journal.journal_id)
-                    except OSError as exc:
-                        log.warning("hour %d: snapshot failed: %s", hour, exc)
-                return result.aggregate.freeze()
+                return result.aggregate.freeze(), journal.journal_id or None
             finally:
                 journal.close(checkpoint=False)
 
-        aggregate = await trio.to_thread.run_sync(load, limiter=self._load_limiter)
+        loaded = await trio.to_thread.run_sync(load, limiter=self._load_limiter)
         self.observer.load(time.perf_counter() - started, replayed)
         self._loads += 1
-        if aggregate is None:
+        if loaded is None:
             self._known.discard(hour)
-        else:
-            self._cache(hour, aggregate)
+            return None
+        aggregate, journal_id = loaded
+        self._cache(hour, aggregate)
+        if journal_id is not None:  # the snapshot was missing, stale or unproven: write one
+            # Not at once: the first reads after a restart come in bursts, and a load that
+            # opens SQLite (creating -wal and -shm files) waits behind fsyncs beside it.
+            self._unsave(hour, _Unsaved(aggregate, journal_id, _due()))
         return aggregate
 
     def _cache(self, hour: int, aggregate: HourAggregate) -> None:
         aggregate.freeze()
         if self._limits.max_cached_hours == 0:
+            self._snapshot_work.set()  # an unsaved one of this hour is due now
             return
         self._cached[hour] = aggregate
         self._cached.move_to_end(hour)
         while len(self._cached) > self._limits.max_cached_hours:
-            self._cached.popitem(last=False)
+            dropped, _ = self._cached.popitem(last=False)
+            if dropped in self._unsaved:
+                self._snapshot_work.set()  # due now: only ``_unsaved`` holds it
+
+    # -- deferred snapshots (rules 8 and 9) ------------------------------------------------
+
+    def _unsave(self, hour: int, entry: _Unsaved) -> None:
+        self._unsaved.pop(hour, None)
+        self._unsaved[hour] = entry  # newest last
+        self._snapshot_work.set()
+
+    def _homeless(self) -> int:
+        """Unsaved aggregates that only ``_unsaved`` holds (the cache has dropped them) and
+        that the writer may take now. An hour being opened is left out: the open takes its
+        aggregate over, and the writer skips busy hours, so counting them could make opens
+        wait for writes that wait for those opens."""
+        return sum(1 for h in self._unsaved
+                   if h not in self._cached and h not in self._live and h not in self._busy)
+
+    async def _room_for_unsaved(self) -> None:
+        """Back-pressure for rule 8: memory for aggregates the cache dropped is bounded."""
+        while self._homeless() > self._limits.max_open_shards and not self._stopping:
+            self._snapshot_work.set()
+            await self._unsaved_room.park()
+
+    def _next_unsaved(self, now: float) -> tuple[int | None, float]:
+        """The hour to write next (dropped from the cache first, then the oldest due) and,
+        when none is due, when to look again."""
+        wake = float("inf")
+        first_due = None
+        for hour, entry in self._unsaved.items():
+            if hour in self._busy or hour in self._live or hour in self._saving:
+                continue  # a shard owns the hour now, or it is being opened, loaded or saved
+            if self._stopping or (hour not in self._cached):
+                return hour, now
+            if first_due is None:
+                if entry.due <= now:
+                    first_due = hour
+                else:
+                    wake = min(wake, entry.due)
+        return first_due, wake
+
+    async def _write_snapshots(self) -> None:
+        while True:
+            hour, wake = self._next_unsaved(trio.current_time())
+            if hour is None:
+                self._snapshot_work = trio.Event()
+                with trio.move_on_at(wake):
+                    await self._snapshot_work.wait()
+                if self._stopping and self._unsaved and all(
+                        h in self._busy or h in self._live or h in self._saving
+                        for h in self._unsaved):
+                    await trio.sleep(0.01)  # closes or other writes still in progress
+                continue
+            await self._save_unsaved(hour)
+
+    async def _save_all_unsaved(self) -> None:
+        """On shutdown, beside ``_write_snapshots``: write until nothing is left to take."""
+        while (hour := self._next_unsaved(trio.current_time())[0]) is not None:
+            await self._save_unsaved(hour)
+
+    async def _save_unsaved(self, hour: int) -> None:
+        entry = self._unsaved[hour]
+        self._saving.add(hour)
+        try:
+            await self._save(hour, entry)
+        except Exception as exc:
+            # The journal has it all; the next load reads the tail. A bug in encoding must
+            # not stop the server: snapshots are a cache.
+            report_failure(exc, log, f"hour {hour}: snapshot", logging.WARNING)
+        finally:
+            self._saving.discard(hour)
+            if self._unsaved.get(hour) is entry:
+                del self._unsaved[hour]
+            else:  # a newer one, skipped while this was written
+                self._snapshot_work.set()
+            self._unsaved_room.unpark_all()
+
+    async def _save(self, hour: int, entry: _Unsaved) -> None:
+        started = time.perf_counter()
+        # Rule 9: the proof is taken while nobody can open the hour.
+        proof = await self._guarded(
+            hour, lambda h: trio.to_thread.run_sync(self._datadir.settled_journal_state, h))
+        data = codec.encode(entry.aggregate, entry.journal_id, proof)
+        try:
+            await trio.to_thread.run_sync(self._datadir.write_snapshot, hour, data)
+        except BaseException:
+            self.observer.snapshot(time.perf_counter() - started, False)
+            raise
+        self.observer.snapshot(time.perf_counter() - started, True)
+        self._snapshots += 1
 
     # -- housekeeping ----------------------------------------------------------------------
 

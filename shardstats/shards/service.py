@@ -70,7 +70,8 @@ class Service:
             accept_past_ms=settings.accept_past_seconds * 1000,
             accept_future_ms=settings.accept_future_seconds * 1000,
         )
-        self.dictionary = UserDictionary(self.datadir, settings.user_cache_size)
+        self.dictionary = UserDictionary(self.datadir, settings.user_cache_size,
+                                         tail_size=settings.user_index_tail)
         self.registry = Registry(
             self.datadir,
             self.dictionary,

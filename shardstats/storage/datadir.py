@@ -3,6 +3,7 @@
     <data-dir>/
       LOCK                  flock held by the one server using the directory
       users.sqlite          user dictionary (+ -wal, -shm while open)
+      users-index/          its name index: sorted runs, a cache of users.sqlite
       journals/<hour>.sqlite   one journal per UTC hour (hour = timestamp_ms // 3_600_000)
       snapshots/<hour>.snap    cache of that journal's aggregate; safe to delete
       stream-position       cluster mode: log seq applied to every hour (a cache too)
@@ -22,9 +23,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from shardstats.core.snapshot import JournalState
 from shardstats.storage.journal import Journal
 from shardstats.storage.lock import DataDirLock
-from shardstats.storage.users import UserStore
+from shardstats.storage.users import TAIL_SIZE, UserStore
 
 # Journals a shard of this process writes. Two writers of one journal would each number rows
 # from what they last saw and skip the other's, so a second claim is a bug, refused loudly.
@@ -102,8 +104,28 @@ class DataDir:
             with _writers_lock:
                 _writers.discard(key)
 
-    def open_users(self, *, readonly: bool = False) -> UserStore:
-        return UserStore(self.users_path, readonly=readonly)
+    def journal_state(self, hour: int) -> JournalState | None:
+        """The state of a closed journal file (``stat``), or None when it is missing or has
+        a ``-wal`` file (rows may live there that the file's own state does not cover)."""
+        path = self.journal_path(hour)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        if os.path.lexists(f"{path}-wal"):
+            return None
+        return JournalState(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def settled_journal_state(self, hour: int) -> JournalState | None:
+        """``journal_state`` if it may be recorded as a snapshot's proof now (its ctime lies
+        far enough in the past: ``JournalState.settled``), else None."""
+        now = time.time_ns()  # before the stat: see ``JournalState.settled``
+        state = self.journal_state(hour)
+        return state if state is not None and state.settled(now) else None
+
+    def open_users(self, *, readonly: bool = False, tail_size: int = TAIL_SIZE) -> UserStore:
+        return UserStore(self.users_path, readonly=readonly, tail_size=tail_size,
+                         index_dir=self.root / "users-index")
 
     def read_snapshot(self, hour: int) -> bytes | None:
         try:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 import pytest
 import trio
@@ -161,13 +161,13 @@ steps = st.lists(st.one_of(
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(plan=steps)
 async def test_any_interleaving_of_faults_gives_the_models_answers(
-    tmp_path_factory: pytest.TempPathFactory, plan: list[tuple[str, object]]
+    tmp_path_factory: pytest.TempPathFactory, plan: list[tuple[str, Any]]
 ) -> None:
     data_dir = tmp_path_factory.mktemp("node")
     log = InMemoryLog()
     FlakyJournal.failures.clear()
     foreign = 0
-    segments: list[list[tuple[str, object]]] = [[]]  # the plan cut at its restarts
+    segments: list[list[tuple[str, Any]]] = [[]]  # the plan cut at its restarts
     for step in plan:
         segments[-1].append(step)
         if step[0] == "restart":
@@ -176,16 +176,16 @@ async def test_any_interleaving_of_faults_gives_the_models_answers(
         async with running(node(data_dir, log)) as service:
             for action, arg in segment:
                 if action == "post":
-                    for event in arg:  # type: ignore[attr-defined]
+                    for event in arg:
                         await service.submit(event)
                         # Read-your-writes: a query after the 204 counts the event.
                         assert await settled(service) == model_of(log)
                 elif action == "batch":
-                    outcome = await service.submit_batch(EventColumns.of(arg))  # type: ignore[arg-type]
+                    outcome = await service.submit_batch(EventColumns.of(arg))
                     assert all(error is None for error in outcome.values())
                 elif action == "foreign":
                     foreign += 1
-                    data = stream.encode(EventColumns.of(arg))  # type: ignore[arg-type]
+                    data = stream.encode(EventColumns.of(arg))
                     await log.publish(data, f"other-node:{foreign}")
                 elif action == "duplicate_record":
                     # Another node's retry after the duplicate window: the same events again
@@ -196,18 +196,18 @@ async def test_any_interleaving_of_faults_gives_the_models_answers(
                 elif action == "garbage":
                     await log.publish(b"\x93not a block", f"garbage:{len(log.stored())}")
                 elif action == "redeliver":
-                    log.redeliver(arg)  # type: ignore[arg-type]
+                    log.redeliver(arg)
                 elif action == "break":
                     log.break_consumers()
                 elif action == "fail_commits":
-                    FlakyJournal.failures[:] = arg  # type: ignore[assignment]
+                    FlakyJournal.failures[:] = arg
             assert await settled(service) == model_of(log)
-        last = segment[-1] if segment else None
-        if last is not None and last[0] == "restart":
+        final = segment[-1] if segment else None
+        if final is not None and final[0] == "restart":
             files = DataDir(data_dir)
-            if last[1] == "lose_position":
+            if final[1] == "lose_position":
                 files.stream_position_path.unlink(missing_ok=True)
-            if last[1] == "lose_snapshots":
+            if final[1] == "lose_snapshots":
                 for hour in files.snapshot_hours():
                     files.snapshot_path(hour).unlink()
     # A node started from nothing but the log (a new node) agrees.

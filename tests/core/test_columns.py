@@ -140,7 +140,7 @@ def test_every_line_gets_the_verdict_it_gets_alone(body: bytes) -> None:
     from shardstats.core.batch import _event
     from shardstats.errors import InvalidInput
 
-    expected = []
+    expected: list[tuple[int, Event | None, str | None]] = []
     for number, raw in enumerate(body.split(b"\n"), start=1):
         if not raw.strip():
             continue

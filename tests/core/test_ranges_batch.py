@@ -110,7 +110,7 @@ def test_all_valid_batches_take_the_fast_path_with_the_same_verdicts(
 
     body = "\n".join(json.dumps(item) for item in items).encode()
     parsed = parse_batch_columns(body, NOW, Limits())
-    singles = []
+    singles: list[Event | None] = []
     for item in items:
         try:
             singles.append(event_from_query(urlencode(item).encode(), NOW, Limits()))

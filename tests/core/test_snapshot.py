@@ -56,3 +56,37 @@ def test_garbage_is_refused(blob: bytes) -> None:
 def test_journal_id_must_be_16_bytes() -> None:
     with pytest.raises(ValueError):
         codec.encode(HourAggregate(1), b"short")
+
+
+proofs = st.builds(codec.JournalState, st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1),
+                   st.integers(0, 2**62), st.integers(-(2**62), 2**62),
+                   st.integers(-(2**62), 2**62))
+
+
+@given(uids, st.integers(0, 1000), proofs)
+def test_round_trip_with_a_proof(ids: list[int], clicks: int, proof: codec.JournalState) -> None:
+    aggregate = make(7, ids, clicks)
+    snap = codec.decode(codec.encode(aggregate, b"j" * 16, proof))
+    assert (snap.aggregate, snap.journal_id, snap.proof) == (aggregate, b"j" * 16, proof)
+    assert codec.decode(codec.encode(aggregate, b"j" * 16)).proof is None  # format 1
+
+
+@given(uids.filter(bool), proofs, st.data())
+def test_a_damaged_proven_snapshot_is_detected(ids: list[int], proof: codec.JournalState,
+                                               data: st.DataObject) -> None:
+    encoded = codec.encode(make(5, ids, 3), b"x" * 16, proof)
+    cut = data.draw(st.integers(0, len(encoded) - 1))
+    with pytest.raises(CorruptFile):
+        codec.decode(encoded[:cut])
+    position = data.draw(st.integers(0, len(encoded) - 1))
+    flipped = bytearray(encoded)
+    flipped[position] ^= 1 << data.draw(st.integers(0, 7))
+    with pytest.raises(CorruptFile):
+        codec.decode(bytes(flipped))
+
+
+def test_a_state_is_settled_only_once_its_ctime_is_old_enough() -> None:
+    state = codec.JournalState(1, 2, 3, 10, 10)
+    assert not state.settled(10)
+    assert not state.settled(10 + codec.SETTLE_NS)
+    assert state.settled(11 + codec.SETTLE_NS)

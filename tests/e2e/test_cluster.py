@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -234,7 +234,7 @@ async def wait_acks(load: Load, events: int, singles: int, within: float) -> Non
 # -- answers -----------------------------------------------------------------------------------
 
 
-async def range_answer(url: str, hours: list[int]) -> dict[str, Any]:
+async def range_answer(url: str, hours: Collection[int]) -> dict[str, Any]:
     async with client_for(url) as client:
         response = await client.get("/analytics/range", params={
             "from": str(min(hours) * HOUR_MS), "to": str((max(hours) + 1) * HOUR_MS - 1)})

@@ -531,7 +531,7 @@ async def test_sigterm_with_idle_keep_alive_connection_exits_promptly(
     ts = now_ms()
     async with client_for(server.url) as client:
         for i in range(3):
-            assert (await post(client, (ts, f"keep-alive-{i}", "click"))).status_code == 204
+            assert (await post(client, Event(ts, f"keep-alive-{i}", "click"))).status_code == 204
         # A monitoring client's health check on the same pooled connection.
         assert (await client.get("/healthz")).status_code == 200
         # The connection is now idle: nothing is in flight.
@@ -652,7 +652,7 @@ async def test_second_server_on_same_data_dir_is_refused(
     ts = now_ms()
     first = await shardstats_server.astart(data_dir)
     async with client_for(first.url) as client:
-        assert (await post(client, (ts, "before", "click"))).status_code == 204
+        assert (await post(client, Event(ts, "before", "click"))).status_code == 204
 
     second = shardstats_server.spawn(data_dir)
     assert await second.await_exit(20) == EXIT_LOCKED, second.log()
@@ -663,7 +663,7 @@ async def test_second_server_on_same_data_dir_is_refused(
     assert first.running()
     async with client_for(first.url) as client:
         assert (await client.get("/healthz")).status_code == 200
-        assert (await post(client, (ts, "after", "impression"))).status_code == 204
+        assert (await post(client, Event(ts, "after", "impression"))).status_code == 204
         assert await get_counts(client, ts) == Counts(unique_users=2, clicks=1, impressions=1)
     first.terminate()
     assert await first.await_exit(STOP_TIMEOUT) == 0, first.log()
@@ -679,13 +679,13 @@ async def test_boundary_timestamps_land_in_the_right_hour(
 ) -> None:
     k = now_ms() // HOUR_MS - 1  # so that (k + 1) * HOUR_MS is not in the future
     events: list[Event] = [
-        (k * HOUR_MS - 1, "prev", "click"),  # last millisecond of hour k - 1
-        (k * HOUR_MS, "first", "click"),  # first millisecond of hour k
-        (k * HOUR_MS, "first", "impression"),
-        ((k + 1) * HOUR_MS - 1, "last", "impression"),  # last millisecond of hour k
-        ((k + 1) * HOUR_MS, "next", "click"),  # first millisecond of hour k + 1
-        ((k + 1) * HOUR_MS, "next", "click"),
-        ((k + 1) * HOUR_MS, "next", "click"),
+        Event(k * HOUR_MS - 1, "prev", "click"),  # last millisecond of hour k - 1
+        Event(k * HOUR_MS, "first", "click"),  # first millisecond of hour k
+        Event(k * HOUR_MS, "first", "impression"),
+        Event((k + 1) * HOUR_MS - 1, "last", "impression"),  # last millisecond of hour k
+        Event((k + 1) * HOUR_MS, "next", "click"),  # first millisecond of hour k + 1
+        Event((k + 1) * HOUR_MS, "next", "click"),
+        Event((k + 1) * HOUR_MS, "next", "click"),
     ]
     server = await shardstats_server.astart(data_dir, {"TZ": zone})
     async with client_for(server.url) as client:
@@ -715,7 +715,7 @@ async def test_get_of_unwritten_hour_is_zero_and_creates_nothing(
     ts = now_ms()
     server = await shardstats_server.astart(data_dir)
     async with client_for(server.url) as client:
-        assert (await post(client, (ts, "someone", "click"))).status_code == 204
+        assert (await post(client, Event(ts, "someone", "click"))).status_code == 204
     before = sorted(p.relative_to(data_dir) for p in (data_dir / "journals").iterdir())
     written = ts // HOUR_MS
     unwritten = [0, 1, HOUR_MS, ts - HOUR_MS, ts - 24 * HOUR_MS, ts - 40 * 24 * HOUR_MS,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,7 @@ BATCH = (b'{"timestamp": %d, "user": "bob", "event": "impression", "id": "e1"}\n
          b'{"timestamp": %d, "user": "bob", "event": "click", "id": "e2"}' % (NOW_MS, NOW_MS))
 
 
-def settings(**more: object) -> dict[str, object]:
+def settings(**more: Any) -> dict[str, Any]:
     return {"browser_origins": "https://www.example.com, http://127.0.0.1:9",
             "ingest_token": TOKEN, **more}
 

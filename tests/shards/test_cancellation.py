@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -26,7 +27,7 @@ from tests.shards.test_service import make_service
 from tests.strategies import BASE_HOUR
 
 HOURS = [BASE_HOUR - 2, BASE_HOUR - 1, BASE_HOUR, BASE_HOUR + 1]
-TIGHT = dict(max_open_shards=1, max_cached_hours=1, shard_idle_seconds=60.0)
+TIGHT: dict[str, Any] = dict(max_open_shards=1, max_cached_hours=1, shard_idle_seconds=60.0)
 
 
 class CancelAfterSteps(trio.abc.Instrument):

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from shardstats.clock import FixedClock
 from shardstats.config import Settings
-from shardstats.core.events import HOUR_MS, Event, EventColumns, HourCounts
+from shardstats.core.events import HOUR_MS, Event, EventColumns, EventKind, HourCounts
 from shardstats.core.ranges import RangeQuery
 from shardstats.shards.service import Service
 from tests.model import Model
@@ -99,7 +99,8 @@ async def test_range_total_is_the_fold_of_its_series_under_writes_and_evictions(
         for _ in range(count):
             serial += 1
             hour = rng.randint(first, last)
-            event = Event(hour * HOUR_MS + serial % HOUR_MS, f"w{serial}", rng.choice((1, 2)))
+            kind = EventKind(rng.choice((1, 2)))
+            event = Event(hour * HOUR_MS + serial % HOUR_MS, f"w{serial}", kind)
             await svc.submit(event)
 
     data = tmp_path_factory.mktemp("d")

@@ -7,6 +7,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -26,11 +27,11 @@ from tests.shards.conftest import running
 from tests.strategies import BASE_HOUR, events
 
 NOW = (BASE_HOUR + 3) * HOUR_MS + 1234
-SMALL = dict(max_open_shards=2, max_cached_hours=1, shard_idle_seconds=0.2)
+SMALL: dict[str, Any] = dict(max_open_shards=2, max_cached_hours=1, shard_idle_seconds=0.2)
 
 
-def make_service(data_dir: Path, datadir: DataDir | None = None, **overrides: object) -> Service:
-    settings = dataclasses.replace(Settings(data_dir=str(data_dir)), **overrides)  # type: ignore[arg-type]
+def make_service(data_dir: Path, *, datadir: DataDir | None = None, **overrides: Any) -> Service:
+    settings = dataclasses.replace(Settings(data_dir=str(data_dir)), **overrides)
     return Service(settings, clock=FixedClock(NOW), datadir=datadir)
 
 
@@ -106,7 +107,7 @@ class FaultyDataDir(DataDir):
 
 
 def faulty_service(data_dir: Path) -> Service:
-    return make_service(data_dir, FaultyDataDir(data_dir))
+    return make_service(data_dir, datadir=FaultyDataDir(data_dir))
 
 
 def click(user: str) -> Event:
@@ -194,7 +195,8 @@ async def test_full_inbox_is_overload_not_growth(tmp_path: Path) -> None:
             return SlowJournal(self.journal_path(hour), create=create, readonly=readonly,
                                upgrade=upgrade)
 
-    service = make_service(tmp_path, SlowDataDir(tmp_path), inbox_size=2, max_commit_events=1)
+    service = make_service(tmp_path, datadir=SlowDataDir(tmp_path), inbox_size=2,
+                           max_commit_events=1)
     outcomes: list[str] = []
 
     async def one(user: str) -> None:

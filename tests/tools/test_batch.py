@@ -11,7 +11,7 @@ import json
 import math
 import random
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 import trio
@@ -158,7 +158,7 @@ def test_batch_source_draws_live_events_from_the_pool() -> None:
 # -- verdicts and the ledger ----------------------------------------------------------------
 
 
-def answer(results: list[object], **counts: object) -> bytes:
+def answer(results: Sequence[object], **counts: object) -> bytes:
     summary: dict[str, object] = {k: sum(str(r).startswith(k) for r in results)
                for k in ("accepted", "rejected", "failed")}
     summary.update(counts)
