@@ -326,3 +326,16 @@ def test_runs_of_a_history_the_table_no_longer_has_are_not_used(tmp_path: Path) 
     with UserStore(path, tail_size=10) as store:
         check(store, model)
         assert store.assign(["a-45"]) == {"a-45": 61}  # a new name: a new id
+
+
+def test_a_folder_inside_the_index_folder_does_not_stop_the_store_opening(
+    tmp_path: Path,
+) -> None:
+    """Opening deletes what is not a run of the chain; a folder there (an operator's copy,
+    ``lost+found`` on a mount) used to raise IsADirectoryError, so the server could not start."""
+    store, model = filled(tmp_path / "users.sqlite", 30)
+    store.close()
+    (store.index_dir / "kept-by-hand").mkdir()
+    with UserStore(tmp_path / "users.sqlite", tail_size=10) as again:
+        check(again, model)
+    assert (store.index_dir / "kept-by-hand").is_dir()
