@@ -115,8 +115,9 @@ async def test_unsaved_aggregates_the_cache_dropped_stay_bounded(
             peak = max(peak, service.statistics().registry.unsaved)
         for hour in range(BASE_HOUR - 20, BASE_HOUR):
             assert await service.query(hour) == counts(1)
-    # ``limit`` dropped ones, plus the one retired by the open that waited for room.
-    assert peak <= limit + 1
+    # ``limit`` dropped ones, plus the one retired by the open that waited for room, plus
+    # the one the writer may be taking a proof of (busy, so not counted against the limit).
+    assert peak <= limit + 2
 
 
 async def test_a_proven_snapshot_is_loaded_without_opening_the_journal(

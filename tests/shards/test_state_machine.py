@@ -124,12 +124,15 @@ async def _working() -> bool:
     return trio.to_thread.current_default_thread_limiter().statistics().borrowed_tokens > 0
 
 
-def pick(data: st.DataObject, items: list[T], label: str) -> T:
-    """One of ``items``, a list read from the data directory. Drawn as an index of fixed range:
-    trio runs ready tasks in a deliberately random order, so a replay of the same steps may
-    find, say, one more version of a snapshot, and hypothesis insists that every replay draw
-    the same kinds of values."""
-    return items[data.draw(st.integers(0, 255), label=label) % len(items)]
+# Which file a rule acts on is drawn as an index into what the data directory holds then, and
+# every rule draws all its values up front: trio runs ready tasks in a deliberately random
+# order, so a replay of the same steps may find, say, one more version of a snapshot, and
+# hypothesis insists that every replay draw the same kinds of values.
+index = st.integers(0, 255)
+
+
+def pick(items: list[T], at: int) -> T:
+    return items[at % len(items)]
 
 
 class ServiceMachine(RuleBasedStateMachine):
@@ -306,11 +309,10 @@ class ServiceMachine(RuleBasedStateMachine):
         self.call(self.svc.submit, event)
         self.count(event)
 
-    @rule(data=st.data())
-    def query(self, data: st.DataObject) -> None:
+    @rule(at=index)
+    def query(self, at: int) -> None:
         near = range(self.current_hour - 5, self.current_hour + 2)
-        hour = data.draw(st.sampled_from(sorted({*near, *self.model.hours})), label="hour")
-        self.check_hours([hour])
+        self.check_hours([pick(sorted({*near, *self.model.hours}), at)])
 
     @rule(first=st.integers(-30, 1), length=st.integers(0, 30),
           step=st.sampled_from(["hour", "day"]))
@@ -366,12 +368,12 @@ class ServiceMachine(RuleBasedStateMachine):
         self.start()
         self.check_hours({*self.model.hours, *pruned})
 
-    @rule(data=st.data(), how=st.sampled_from(DAMAGE))
-    def damage_snapshot(self, data: st.DataObject, how: str) -> None:
+    @rule(how=st.sampled_from(DAMAGE), at=index, byte=st.integers(0, 2**16), other=index)
+    def damage_snapshot(self, how: str, at: int, byte: int, other: int) -> None:
         hours = sorted(self.datadir.snapshot_hours())
         if not hours:
             return
-        hour = pick(data, hours, "snapshot of hour")
+        hour = pick(hours, at)
         path = self.datadir.snapshot_path(hour)
         current = self.datadir.read_snapshot(hour)
         if current is None:  # replaced between the listing and now: nothing to damage
@@ -381,35 +383,35 @@ class ServiceMachine(RuleBasedStateMachine):
         elif how == "truncate":
             path.write_bytes(current[: len(current) // 2])
         elif how == "flip":
-            at = pick(data, list(range(len(current))), "byte")
-            path.write_bytes(current[:at] + bytes([current[at] ^ 0x5A]) + current[at + 1:])
+            byte %= len(current)
+            path.write_bytes(current[:byte] + bytes([current[byte] ^ 0x5A]) + current[byte + 1:])
         elif how == "other_hour" and len(hours) > 1:
-            other = pick(data, [h for h in hours if h != hour], "other hour")
-            shutil.copyfile(self.datadir.snapshot_path(other), path)
+            source = pick([h for h in hours if h != hour], other)
+            shutil.copyfile(self.datadir.snapshot_path(source), path)
         elif how == "older" and any(v != current for v in self.versions[hour]):
             older = [v for v in self.versions[hour] if v != current]
-            path.write_bytes(pick(data, older, "older version, oldest first"))
+            path.write_bytes(pick(older, other))  # oldest first
 
-    @rule(data=st.data())
-    def compact(self, data: st.DataObject) -> None:
+    @rule(at=index)
+    def compact(self, at: int) -> None:
         """``shardstats compact`` on an hour before the current one, server running."""
         hours = sorted(h for h in self.datadir.journal_hours() if h < self.current_hour)
         if not hours:
             return
-        hour = pick(data, hours, "compacted hour")
+        hour = pick(hours, at)
         result = compact_hour(self.datadir, hour)
         assert result.status in ("compacted", "already compact"), result.status
         assert result.events == self.model.counts(hour).clicks + self.model.counts(
             hour).impressions
 
-    @rule(data=st.data())
-    def verify(self, data: st.DataObject) -> None:
+    @rule(at=index)
+    def verify(self, at: int) -> None:
         """``shardstats verify`` of an hour agrees with the model; the only problems it may
         find are the snapshots this machine damaged."""
         hours = sorted(self.datadir.journal_hours())
         if not hours:
             return
-        hour = pick(data, hours, "verified hour")
+        hour = pick(hours, at)
         report = verify_hour(self.datadir, hour)
         expected = self.model.counts(hour)
         assert (report.unique_users, report.clicks, report.impressions) == (
