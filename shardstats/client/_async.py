@@ -55,7 +55,11 @@ class AsyncClient:
                    id: str | None = None) -> Event:
         """See ``Client.send``."""
         sent = make_event(user, event, timestamp, id)
-        await self._run(deliver_one(sent, self.retry, anyio.current_time))
+        try:
+            await self._run(deliver_one(sent, self.retry, anyio.current_time))
+        except httpx.InvalidURL as exc:  # a user of more than 64 KiB: httpx will not send it
+            raise ValueError(f"the event does not fit in a URL ({exc}); send_batch carries "
+                             "it") from None
         return sent
 
     async def send_batch(self, events: Sequence[Event]) -> list[Rejection]:
@@ -189,6 +193,9 @@ class AsyncBufferedSender:
         return await self.send_event(make_event(user, event, timestamp, id))
 
     async def send_event(self, event: Event) -> Event:
+        # A send that raises Cancelled did not buffer its event (trio's rule): a caller who
+        # sends it again, with a new id, would otherwise have it counted twice.
+        await anyio.lowlevel.checkpoint_if_cancelled()
         while True:
             self._raise_if_stopped()
             if len(self._buffer) < self.max_buffer:
@@ -199,7 +206,7 @@ class AsyncBufferedSender:
         self._buffer.append(event)
         if len(self._buffer) == 1 or len(self._buffer) >= self.max_events:
             self._changed.fire()
-        await anyio.lowlevel.checkpoint()
+        await anyio.lowlevel.cancel_shielded_checkpoint()
         return event
 
     async def flush(self) -> None:
@@ -255,26 +262,41 @@ class AsyncBufferedSender:
     async def _work(self) -> None:
         try:
             while (batch := await self._next_batch()) is not None:
+                failure: DeliveryFailed
                 try:
                     rejected = await self._client.send_batch(batch)
-                    self._delivered(len(batch) - len(rejected), rejected)
-                except Exception as exc:  # raised again to the caller by send/flush/exit
-                    if isinstance(exc, DeliveryFailed):
-                        exc.events = (*exc.events, *self._buffer)
-                        self._buffer.clear()
-                    self._failure = exc
-                    self._in_flight = []
-                    self._changed.fire()
-                    return
+                except DeliveryFailed as exc:
+                    failure = exc
+                except Exception as exc:  # not a verdict on the events: they go back too
+                    failure = DeliveryFailed(f"{type(exc).__name__}: {exc}", batch)
+                    failure.__cause__ = exc
+                else:
+                    try:
+                        self._delivered(len(batch) - len(rejected), rejected)
+                        continue
+                    except Exception as exc:
+                        failure = DeliveryFailed(
+                            f"on_rejected raised {type(exc).__name__}: {exc}", [])
+                        failure.__cause__ = exc
+                # raised again to the caller by send/flush/exit, with every event not delivered
+                failure.events = (*failure.events, *self._buffer)
+                self._buffer.clear()
+                self._failure = failure
+                self._in_flight = []
+                self._changed.fire()
+                return
         finally:
             self._done.set()
 
     def _delivered(self, count: int, rejected: list[Rejection]) -> None:
-        for event, reason in rejected:
-            log.warning("shardstats rejected event %s (user %r): %s", event.id, event.user, reason)
-            if self._on_rejected is not None:
-                self._on_rejected(event, reason)
-        self.delivered += count
-        self.rejected += rejected
-        self._in_flight = []
-        self._changed.fire()
+        try:
+            for event, reason in rejected:
+                log.warning("shardstats rejected event %s (user %r): %s", event.id, event.user,
+                            reason)
+                if self._on_rejected is not None:
+                    self._on_rejected(event, reason)
+        finally:
+            self.delivered += count
+            self.rejected += rejected
+            self._in_flight = []
+            self._changed.fire()

@@ -5,8 +5,8 @@ Rules (the reason a sent event is counted exactly once, whatever fails on the wa
 1. An event gets its ``id`` and its ``timestamp`` when it is created, never later: every
    retry sends the same bytes, so the server, which remembers ids per hour, counts it once.
 2. An attempt whose outcome is unknown (a transport error or timeout, any 5xx, a ``failed:``
-   line of a batch) is retried; so are ``408`` and ``429``, and a ``503`` or ``429`` waits at
-   least its ``Retry-After``.
+   line of a batch, a ``200`` whose body is not a batch answer) is retried; so are ``408``
+   and ``429``, and a ``503`` or ``429`` waits at least its ``Retry-After``.
 3. An answer that will not change by retrying (``400``, a ``rejected:`` line, ``401``, any
    other 4xx) is never retried: a rejected event is reported, anything else gives up.
 4. Retries back off exponentially with jitter, and no attempt starts after the delivery's
@@ -100,6 +100,8 @@ def make_event(user: str, event: str, timestamp: int | None = None, id: str | No
         raise ValueError("user must be a non-empty string")
     if _CONTROL.search(user):
         raise ValueError("user contains a control character")
+    if not _is_utf8(user):  # a lone surrogate: no body or query could carry it
+        raise ValueError("user is not valid UTF-8 (a lone surrogate)")
     if timestamp is None:
         timestamp = now_ms if now_ms is not None else time.time_ns() // 1_000_000
     if isinstance(timestamp, bool) or not isinstance(timestamp, int) or not (
@@ -107,10 +109,19 @@ def make_event(user: str, event: str, timestamp: int | None = None, id: str | No
         raise ValueError("timestamp must be an int of milliseconds since the epoch")
     if id is None:
         id = os.urandom(16).hex()  # 128 random bits; uuid4() costs five times as much
-    if not id or len(id.encode()) > MAX_ID_BYTES or _CONTROL.search(id):
-        raise ValueError(f"id must be 1..{MAX_ID_BYTES} bytes without control characters")
+    if not id or not _is_utf8(id) or len(id.encode()) > MAX_ID_BYTES or _CONTROL.search(id):
+        raise ValueError(f"id must be 1..{MAX_ID_BYTES} bytes of UTF-8 without control "
+                         "characters")
     kind: EventKind = "click" if event == "click" else "impression"
     return Event(user, kind, timestamp, id)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def batch_body(events: Sequence[Event]) -> bytes:
@@ -321,9 +332,14 @@ def deliver_one(event: Event, policy: Retry, clock: Clock,
 def deliver_batch(events: Sequence[Event], policy: Retry, clock: Clock,
                   rng: random.Random | None = None) -> Delivery:
     """``POST /analytics/batch`` until every event is accepted or rejected; returns the
-    rejected ones with their reasons. Lines that failed are sent again, and only they."""
+    rejected ones with their reasons. Lines that failed are sent again, and only they. A body
+    refused with ``413`` (more lines or bytes than the server takes) is sent again in halves;
+    one event refused that way alone is rejected (no server with that limit will take it)."""
     backoff = Backoff(policy, clock(), rng or random.Random())
-    pending = list(events)
+    return (yield from _deliver_batch(list(events), backoff, clock))
+
+
+def _deliver_batch(pending: list[Event], backoff: Backoff, clock: Clock) -> Delivery:
     rejected: list[tuple[Event, str]] = []
     while pending:
         answer = yield Post("/analytics/batch", body=batch_body(pending))
@@ -332,10 +348,23 @@ def deliver_batch(events: Sequence[Event], policy: Retry, clock: Clock,
             try:
                 outcome = judge_batch_answer(pending, json.loads(answer.text))
             except (ClientError, ValueError) as exc:
-                raise DeliveryFailed(f"unreadable batch answer ({exc})", pending) from None
-            rejected += outcome.rejected
-            pending = outcome.retry
-            judgement = Judgement("retry", f"{len(pending)} line(s) failed")
+                # Not the batch answer (a proxy's page, another server): an unknown outcome,
+                # retried like no answer at all (rule 2); the ids make that safe.
+                judgement = Judgement("retry", f"unreadable batch answer ({exc})")
+            else:
+                rejected += outcome.rejected
+                pending = outcome.retry
+                judgement = Judgement("retry", f"{len(pending)} line(s) failed")
+        elif answer.status == 413:
+            reason = f"HTTP 413: {_error_text(answer.text) or 'too large'}"
+            if len(pending) == 1:
+                return [*rejected, (pending[0], reason)]
+            half = len(pending) // 2
+            try:
+                rejected += yield from _deliver_batch(pending[:half], backoff, clock)
+            except DeliveryFailed as exc:
+                raise DeliveryFailed(exc.reason, [*exc.events, *pending[half:]]) from None
+            return [*rejected, *(yield from _deliver_batch(pending[half:], backoff, clock))]
         else:
             judgement = _judge(answer)
             if judgement.verdict == "rejected":  # the whole body: not a per-event verdict

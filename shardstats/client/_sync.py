@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -73,9 +74,14 @@ class Client:
              id: str | None = None) -> Event:
         """``POST /analytics`` once it is durable (retrying as ``retry`` says); returns the
         event as sent. ``EventRejected`` on a 400, ``DeliveryFailed`` when giving up,
-        ``ValueError`` for an event no server accepts. ``timestamp``: ms, default now."""
+        ``ValueError`` for an event no server accepts or too long for a URL (a user of more
+        than 64 KiB: ``send_batch`` carries it). ``timestamp``: ms, default now."""
         sent = make_event(user, event, timestamp, id)
-        self._run(deliver_one(sent, self.retry, time.monotonic))
+        try:
+            self._run(deliver_one(sent, self.retry, time.monotonic))
+        except httpx.InvalidURL as exc:  # a user of more than 64 KiB: httpx will not send it
+            raise ValueError(f"the event does not fit in a URL ({exc}); send_batch carries "
+                             "it") from None
         return sent
 
     def send_batch(self, events: Sequence[Event]) -> list[Rejection]:
@@ -131,7 +137,10 @@ class BufferedSender:
     Rejected events (400 verdicts) are logged, kept in ``rejected`` and passed to
     ``on_rejected`` (called from the sender's thread). When a delivery gives up, the sender
     stops and ``send``, ``flush`` and ``close`` raise that ``DeliveryFailed``, whose
-    ``events`` hold every event not delivered.
+    ``events`` hold every event not delivered; any other error in the thread (a closed
+    ``Client``, an ``on_rejected`` that raises) does the same, the error as its ``__cause__``.
+    A forked child cannot use its parent's sender (``send`` raises ``RuntimeError``): it
+    makes its own.
     """
 
     def __init__(self, client: Client, *, max_events: int = 1000, max_delay: float = 1.0,
@@ -152,6 +161,7 @@ class BufferedSender:
         self._closing = False
         self._failure: BaseException | None = None
         self._changed = threading.Condition()
+        self._pid = os.getpid()  # a forked child has a copy of this sender, not its thread
         self._thread = threading.Thread(target=self._work, name="shardstats-sender",
                                         daemon=True)
         self._thread.start()
@@ -172,6 +182,7 @@ class BufferedSender:
         return self.send_event(make_event(user, event, timestamp, id))
 
     def send_event(self, event: Event) -> Event:
+        self._refuse_in_a_forked_child()
         with self._changed:
             while True:
                 self._raise_if_stopped()
@@ -187,6 +198,7 @@ class BufferedSender:
 
     def flush(self) -> None:
         """Return once every event sent so far is delivered or rejected."""
+        self._refuse_in_a_forked_child()
         with self._changed:
             self._flushes += 1
             self._changed.notify_all()
@@ -200,6 +212,9 @@ class BufferedSender:
     def close(self) -> None:
         """Flush, then stop the thread. Idempotent; raises the delivery failure if any."""
         atexit.unregister(self.close)
+        if os.getpid() != self._pid:
+            return  # the parent's sender: its events are the parent's to post (and its lock
+            # may have been held by a thread the child does not have)
         with self._changed:
             self._closing = True
             self._changed.notify_all()
@@ -212,6 +227,11 @@ class BufferedSender:
         """Events buffered or in flight."""
         with self._changed:
             return len(self._buffer) + self._in_flight
+
+    def _refuse_in_a_forked_child(self) -> None:
+        if os.getpid() != self._pid:
+            raise RuntimeError("this BufferedSender belongs to the process that forked this "
+                               "one: make a Client and a sender in the child")
 
     def _raise_if_stopped(self, closing_ok: bool = False) -> None:
         if self._failure is not None:
@@ -243,25 +263,38 @@ class BufferedSender:
         while (batch := self._next_batch()) is not None:
             try:
                 rejected = self._client.send_batch(batch)
-                self._delivered(len(batch) - len(rejected), rejected)
-            except BaseException as exc:  # raised again to the caller by send/flush/close
-                if isinstance(exc, DeliveryFailed):
-                    with self._changed:  # hand over everything not delivered
-                        exc.events = (*exc.events, *self._buffer)
-                        self._buffer.clear()
-                self._stop(exc)
-                return
+            except DeliveryFailed as exc:
+                failure = exc
+            except BaseException as exc:  # not a verdict on the events: they go back too
+                failure = DeliveryFailed(f"{type(exc).__name__}: {exc}", batch)
+                failure.__cause__ = exc
+            else:
+                try:
+                    self._delivered(len(batch) - len(rejected), rejected)
+                    continue
+                except BaseException as exc:
+                    failure = DeliveryFailed(f"on_rejected raised {type(exc).__name__}: {exc}",
+                                             [])
+                    failure.__cause__ = exc
+            with self._changed:  # raised again to the caller by send/flush/close, with
+                failure.events = (*failure.events, *self._buffer)  # every event not delivered
+                self._buffer.clear()
+            self._stop(failure)
+            return
 
     def _delivered(self, count: int, rejected: list[Rejection]) -> None:
-        for event, reason in rejected:
-            log.warning("shardstats rejected event %s (user %r): %s", event.id, event.user, reason)
-            if self._on_rejected is not None:
-                self._on_rejected(event, reason)
-        with self._changed:
-            self.delivered += count
-            self.rejected += rejected
-            self._in_flight = 0
-            self._changed.notify_all()
+        try:
+            for event, reason in rejected:
+                log.warning("shardstats rejected event %s (user %r): %s", event.id, event.user,
+                            reason)
+                if self._on_rejected is not None:
+                    self._on_rejected(event, reason)
+        finally:
+            with self._changed:
+                self.delivered += count
+                self.rejected += rejected
+                self._in_flight = 0
+                self._changed.notify_all()
 
     def _stop(self, failure: BaseException) -> None:
         with self._changed:

@@ -55,16 +55,25 @@ class Asset:
 
 
 def _takes_gzip(accept_encoding: str | None) -> bool:
-    """``gzip`` (or ``*``) listed in ``Accept-Encoding`` without ``q=0``."""
+    """``gzip`` listed in ``Accept-Encoding`` with a q-value above 0, or else ``*`` so listed
+    (RFC 9110 12.5.3: ``*`` stands only for codings the header does not name, so ``*,
+    gzip;q=0`` refuses gzip). An unreadable q-value counts as a refusal."""
+    weights: dict[str, float] = {}
     for item in (accept_encoding or "").split(","):
-        name, _, params = item.partition(";")
-        if name.strip().lower() in ("gzip", "*"):
-            q = params.strip().lower().removeprefix("q=")
-            try:
-                return not params.strip() or float(q) > 0
-            except ValueError:
-                return False
-    return False
+        name, *params = item.split(";")
+        name = name.strip().lower()
+        if name not in ("gzip", "*") or name in weights:
+            continue  # a coding named twice: its first entry counts
+        weight = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    weight = float(value.strip())
+                except ValueError:
+                    weight = 0.0
+        weights[name] = weight
+    return weights.get("gzip", weights.get("*", 0.0)) > 0
 
 
 def _matches(if_none_match: str, etag: str) -> bool:

@@ -65,10 +65,19 @@ class BrowserOrigins:
         return Verdict.REFUSED
 
 
+# Beacons always carry credentials (cookies of this server's site, which it never sets or
+# reads): a beacon that needs a preflight (a Blob of another type than text/plain) is sent
+# only when the preflight allows them, and a page's fetch with ``credentials: "include"``
+# reads its answer only so. Harmless here: the origin is named, never ``*``, and nothing on
+# the ingest routes depends on cookies.
+_CREDENTIALS = ("access-control-allow-credentials", "true")
+
+
 def allow_headers(origin: bytes) -> Headers:
     """Added to every answer to a listed origin's POST (success or error alike)."""
     return [
         ("access-control-allow-origin", origin.decode("latin-1")),
+        _CREDENTIALS,
         ("access-control-expose-headers",
          "Retry-After, X-Shardstats-Error, X-Shardstats-Error-Field, X-Shardstats-Error-Reason"),
         ("vary", "Origin"),
@@ -78,6 +87,7 @@ def allow_headers(origin: bytes) -> Headers:
 def preflight_headers(origin: bytes) -> Headers:
     return [
         ("access-control-allow-origin", origin.decode("latin-1")),
+        _CREDENTIALS,
         ("access-control-allow-methods", "POST"),
         ("access-control-allow-headers", "Content-Type"),
         ("access-control-max-age", PREFLIGHT_MAX_AGE),

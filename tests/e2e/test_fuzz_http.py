@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from tests.e2e.conftest import ServerFactory
 from tools.spawn import ShardstatsServer
 
-ALLOWED = {200, 204, 400, 401, 404, 405, 413, 414, 431, 503}
+ALLOWED = {200, 204, 304, 400, 401, 403, 404, 405, 413, 414, 431, 503}
+LISTED = "https://www.example.com"  # browser_origins of the fuzzed server
 EXAMPLES = int(os.environ.get("FUZZ_HTTP_EXAMPLES", "1500"))
 pytestmark = pytest.mark.e2e
 
@@ -32,7 +33,8 @@ methods = st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPT
                            "TRACE", "FOO"])
 paths = st.sampled_from(["/analytics", "/analytics/", "/analytics/batch", "/analytics/range",
                          "/healthz", "/metrics", "/", "/docs", "/openapi.json", "/nope",
-                         "//analytics", "/analytics/../analytics", "/%61nalytics"])
+                         "//analytics", "/analytics/../analytics", "/%61nalytics",
+                         "/tracker.js", "/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css"])
 raw_values = st.one_of(
     st.just(b""),
     st.sampled_from([str(NOW).encode(), b"click", b"impression", b"0", b"-1", b"1e3",
@@ -47,10 +49,14 @@ queries = st.lists(st.tuples(keys, raw_values), max_size=6).map(
     lambda pairs: "&".join(quote_from_bytes(k) + "=" + quote_from_bytes(v) for k, v in pairs)
 )
 header_values = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E),
-                        max_size=60) | st.sampled_from(["x" * 20000, "Bearer ", "Bearer x"])
+                        max_size=60) | st.sampled_from([
+    "x" * 20000, "Bearer ", "Bearer x", LISTED, LISTED.upper(), LISTED + "/", "null",
+    "http://127.0.0.1", "POST", "*", 'W/"x", *', "gzip;q=0, *", "*;q=x", "gzip;q=1e999"])
 headers = st.lists(
     st.tuples(st.sampled_from(["X-Junk", "Authorization", "Accept", "Content-Type",
-                               "X-" + "a" * 100]), header_values),
+                               "X-" + "a" * 100, "Origin", "Access-Control-Request-Method",
+                               "Access-Control-Request-Headers", "If-None-Match",
+                               "Accept-Encoding"]), header_values),
     max_size=4,
 )
 bodies = st.binary(max_size=200) | st.sampled_from([b"", b"{}\n{\"timestamp\": 1}\n"])
@@ -82,7 +88,7 @@ def build(method: str, path: str, query: str, hdrs: list[tuple[str, str]], body:
 
 
 def test_fuzzed_requests_never_500(shardstats_server: ServerFactory, data_dir: Path) -> None:
-    server = shardstats_server.start(data_dir)
+    server = shardstats_server.start(data_dir, {"SHARDSTATS_BROWSER_ORIGINS": LISTED})
     seen: dict[int | None, int] = {}
 
     @settings(max_examples=EXAMPLES, deadline=None, database=None,

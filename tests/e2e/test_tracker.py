@@ -174,3 +174,133 @@ def test_a_page_of_an_unlisted_origin_is_refused(
         assert batch_posts(server, 200) == 0
         assert counts_since(server, start_ms) == {"clicks": 0, "impressions": 0,
                                                   "unique_users": 0}
+
+
+def test_a_click_on_a_label_counts_once(
+        browser: Browser, shardstats_server: ServerFactory, data_dir: Path) -> None:
+    """Clicking a label also clicks its control (a second click event, from the browser):
+    inside one tracked element that is still one click."""
+    with Site({}) as site:
+        server = shardstats_server.start(data_dir, {"SHARDSTATS_BROWSER_ORIGINS": site.origin})
+        site.pages["/form.html"] = f"""<!doctype html><html><head><meta charset=utf-8>
+<script defer src="{server.url}/tracker.js"></script></head><body>
+<div data-shardstats-click><label><input type="checkbox" id="agree">
+<span id="agree-text">I agree</span></label></div>
+<a href="#top"><label for="outside" id="link-label">in a link</label></a>
+<input type="checkbox" id="outside">
+<div data-shardstats-click><label><input type="checkbox" disabled>
+<span id="off-text">disabled</span></label></div>
+<fieldset disabled><div data-shardstats-click><label><input type="checkbox">
+<span id="fieldset-text">in a disabled fieldset</span></label></div></fieldset>
+</body></html>"""
+        kinds: list[str] = []
+
+        def on_request(request: Any) -> None:
+            if request.url == f"{server.url}/analytics/batch" and request.method == "POST":
+                kinds.append(json.loads(request.post_data)["event"])
+
+        with browser.new_context() as context:
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.on("request", on_request)
+            page.goto(f"{site.origin}/form.html")
+            page.wait_for_function("window.shardstats !== undefined")
+            page.click("#agree-text")  # the label, then (from the browser) its checkbox
+            assert page.is_checked("#agree")
+            page.click("#agree")  # the checkbox itself
+            # A label in a link for a control outside it: the link's click counts; the
+            # control's click (outside anything tracked) does not.
+            page.click("#link-label")
+            assert page.is_checked("#outside")
+            # A disabled control gets no click from its label: the label's click counts.
+            page.click("#off-text", force=True)  # Playwright would wait for it
+            page.click("#fieldset-text", force=True)
+            wait_until(lambda: batch_posts(server, 200) >= 6, "6 beacons",
+                       lambda: page.wait_for_timeout(20))
+            page.wait_for_timeout(300)  # anything sent twice would be here by now
+        assert kinds == ["impression"] + ["click"] * 5
+
+
+def test_fetch_retries_an_event_the_batch_answer_says_failed(
+        browser: Browser, shardstats_server: ServerFactory, data_dir: Path) -> None:
+    """Without sendBeacon the answer is read: a line the server could not make durable
+    (``failed``, in a 200: an overloaded or failing hour) is sent again, like a 5xx."""
+    with Site({}) as site:
+        server = shardstats_server.start(data_dir, {"SHARDSTATS_BROWSER_ORIGINS": site.origin})
+        site.pages["/old.html"] = tracked_page(server.url, before=NO_BEACON)
+        start_ms = int(time.time() * 1000)
+        bodies: list[str] = []
+        failed = {"accepted": 0, "rejected": 0, "failed": 1,
+                  "errors": [{"count": 1, "lines": "1", "verdict": "failed: storage error"}],
+                  "results": ["failed: storage error"]}
+
+        def first_fails(route: Any) -> None:
+            bodies.append(route.request.post_data)
+            if len(bodies) == 1:  # what the server answers when the hour's commit failed
+                route.fulfill(status=200, content_type="application/json",
+                              headers={"Access-Control-Allow-Origin": site.origin},
+                              body=json.dumps(failed))
+            else:
+                route.continue_()
+
+        with browser.new_context() as context:
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.route(f"{server.url}/analytics/batch", first_fails)
+            page.goto(f"{site.origin}/old.html")
+            wait_until(lambda: batch_posts(server, 200) >= 1, "the retry",
+                       lambda: page.wait_for_timeout(50))
+            page.wait_for_timeout(300)
+        assert len(bodies) == 2 and bodies[0] == bodies[1]  # the same event id
+        assert counts_since(server, start_ms) == {"clicks": 0, "impressions": 1,
+                                                  "unique_users": 1}
+
+
+def test_a_pages_own_credentialed_beacon_with_json_is_taken(
+        browser: Browser, shardstats_server: ServerFactory, data_dir: Path) -> None:
+    """``sendBeacon`` with a JSON Blob is a credentialed CORS request (beacons always include
+    credentials): its preflight must allow credentials, or the browser never sends the POST."""
+    with Site({}) as site:
+        server = shardstats_server.start(data_dir, {"SHARDSTATS_BROWSER_ORIGINS": site.origin})
+        site.pages["/own.html"] = "<!doctype html><p>no tracker, the page's own beacon"
+        start_ms = int(time.time() * 1000)
+        with browser.new_context() as context:
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(f"{site.origin}/own.html")
+            queued = page.evaluate("""endpoint => navigator.sendBeacon(endpoint, new Blob(
+                [JSON.stringify({timestamp: Date.now(), user: "own", event: "click", id: "j1"})],
+                {type: "application/json"}))""", f"{server.url}/analytics/batch")
+            assert queued is True
+            wait_until(lambda: batch_posts(server, 200) >= 1, "the beacon's POST",
+                       lambda: page.wait_for_timeout(50))
+        assert requests(server, "OPTIONS", 204) == 1
+        assert counts_since(server, start_ms) == {"clicks": 1, "impressions": 0,
+                                                  "unique_users": 1}
+
+
+def test_a_middle_click_on_a_link_counts(
+        browser: Browser, shardstats_server: ServerFactory, data_dir: Path) -> None:
+    """A middle click opens a link in a new tab: it fires ``auxclick``, not ``click``."""
+    with Site({"/next.html": "<!doctype html><p>no tracker here"}) as site:
+        server = shardstats_server.start(data_dir, {"SHARDSTATS_BROWSER_ORIGINS": site.origin})
+        site.pages["/index.html"] = tracked_page(server.url)
+        kinds: list[str] = []
+
+        def on_request(request: Any) -> None:
+            if request.url == f"{server.url}/analytics/batch" and request.method == "POST":
+                kinds.append(json.loads(request.post_data)["event"])
+
+        with browser.new_context() as context:
+            context.on("request", on_request)
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(f"{site.origin}/index.html")
+            page.wait_for_function("window.shardstats !== undefined")
+            page.click("#out", button="middle")  # a link: counts
+            page.click("#buy-label", button="middle")  # not a link: a middle click does nothing
+            page.click("#buy-label", button="right")
+            wait_until(lambda: batch_posts(server, 200) >= 2, "2 beacons",
+                       lambda: page.wait_for_timeout(20))
+            page.wait_for_timeout(300)
+        assert kinds == ["impression", "click"]

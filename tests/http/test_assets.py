@@ -84,3 +84,27 @@ def test_etag_follows_the_content() -> None:
     assert one.reply(None)[0] == 200
     assert one.reply(one.etag)[0] == 304
     assert one.reply(one.etag.strip('"'))[0] == 200  # an unquoted tag is not the tag
+
+
+@pytest.mark.parametrize(("accept_encoding", "gzipped"), [
+    ("gzip", True),
+    ("GZIP", True),
+    ("deflate, gzip ;q=0.9", True),
+    ("*", True),
+    ("gzip;q=0", False),
+    ("*;q=0", False),
+    ("identity", False),
+    # RFC 9110 12.5.3: "*" stands for codings not listed; a listed gzip;q=0 refuses gzip.
+    ("*, gzip;q=0", False),
+    ("gzip;q=0, *", False),
+    # q is one parameter among others, in any order.
+    ("br, gzip;level=1;q=0.5", True),
+    ("gzip;q=0;level=1", False),
+    (None, False),
+])
+def test_gzip_only_where_the_client_takes_it(accept_encoding: str | None, gzipped: bool) -> None:
+    asset = Asset(b"abc " * 100, "text/plain", "no-cache")
+    status, headers, body = asset.reply(None, accept_encoding)
+    assert status == 200
+    assert (("Content-Encoding", "gzip") in headers) is gzipped
+    assert (gzip.decompress(body) if gzipped else body) == asset.body

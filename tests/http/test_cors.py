@@ -12,7 +12,11 @@ from typing import Any
 
 import pytest
 
+from shardstats.clock import FixedClock
+from shardstats.config import Settings
+from shardstats.http.app import create_app
 from shardstats.http.cors import REFUSED_REASON, BrowserOrigins, Verdict
+from shardstats.shards.service import Service
 from tests.http.conftest import NOW_MS, RawResponse, raw_asgi, running_app
 
 SITE = b"https://www.example.com"
@@ -40,6 +44,7 @@ async def test_listed_origin_posts_without_token_and_gets_cors_headers(tmp_path:
         assert single.body == b""
         assert header_dict(single)["access-control-allow-origin"] == SITE.decode()
         assert header_dict(single)["vary"] == "Origin"
+        assert header_dict(single)["access-control-allow-credentials"] == "true"
 
         batch = await raw_asgi(h.app, "POST", "/analytics/batch", b"", body=BATCH,
                                headers=[(b"origin", SITE), (b"content-type", b"text/plain")])
@@ -124,6 +129,8 @@ async def test_preflight(tmp_path: Path) -> None:
             assert headers["access-control-allow-origin"] == SITE.decode()
             assert headers["access-control-allow-methods"] == "POST"
             assert headers["access-control-allow-headers"].lower() == "content-type"
+            # A beacon always carries credentials: without this its POST is never sent.
+            assert headers["access-control-allow-credentials"] == "true"
             assert "content-length" not in headers
             refused = await raw_asgi(h.app, "OPTIONS", path, b"",
                                      headers=[(b"origin", OTHER), *asks])
@@ -172,3 +179,18 @@ async def test_refusals_and_preflights_are_in_the_request_metrics(tmp_path: Path
 def test_judge(origin: bytes | None, host: bytes | None, verdict: Verdict) -> None:
     origins = BrowserOrigins(frozenset({"https://www.example.com", "http://[::1]:8000"}))
     assert origins.judge(origin, host) is verdict
+
+
+async def test_a_503_to_a_listed_origin_is_readable(tmp_path: Path) -> None:
+    """Not ready (no lifespan: the service never started): the page can read the 503 and
+    its Retry-After, on both ingest routes."""
+    config = Settings(data_dir=str(tmp_path), browser_origins=SITE.decode())
+    app = create_app(config, Service(config, clock=FixedClock(NOW_MS)))
+    for path, query, body in (("/analytics", POST_QS, b""), ("/analytics/batch", b"", BATCH)):
+        response = await raw_asgi(app, "POST", path, query, body=body,
+                                  headers=[(b"origin", SITE)])
+        assert response.status_code == 503, path
+        headers = header_dict(response)
+        assert headers["access-control-allow-origin"] == SITE.decode()
+        assert int(headers["retry-after"]) >= 1
+        assert "Retry-After" in headers["access-control-expose-headers"]

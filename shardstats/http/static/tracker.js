@@ -2,8 +2,9 @@
  *
  *   <script defer src="https://stats.example/tracker.js"></script>
  *
- * Sends an impression per page view, and a click per click on a link (a[href], area[href])
- * or on an element marked data-shardstats-click (the closest such element counts, once).
+ * Sends an impression per page view, and a click per click on a link (a[href], area[href];
+ * a middle click too) or on an element marked data-shardstats-click (the closest such
+ * element counts, once).
  * Custom events: shardstats.track("click") or shardstats.track("impression").
  *
  * The page's origin must be listed in the server's browser_origins setting.
@@ -59,7 +60,15 @@
       method: "POST", body: body, keepalive: true, mode: "cors", credentials: "omit",
       headers: {"Content-Type": "text/plain"}
     }).then(function (response) {
-      if (response.status >= 500 && retriesLeft > 0) retry(body, retriesLeft);
+      if (retriesLeft <= 0) return;
+      if (response.status >= 500) return retry(body, retriesLeft);
+      // A 200 names a line the server could not make durable (an overloaded or failing
+      // hour) as "failed": as safe to send again as a 5xx.
+      if (response.ok) {
+        return response.json().then(function (answer) {
+          if (answer && answer.failed > 0) retry(body, retriesLeft);
+        }, function () {});
+      }
     }, function () {
       if (retriesLeft > 0) retry(body, retriesLeft);
     });
@@ -79,10 +88,25 @@
 
   window.shardstats = {track: track};
 
+  var CLICKABLE = "a[href], area[href], [data-shardstats-click]";
   document.addEventListener("click", function (event) {
     var target = event.target;
-    if (target && target.closest &&
-        target.closest("a[href], area[href], [data-shardstats-click]")) {
+    var clicked = target && target.closest && target.closest(CLICKABLE);
+    if (!clicked) return;
+    // A click on a label makes the browser click its control too: when that second click
+    // lands in the same element, it is the one counted.
+    var label = target.closest("label");
+    var control = label && label.control;
+    if (control && !control.matches(":disabled") && !control.contains(target) &&
+        control.closest(CLICKABLE) === clicked) return;
+    track("click");
+  }, true);
+
+  // A middle click opens a link in a new tab: an auxclick, never a click.
+  document.addEventListener("auxclick", function (event) {
+    var target = event.target;
+    if (event.button === 1 && target && target.closest &&
+        target.closest("a[href], area[href]")) {
       track("click");
     }
   }, true);
