@@ -264,7 +264,8 @@ def open_run(path: Path, seed: int, *, verify: bool = True) -> Run | None:
 
 def load_runs(directory: Path, seed: int, max_id: int) -> list[Run]:
     """The chain of intact runs covering ``1..n`` for the largest ``n <= max_id`` they reach;
-    every other file of the directory (temporaries, merge inputs, damaged runs) is deleted."""
+    every other file of the directory (temporaries, merge inputs, damaged runs) is deleted;
+    folders are left alone."""
     directory.mkdir(parents=True, exist_ok=True)
     by_first: dict[int, list[Run]] = {}
     for entry in sorted(os.listdir(directory)):
@@ -278,9 +279,11 @@ def load_runs(directory: Path, seed: int, max_id: int) -> list[Run]:
         chain.append(max(by_first[start], key=lambda run: run.last))
         start = chain[-1].last + 1
     keep = {run.path.name for run in chain}
-    for entry in os.listdir(directory):
-        if entry not in keep:
-            remove(directory / entry)
+    for found in os.scandir(directory):
+        # Not a folder (an operator's copy, lost+found): unlinking one raised, and the
+        # dictionary, so the server, could not open.
+        if found.name not in keep and not found.is_dir(follow_symlinks=False):
+            remove(directory / found.name)
     return chain
 
 

@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 MAX_UID = 2**32 - 1
 TAIL_SIZE = 131_072  # names held in memory before they go to a run (~20 MiB)
 _CHUNK = 500  # ids per IN (...) query, well under SQLite's parameter limit
+_SPOT_CHECKS = 64  # ids of each run compared with the table on open
 _OPEN_CHUNK = 1_048_576  # rows per run when runs are (re)built from the table on open
 
 
@@ -123,7 +124,7 @@ class UserStore:
         return int(seed)
 
     def _load_index(self, top: int) -> None:
-        runs = user_index.load_runs(self.index_dir, self._seed, top)
+        runs = self._agreeing(user_index.load_runs(self.index_dir, self._seed, top))
         indexed = runs[-1].last if runs else 0
         if top - indexed > self._tail_size:
             started = time.monotonic()
@@ -141,6 +142,31 @@ class UserStore:
         self._runs = runs
         ids, names = self._rows_after(indexed, None)
         self._remember(ids, names, user_index.name_hashes(names, self._seed))
+
+    def _agreeing(self, runs: list[user_index.Run]) -> list[user_index.Run]:
+        """The runs up to the first that disagrees with the table at a few of its ids (first,
+        last, some between); the files of that one and of those after it are deleted, so
+        their ranges are read again from the table. A run restored from another history of
+        the table (the same seed and ids, other names: a backup of the index put back beside
+        a table that went on from an older copy) would give a known name a second id. A
+        spot check, not a proof: cheap enough for every open."""
+        for k, run in enumerate(runs):
+            step = max(1, (run.last - run.first) // _SPOT_CHECKS)
+            ids = sorted({run.first, run.last, *range(run.first, run.last, step)})
+            table = {uid: name.encode() for uid, name in self.names(ids)}
+            for uid in ids:
+                try:
+                    indexed: bytes | None = run.name_at(uid)
+                except KeyError:
+                    indexed = None
+                if table.get(uid) != indexed:
+                    log.warning("user dictionary: index run %s disagrees with %s at id %d; "
+                                "rebuilding the index from id %d", run.path.name, self.path,
+                                uid, run.first)
+                    for stale in runs[k:]:
+                        user_index.remove(stale.path)
+                    return runs[:k]
+        return runs
 
     def _rows_after(self, after: int, limit: int | None) -> tuple[list[int], list[str]]:
         sql = "SELECT id, name FROM users WHERE id > ? ORDER BY id"

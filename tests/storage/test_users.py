@@ -291,3 +291,51 @@ def test_maintain_in_steps_does_one_thing_at_a_time(tmp_path: Path) -> None:
     model["partial"] = 61
     check(store, model)
     store.close()
+
+
+def test_runs_of_a_history_the_table_no_longer_has_are_not_used(tmp_path: Path) -> None:
+    """A backup of one but not the other: the table was restored to an older copy and went
+    on giving ids (to other names), then the name index was restored from before that. The
+    runs have the table's seed and lie inside its ids, but name other users: trusting them
+    gives a known name a second id (counted twice) and an unknown name a taken one."""
+    path, index = tmp_path / "users.sqlite", tmp_path / "users-index"
+
+    def copy(suffixes: Sequence[str], src: str, dst: str) -> None:
+        for suffix in suffixes:
+            Path(f"{dst}{suffix}").unlink(missing_ok=True)
+            if Path(f"{src}{suffix}").exists():
+                shutil.copy(f"{src}{suffix}", f"{dst}{suffix}")
+
+    with UserStore(path, tail_size=10) as store:  # history 1: a-0..a-29, then a-30..a-59
+        store.assign([f"a-{i}" for i in range(30)])
+        store.maintain()
+    copy(("", "-wal", "-shm"), str(path), str(tmp_path / "table-at-30"))
+    with UserStore(path, tail_size=10) as store:
+        store.assign([f"a-{i}" for i in range(30, 60)])
+        store.maintain()
+    shutil.copytree(index, tmp_path / "index-at-60")
+    copy(("", "-wal", "-shm"), str(tmp_path / "table-at-30"), str(path))  # restore the table
+    model = {f"a-{i}": i + 1 for i in range(30)}
+    with UserStore(path, tail_size=10) as store:  # history 2: b-30..b-59 get ids 31..60
+        for i in range(30, 60):
+            model[f"b-{i}"] = i + 1
+        check(store, model)
+        store.maintain()
+    shutil.rmtree(index)
+    shutil.copytree(tmp_path / "index-at-60", index)  # restore the index from history 1
+    with UserStore(path, tail_size=10) as store:
+        check(store, model)
+        assert store.assign(["a-45"]) == {"a-45": 61}  # a new name: a new id
+
+
+def test_a_folder_inside_the_index_folder_does_not_stop_the_store_opening(
+    tmp_path: Path,
+) -> None:
+    """Opening deletes what is not a run of the chain; a folder there (an operator's copy,
+    ``lost+found`` on a mount) used to raise IsADirectoryError, so the server could not start."""
+    store, model = filled(tmp_path / "users.sqlite", 30)
+    store.close()
+    (store.index_dir / "kept-by-hand").mkdir()
+    with UserStore(tmp_path / "users.sqlite", tail_size=10) as again:
+        check(again, model)
+    assert (store.index_dir / "kept-by-hand").is_dir()
