@@ -124,10 +124,6 @@ def test_many_threads_share_one_buffered_sender_across_a_kill(
     assert (found.unique_users, found.clicks, found.impressions) == (4800, 2400, 2400)
 
 
-# httpx's ByteStream.__aiter__ is an async generator that trio finalizes with a warning when
-# a request is cancelled mid-send (encode/httpx#3686, fix pending in #3777): not ours.
-@pytest.mark.filterwarnings(
-    "ignore:Async generator 'httpx._content.ByteStream.__aiter__':ResourceWarning")
 @pytest.mark.parametrize("cancel_after", [0.05, 0.2, 0.5])
 def test_a_cancelled_async_sender_hands_back_what_it_did_not_deliver(
         shardstats_server: ServerFactory, data_dir: Path, cancel_after: float) -> None:
