@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import AsyncIterator, Collection, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,13 +57,16 @@ class Cluster:
     nodes: list[ShardstatsServer]
 
 
-@pytest.fixture
-async def cluster(shardstats_server: ServerFactory, tmp_path: Path) -> AsyncIterator[Cluster]:
+@asynccontextmanager
+async def running_cluster(shardstats_server: ServerFactory, tmp_path: Path,
+                          extra_env: Mapping[str, str] | None = None) -> AsyncIterator[Cluster]:
+    """3 nats-servers and 3 nodes on them (``extra_env``: more settings for every node)."""
     async with open_nats_cluster(3, tmp_path / "nats") as nats:
         urls = ",".join(nats.urls)
         envs = [{"SHARDSTATS_CLUSTER_NATS_URLS": urls, "SHARDSTATS_CLUSTER_REPLICAS": "3",
                  "SHARDSTATS_NODE_NAME": f"node{i + 1}",
-                 "SHARDSTATS_CLUSTER_PUBLISH_TIMEOUT_SECONDS": str(PUBLISH_TIMEOUT)}
+                 "SHARDSTATS_CLUSTER_PUBLISH_TIMEOUT_SECONDS": str(PUBLISH_TIMEOUT),
+                 **(extra_env or {})}
                 for i in range(3)]
         nodes = [shardstats_server.spawn(tmp_path / f"node{i + 1}", env)
                  for i, env in enumerate(envs)]
@@ -73,6 +77,12 @@ async def cluster(shardstats_server: ServerFactory, tmp_path: Path) -> AsyncIter
         finally:
             for node in nodes:  # before NATS goes: a node stopping would wait for it
                 node.kill()
+
+
+@pytest.fixture
+async def cluster(shardstats_server: ServerFactory, tmp_path: Path) -> AsyncIterator[Cluster]:
+    async with running_cluster(shardstats_server, tmp_path) as running:
+        yield running
 
 
 def stream_leader(nats: NatsCluster, stream: str = "shardstats") -> int:

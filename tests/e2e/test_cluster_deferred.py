@@ -14,16 +14,15 @@ import pytest
 import trio
 
 from tests.e2e.test_cluster import (
-    PUBLISH_TIMEOUT,
     Cluster,
     Load,
     agreed_answers,
     run_load,
+    running_cluster,
     wait_acks,
 )
 from tests.e2e.test_server import Workload, now_ms, recent_hours
 from tools.loadgen.ledger import Ledger
-from tools.spawn import open_nats_cluster
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import ServerFactory
@@ -34,22 +33,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 @pytest.fixture
 async def tight_cluster(shardstats_server: ServerFactory, tmp_path: Path
                         ) -> AsyncIterator[Cluster]:
-    async with open_nats_cluster(3, tmp_path / "nats") as nats:
-        urls = ",".join(nats.urls)
-        envs = [{"SHARDSTATS_CLUSTER_NATS_URLS": urls, "SHARDSTATS_CLUSTER_REPLICAS": "3",
-                 "SHARDSTATS_NODE_NAME": f"node{i + 1}",
-                 "SHARDSTATS_CLUSTER_PUBLISH_TIMEOUT_SECONDS": str(PUBLISH_TIMEOUT),
-                 "SHARDSTATS_MAX_OPEN_SHARDS": "2", "SHARDSTATS_MAX_CACHED_HOURS": "0"}
-                for i in range(3)]
-        nodes = [shardstats_server.spawn(tmp_path / f"node{i + 1}", env)
-                 for i, env in enumerate(envs)]
-        for node in nodes:
-            await node.await_ready()
-        try:
-            yield Cluster(nats, nodes)
-        finally:
-            for node in nodes:
-                node.kill()
+    async with running_cluster(shardstats_server, tmp_path, {
+            "SHARDSTATS_MAX_OPEN_SHARDS": "2", "SHARDSTATS_MAX_CACHED_HOURS": "0"}) as running:
+        yield running
 
 
 @pytest.mark.timeout(300)
