@@ -5,6 +5,12 @@ in-memory cache without a message; unknown ones go through the inbox, and the ac
 assigns and commits the ids of everything queued in one durable transaction (group commit)
 before replying. See ``shardstats.storage.users`` for why ids are committed first.
 
+The cache is two generations of at most ``cache_size / 2`` names each: names go into the
+young one; when it is full it becomes the old one and the previous old one is dropped whole
+(no per-name eviction); a name found in the old generation is copied back into the young
+one, so names in use stay cached. Every step over a batch's names is a C loop (``map``,
+``dict``), none a Python loop per event.
+
 The store's name index needs upkeep (its in-memory tail written out as a run, runs merged):
 the actor runs it in a task of its own, in a worker thread beside the commits, so no batch
 waits for it. The store is closed or replaced only when no upkeep is running.
@@ -15,6 +21,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import operator
 from dataclasses import dataclass
 
 import trio
@@ -42,8 +49,9 @@ class UserDictionary:
                  tail_size: int = TAIL_SIZE) -> None:
         self._datadir = datadir
         self._tail_size = tail_size
-        self._cache: dict[str, int] = {}
-        self._cache_size = cache_size
+        self._young: dict[str, int] = {}  # the cache's two generations (module docstring)
+        self._old: dict[str, int] = {}
+        self._generation = (cache_size + 1) // 2  # names per generation (0: no cache)
         self._send, self._receive = trio.open_memory_channel[_Request](inbox_size)
         self._store: UserStore | None = None
         self._commits = 0
@@ -56,21 +64,33 @@ class UserDictionary:
         self._nursery: trio.Nursery | None = None
 
     def statistics(self) -> DictionaryStatistics:
-        return DictionaryStatistics(len(self._cache), self._commits, self._failed,
-                                    self._upkeeps)
+        return DictionaryStatistics(len(self._young) + len(self._old), self._commits,
+                                    self._failed, self._upkeeps)
 
     async def uids_for(self, names: list[str]) -> list[int]:
         """The id of each name (``result[i]`` is the id of ``names[i]``), assigning and
         durably committing ids for names never seen before."""
-        uids = list(map(self._cache.get, names))  # a C loop: a batch is mostly known users
-        if None in uids:
-            missing = list(dict.fromkeys(name for name, uid in zip(names, uids, strict=True)
-                                         if uid is None))
+        uids = list(map(self._young.get, names))  # a C loop: a batch is mostly known users
+        if None not in uids:
+            return uids  # type: ignore[return-value]  # no None, as just checked
+        # Ids are >= 1, so ``not uid`` marks exactly the events whose name the young
+        # generation lacks: usually a few, so only they get a Python loop.
+        misses = list(itertools.compress(range(len(names)), map(operator.not_, uids)))
+        missing = list(dict.fromkeys(map(names.__getitem__, misses)))
+        known = dict(zip(missing, map(self._old.get, missing), strict=True))
+        if None in known.values():
+            unknown = [name for name, uid in known.items() if uid is None]
             pending: Pending[dict[str, int]] = Pending()
-            await self._send.send((missing, pending))
+            await self._send.send((unknown, pending))
             assigned = await pending.wait()
-            uids = [assigned[name] if uid is None else uid
-                    for name, uid in zip(names, uids, strict=True)]
+            known.update(zip(unknown, map(assigned.__getitem__, unknown), strict=True))
+            promoted = {name: uid for name, uid in known.items() if name not in assigned}
+        else:
+            promoted = known
+        if promoted:  # names of the old generation in use again: keep them cached
+            self._remember(promoted)
+        for at in misses:
+            uids[at] = known[names[at]]
         return uids  # type: ignore[return-value]  # every None was replaced just above
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -140,8 +160,8 @@ class UserDictionary:
             return
         self._commits += 1
         self._remember(ids)
-        for request_names, pending in batch:
-            pending.set({name: ids[name] for name in request_names})
+        for _, pending in batch:
+            pending.set(ids)  # read-only for the requesters: each takes its names from it
 
     async def _drop_store(self) -> None:
         # After a failed commit the connection's view of the file is not trusted (the lesson of
@@ -157,14 +177,17 @@ class UserDictionary:
                 report_failure(exc, log, "closing the user dictionary", logging.WARNING)
 
     def _remember(self, ids: dict[str, int]) -> None:
-        # Oldest-first eviction (insertion order) rather than strict LRU: a hit costs one
-        # dict lookup, with no reordering, and a miss costs a lookup in the store's index.
-        cache = self._cache
-        cache.update(ids)
-        excess = len(cache) - self._cache_size
-        if excess > 0:
-            for name in list(itertools.islice(cache, excess)):
-                del cache[name]
+        # Two generations (module docstring): a hit costs one dict lookup with no reordering,
+        # and eviction drops the old generation whole rather than name by name.
+        generation = self._generation
+        if not generation:
+            return
+        young = self._young
+        young.update(ids)
+        if len(young) >= generation:
+            if len(young) > generation:  # one commit of more names than a generation holds
+                young = dict(itertools.islice(young.items(), len(young) - generation, None))
+            self._old, self._young = young, {}
 
     def close(self) -> None:
         """Stop accepting requests; ``run`` returns once the queued ones are answered."""
