@@ -89,9 +89,15 @@ class UserDictionary:
             promoted = known
         if promoted:  # names of the old generation in use again: keep them cached
             self._remember(promoted)
-        for at in misses:
-            uids[at] = known[names[at]]
-        return uids  # type: ignore[return-value]  # every None was replaced just above
+        if len(misses) * 8 < len(names):  # a few: a Python loop over them only
+            for at in misses:
+                uids[at] = known[names[at]]
+            return uids  # type: ignore[return-value]  # every None was replaced just above
+        # Many (new users): the hits join the batch's own small dict, and every name is
+        # looked up there, all in C loops. ``filter(None, uids)``: the ids of the hits, in
+        # the order ``compress`` gives their names.
+        known.update(zip(itertools.compress(names, uids), filter(None, uids)))
+        return list(map(known.__getitem__, names))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         # Shielded: a cancelled wait (shutdown during start-up) would leave the opened store
@@ -178,16 +184,18 @@ class UserDictionary:
 
     def _remember(self, ids: dict[str, int]) -> None:
         # Two generations (module docstring): a hit costs one dict lookup with no reordering,
-        # and eviction drops the old generation whole rather than name by name.
+        # and eviction drops the old generation whole rather than name by name. Neither
+        # holds more than a generation's names, so the cache never more than ``cache_size``.
         generation = self._generation
         if not generation:
             return
-        young = self._young
-        young.update(ids)
-        if len(young) >= generation:
-            if len(young) > generation:  # one commit of more names than a generation holds
-                young = dict(itertools.islice(young.items(), len(young) - generation, None))
-            self._old, self._young = young, {}
+        if len(self._young) + len(ids) > generation:
+            self._old = self._young
+            if len(ids) > generation:  # one commit of more names than a generation holds
+                ids = dict(itertools.islice(ids.items(), len(ids) - generation, None))
+            self._young = dict(ids)
+        else:
+            self._young.update(ids)
 
     def close(self) -> None:
         """Stop accepting requests; ``run`` returns once the queued ones are answered."""

@@ -181,7 +181,8 @@ class UserStore:
         with self._lock:
             self._check_open()
             unique = list(dict.fromkeys(names))
-            held = list(map(self._tail.get, unique))  # C loops from here on, for the tail
+            # C loops from here on (map, compress, dict): no Python loop per name.
+            held = list(map(self._tail.get, unique))
             ids: dict[str, int | None] = dict(zip(unique, held, strict=True))
             if None in held:
                 rest = list(itertools.compress(unique, map(operator.not_, held)))  # ids >= 1
@@ -189,8 +190,11 @@ class UserStore:
                 found = self._find(rest, hashes)
                 ids.update(found)
                 if len(found) < len(rest):
-                    new = [k for k, name in enumerate(rest) if name not in found]
-                    ids.update(self._insert([rest[k] for k in new], hashes[new]))
+                    absent = np.fromiter(map(found.__contains__, rest), dtype=bool,
+                                         count=len(rest))
+                    np.logical_not(absent, out=absent)
+                    ids.update(self._insert(list(itertools.compress(rest, absent)),
+                                            hashes[absent]))
             return ids  # type: ignore[return-value]  # every None was replaced just above
 
     def _find(self, names: Sequence[str], hashes: user_index.Hashes) -> dict[str, int]:
@@ -230,7 +234,9 @@ class UserStore:
                   hashes: user_index.Hashes) -> None:
         self._tail.update(zip(names, ids, strict=True))
         self._tail_names.extend(names)
-        self._tail_ids.extend(ids)
+        column = (np.arange(ids.start, ids.stop, dtype=np.uint64) if isinstance(ids, range)
+                  else np.asarray(ids, dtype=np.uint64))
+        self._tail_ids.frombytes(column.tobytes())
         self._tail_hashes.frombytes(hashes.astype(np.uint64).tobytes())
 
     # -- keeping the index ------------------------------------------------------------------
