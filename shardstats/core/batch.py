@@ -305,8 +305,8 @@ def _all_valid_fast(lines: list[bytes], low: int, high: int, max_user: int
     # and C1 ones are not ASCII. Then only the lengths are left to check.
     plain = _plain(lines)
     if (min(map(len, users)) == 0 or max(map(len, users)) > max_user
-            or not plain and (not all(map(str.isascii, users))
-                              or _CONTROL.search("".join(users)))):
+            or (not plain and (not all(map(str.isascii, users))
+                              or _CONTROL.search("".join(users))))):
         return None
     ids: list[str | None] | None = [item.id for item in items]
     assert ids is not None

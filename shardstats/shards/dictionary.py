@@ -5,12 +5,6 @@ in-memory cache without a message; unknown ones go through the inbox, and the ac
 assigns and commits the ids of everything queued in one durable transaction (group commit)
 before replying. See ``shardstats.storage.users`` for why ids are committed first.
 
-The cache is two generations of at most ``cache_size / 2`` names each: names go into the
-young one; when it is full it becomes the old one and the previous old one is dropped whole
-(no per-name eviction); a name found in the old generation is copied back into the young
-one, so names in use stay cached. Every step over a batch's names is a C loop (``map``,
-``dict``), none a Python loop per event.
-
 The store's name index needs upkeep (its in-memory tail written out as a run, runs merged):
 the actor runs it in a task of its own, in a worker thread beside the commits, so no batch
 waits for it. The store is closed or replaced only when no upkeep is running.
@@ -21,7 +15,6 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-import operator
 from dataclasses import dataclass
 
 import trio
@@ -49,9 +42,8 @@ class UserDictionary:
                  tail_size: int = TAIL_SIZE) -> None:
         self._datadir = datadir
         self._tail_size = tail_size
-        self._young: dict[str, int] = {}  # the cache's two generations (module docstring)
-        self._old: dict[str, int] = {}
-        self._generation = (cache_size + 1) // 2  # names per generation (0: no cache)
+        self._cache: dict[str, int] = {}
+        self._cache_size = cache_size
         self._send, self._receive = trio.open_memory_channel[_Request](inbox_size)
         self._store: UserStore | None = None
         self._commits = 0
@@ -64,40 +56,22 @@ class UserDictionary:
         self._nursery: trio.Nursery | None = None
 
     def statistics(self) -> DictionaryStatistics:
-        return DictionaryStatistics(len(self._young) + len(self._old), self._commits,
-                                    self._failed, self._upkeeps)
+        return DictionaryStatistics(len(self._cache), self._commits, self._failed,
+                                    self._upkeeps)
 
     async def uids_for(self, names: list[str]) -> list[int]:
         """The id of each name (``result[i]`` is the id of ``names[i]``), assigning and
         durably committing ids for names never seen before."""
-        uids = list(map(self._young.get, names))  # a C loop: a batch is mostly known users
-        if None not in uids:
-            return uids  # type: ignore[return-value]  # no None, as just checked
-        # Ids are >= 1, so ``not uid`` marks exactly the events whose name the young
-        # generation lacks: usually a few, so only they get a Python loop.
-        misses = list(itertools.compress(range(len(names)), map(operator.not_, uids)))
-        missing = list(dict.fromkeys(map(names.__getitem__, misses)))
-        known = dict(zip(missing, map(self._old.get, missing), strict=True))
-        if None in known.values():
-            unknown = [name for name, uid in known.items() if uid is None]
+        uids = list(map(self._cache.get, names))  # a C loop: a batch is mostly known users
+        if None in uids:
+            missing = list(dict.fromkeys(name for name, uid in zip(names, uids, strict=True)
+                                         if uid is None))
             pending: Pending[dict[str, int]] = Pending()
-            await self._send.send((unknown, pending))
+            await self._send.send((missing, pending))
             assigned = await pending.wait()
-            known.update(zip(unknown, map(assigned.__getitem__, unknown), strict=True))
-            promoted = {name: uid for name, uid in known.items() if name not in assigned}
-        else:
-            promoted = known
-        if promoted:  # names of the old generation in use again: keep them cached
-            self._remember(promoted)
-        if len(misses) * 8 < len(names):  # a few: a Python loop over them only
-            for at in misses:
-                uids[at] = known[names[at]]
-            return uids  # type: ignore[return-value]  # every None was replaced just above
-        # Many (new users): the hits join the batch's own small dict, and every name is
-        # looked up there, all in C loops. ``filter(None, uids)``: the ids of the hits, in
-        # the order ``compress`` gives their names.
-        known.update(zip(itertools.compress(names, uids), filter(None, uids)))
-        return list(map(known.__getitem__, names))
+            uids = [assigned[name] if uid is None else uid
+                    for name, uid in zip(names, uids, strict=True)]
+        return uids  # type: ignore[return-value]  # every None was replaced just above
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         # Shielded: a cancelled wait (shutdown during start-up) would leave the opened store
@@ -183,19 +157,14 @@ class UserDictionary:
                 report_failure(exc, log, "closing the user dictionary", logging.WARNING)
 
     def _remember(self, ids: dict[str, int]) -> None:
-        # Two generations (module docstring): a hit costs one dict lookup with no reordering,
-        # and eviction drops the old generation whole rather than name by name. Neither
-        # holds more than a generation's names, so the cache never more than ``cache_size``.
-        generation = self._generation
-        if not generation:
-            return
-        if len(self._young) + len(ids) > generation:
-            self._old = self._young
-            if len(ids) > generation:  # one commit of more names than a generation holds
-                ids = dict(itertools.islice(ids.items(), len(ids) - generation, None))
-            self._young = dict(ids)
-        else:
-            self._young.update(ids)
+        # Oldest-first eviction (insertion order) rather than strict LRU: a hit costs one
+        # dict lookup, with no reordering, and a miss costs a lookup in the store's index.
+        cache = self._cache
+        cache.update(ids)
+        excess = len(cache) - self._cache_size
+        if excess > 0:
+            for name in list(itertools.islice(cache, excess)):
+                del cache[name]
 
     def close(self) -> None:
         """Stop accepting requests; ``run`` returns once the queued ones are answered."""

@@ -162,7 +162,7 @@ class Run:
                 (ok and stored_names[start:start + length] == name for ok, start, length, name
                  in zip(same.tolist(), starts.tolist(), lengths.tolist(), raw, strict=True)),
                 dtype=bool, count=len(raw))
-        found.update(zip(itertools.compress(wanted, same), uids[same].tolist()))
+        found.update(zip(itertools.compress(wanted, same), uids[same].tolist(), strict=True))
         if not same.all():  # the first id of such a hash carries another name: the others
             for i in np.flatnonzero(~same).tolist():
                 self._find_colliding(wanted[i], raw[i], int(keys[hits[i]]), int(at[i]) + 1,
@@ -185,7 +185,8 @@ class Run:
             at += (hashes[probe] < keys) * step
             step //= 2
         at[block == 0] = 0
-        return np.minimum(at, count)
+        result: npt.NDArray[np.int64] = np.minimum(at, count)
+        return result
 
     def _find_colliding(self, name: str, raw: bytes, key: int, at: int,
                         found: dict[str, int]) -> None:
