@@ -127,16 +127,18 @@ class Run:
         return bytes(e.names[int(e.offsets[at]):int(e.offsets[at + 1])])
 
     def find(self, names: Sequence[str], hashes: Hashes, order: npt.NDArray[np.intp],
-             found: dict[str, int]) -> None:
-        """Add to ``found`` the id of each of ``names`` this run holds. ``hashes[order]``
-        must be ascending (numpy then starts each search from the last hit)."""
+             found: dict[str, int]) -> npt.NDArray[np.intp]:
+        """Add to ``found`` the id of each of ``names[order[i]]`` this run holds, and return
+        those ``i`` found at the first entry of their hash (the usual case; a name found
+        further along, past a colliding one, is not among them). ``hashes[order]`` must be
+        ascending."""
         e = self.entries
         keys = hashes[order]
         low = self.search(keys)
         top = len(e.hashes) - 1
         hits = np.flatnonzero(e.hashes[np.minimum(low, top)] == keys)
         if not len(hits):
-            return
+            return hits
         at = low[hits]
         uids = e.ids[at].astype(np.int64)
         where = uids - self.first if self._dense else np.searchsorted(e.name_ids, uids)
@@ -167,6 +169,8 @@ class Run:
             for i in np.flatnonzero(~same).tolist():
                 self._find_colliding(wanted[i], raw[i], int(keys[hits[i]]), int(at[i]) + 1,
                                      found)
+        settled: npt.NDArray[np.intp] = hits[same]
+        return settled
 
     def search(self, keys: Hashes) -> npt.NDArray[np.int64]:
         """``np.searchsorted(hashes, keys)`` (the first position whose hash is not below the

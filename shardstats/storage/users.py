@@ -202,8 +202,14 @@ class UserStore:
         found: dict[str, int] = {}
         if self._runs:
             order = np.argsort(hashes)
+            # Oldest (largest) runs first; a name found is not searched for again: it has
+            # one id (rule 6), so no later run can hold it.
             for run in self._runs:
-                run.find(names, hashes, order, found)
+                settled = run.find(names, hashes, order, found)
+                if len(settled):
+                    order = np.delete(order, settled)
+                    if not len(order):
+                        break
         return found
 
     def _insert(self, names: list[str], hashes: user_index.Hashes) -> dict[str, int]:
