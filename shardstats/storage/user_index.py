@@ -21,6 +21,13 @@ made each new name cost a page write that grew with the dictionary. Rules:
    lookup searches at most three runs per tier. A crash during a merge leaves the inputs and
    perhaps the merged run: ``load_runs`` keeps the longest chain from id 1 and deletes the rest.
 
+Lookups are vectorised over a batch of names: the hashes of all of them are searched in a run
+at once through its *fence* (every ``FENCE``-th hash, copied into memory when the run is
+opened: half a byte per entry) and then a binary search in one block of the mapped hashes,
+step by step for all keys together; hits are checked against the stored names with numpy in
+one pass. Runs are searched oldest (largest) first, and a name found is not looked for in the
+runs after it.
+
 File layout (little-endian): a header (magic, seed, first, last, entries, bytes of names,
 CRC-32 of all that follows), then ``hashes`` (u64, ascending), ``ids`` (u32, the id of each
 hash), ``name_ids`` (u32, ascending), ``offsets`` (u64, entries + 1: the name of
