@@ -150,7 +150,9 @@ DOCUMENT: dict[str, Any] = {
                 "blank or one-character lines). A body larger than "
                 f"{_setting('max_batch_bytes')}, or with more lines than "
                 f"{_setting('max_batch_lines')} (a final newline does not start another), is "
-                "refused whole with 413, before any line is judged." + _BROWSER_NOTE,
+                "refused whole with 413, before any line is judged." + _BROWSER_NOTE +
+                " Such a batch (no token) may be at most "
+                f"{_setting('browser_max_batch_bytes')}.",
                 "security": [{}, {"bearer": []}],
                 "requestBody": {"required": True,
                                 "content": {"application/x-ndjson": {"schema": {
