@@ -40,6 +40,7 @@ class PrefixProxy:
 
     def __init__(self, upstream: str) -> None:
         target = urllib.parse.urlsplit(upstream)
+        host, port = target.hostname or "127.0.0.1", target.port
         self.requested: list[str] = []
         proxy = self
 
@@ -54,7 +55,7 @@ class PrefixProxy:
                 body = self.rfile.read(length) if length else None
                 headers = {k: v for k, v in self.headers.items()
                            if k.lower() not in HOP_BY_HOP}
-                upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
+                upstream = http.client.HTTPConnection(host, port, timeout=10)
                 try:
                     upstream.request(self.command, path, body=body, headers=headers)
                     answer = upstream.getresponse()
