@@ -113,10 +113,10 @@ def test_maximal_and_nearly_equal_names(tmp_path: Path) -> None:
     stem = "x" * 4095
     names = [stem + c for c in "abcdé\x00"] + [stem, "", "a", "\x00", "a\x00"]
     model: dict[str, int] = {}
-    with mock.patch.object(user_index, "name_hashes", _few):
-        with UserStore(tmp_path / "users.sqlite", tail_size=2) as store:
-            for name in names:
-                model[name] = store.assign([name])[name]
-                store.maintain()
-            check(store, model)
-            assert store.indexed >= len(names) - 2
+    with (mock.patch.object(user_index, "name_hashes", _few),
+          UserStore(tmp_path / "users.sqlite", tail_size=2) as store):
+        for name in names:
+            model[name] = store.assign([name])[name]
+            store.maintain()
+        check(store, model)
+        assert store.indexed >= len(names) - 2
