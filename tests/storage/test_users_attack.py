@@ -10,8 +10,10 @@ thread beside the assigns.
 from __future__ import annotations
 
 import random
+import sqlite3
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from pathlib import Path
 from unittest import mock
 
@@ -120,3 +122,19 @@ def test_maximal_and_nearly_equal_names(tmp_path: Path) -> None:
             store.maintain()
         check(store, model)
         assert store.indexed >= len(names) - 2
+
+
+def test_every_code_point_reaches_the_table_as_given(tmp_path: Path) -> None:
+    """The JSON insert of new names (msgspec array through SQLite's json_each) against what
+    the table then holds: every code point but surrogates between others, many alone, NUL
+    included (that batch goes row by row)."""
+    path = tmp_path / "users.sqlite"
+    points = [chr(c) for c in range(1, 0x110000) if not 0xD800 <= c < 0xE000]
+    alone = [c for k, c in enumerate(points) if k < 0x3000 or k % 97 == 0]
+    batches = [[*alone, *(f"x{c}y" for c in points)], ["\x00", "a\x00b", "\\u0000"]]
+    with UserStore(path, tail_size=10**7) as store:
+        ids = [store.assign(batch) for batch in batches]
+    with closing(sqlite3.connect(path)) as conn:
+        stored = dict(conn.execute("SELECT id, name FROM users"))
+    for batch, given in zip(batches, ids, strict=True):
+        assert [stored[given[name]] for name in batch] == batch
