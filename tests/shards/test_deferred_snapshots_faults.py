@@ -60,9 +60,10 @@ def read_files(path: Path) -> dict[str, bytes]:
 
 
 def files(root: Path) -> dict[Path, bytes]:
-    """Every file but SQLite's -shm (shared-memory state that any reader may create)."""
-    return {path: path.read_bytes() for path in root.rglob("*")
-            if path.is_file() and not path.name.endswith("-shm")}
+    """Every file but those a SQLite reader may create: a -shm, an empty -wal."""
+    found = {path: path.read_bytes() for path in root.rglob("*") if path.is_file()}
+    return {path: data for path, data in found.items() if not path.name.endswith("-shm")
+            and not (path.name.endswith("-wal") and not data)}
 
 
 def put_back(path: Path, backup: dict[str, bytes]) -> None:
