@@ -120,7 +120,7 @@ def test_a_dictionary_below_its_mark_is_refused(datadir: DataDir) -> None:
     seed = dictionary_with(datadir, 3)
     journal_with(datadir, HOUR, [1, 2])
     datadir.write_users_mark(Mark(seed, 4))
-    with pytest.raises(DictionaryBehind, match="holds 3 user ids, but .* held 4"):
+    with pytest.raises(DictionaryBehind, match=r"holds 3 user ids, but .* held 4"):
         datadir.check_users()
 
 
@@ -135,10 +135,10 @@ def test_another_dictionary_is_refused_even_when_it_holds_more(datadir: DataDir)
 def test_a_missing_dictionary_beside_journals_is_refused(datadir: DataDir) -> None:
     journal_with(datadir, HOUR, [1])
     datadir.write_users_mark(Mark(1, 1))
-    with pytest.raises(DictionaryBehind, match="users.sqlite is missing"):
+    with pytest.raises(DictionaryBehind, match=r"users\.sqlite is missing"):
         datadir.check_users()
     datadir.users_mark_path.unlink()  # no mark: the journal still shows the id
-    with pytest.raises(DictionaryBehind, match="holds events of user id 1, but .* only 0"):
+    with pytest.raises(DictionaryBehind, match=r"holds events of user id 1, but .* only 0"):
         datadir.check_users()
 
 
@@ -163,5 +163,5 @@ def test_only_the_newest_journals_are_read_and_a_damaged_one_is_skipped(
     datadir.check_users()  # not among the newest: not read (the mark is the full check)
     datadir.journal_path(HOUR + 9).write_bytes(b"not a database" * 100)
     os.utime(datadir.journal_path(HOUR), None)  # now among the newest
-    with pytest.raises(DictionaryBehind, match=f"{HOUR}.sqlite holds events of user id 5"):
+    with pytest.raises(DictionaryBehind, match=rf"{HOUR}\.sqlite holds events of user id 5"):
         datadir.check_users()
