@@ -12,6 +12,7 @@ import pytest
 
 from shardstats.core.events import EventColumns
 from shardstats.errors import DictionaryBehind
+from shardstats.ops.verify import verify
 from shardstats.storage import issued
 from shardstats.storage.datadir import DataDir
 from shardstats.storage.issued import Mark
@@ -93,7 +94,7 @@ def dictionary_with(datadir: DataDir, count: int) -> int:
 
 
 def journal_with(datadir: DataDir, hour: int, uids: list[int]) -> None:
-    events = EventColumns([hour * 3_600_000] * len(uids), [f"user-{u}" for u in uids],
+    events = EventColumns([hour * 3_600_000] * len(uids), [f"user-{u - 1}" for u in uids],
                           [0] * len(uids))
     with datadir.open_journal(hour, create=True) as journal:
         journal.append(events, uids)
@@ -165,3 +166,16 @@ def test_only_the_newest_journals_are_read_and_a_damaged_one_is_skipped(
     os.utime(datadir.journal_path(HOUR), None)  # now among the newest
     with pytest.raises(DictionaryBehind, match=rf"{HOUR}\.sqlite holds events of user id 5"):
         datadir.check_users()
+
+
+def test_verify_reports_a_dictionary_below_its_mark(datadir: DataDir) -> None:
+    seed = dictionary_with(datadir, 3)
+    journal_with(datadir, HOUR, [1, 2])
+    datadir.write_users_mark(Mark(seed, 3))
+    assert verify(datadir, [HOUR]).ok
+    datadir.write_users_mark(Mark(seed, 4))
+    report = verify(datadir, [HOUR])
+    assert not report.ok
+    assert report.problems == [f"{datadir.users_path} holds 3 user ids, but "
+                               f"{datadir.users_mark_path} records that it held 4: it was "
+                               "put back from an older backup"]
