@@ -184,7 +184,7 @@ class DataDir:
         uids = {}
         for hour in newest:
             try:
-                with self.open_journal(hour, create=False, upgrade=False) as journal:
+                with self.open_journal(hour, create=False, readonly=True) as journal:
                     uids[journal.path] = issued.newest_uid(journal)
             except StorageError:
                 continue  # a damaged journal fails its own hour only, as it does when loaded
