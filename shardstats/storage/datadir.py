@@ -181,10 +181,12 @@ class DataDir:
             return max(times, default=0)
 
         newest = sorted(hours, key=written)[-issued.NEWEST_JOURNALS:]
+        # Opened as a load opens them (writable, never upgraded): a read-only connection
+        # would leave an empty -wal behind, which makes the hour's snapshot proof unusable.
         uids = {}
         for hour in newest:
             try:
-                with self.open_journal(hour, create=False, readonly=True) as journal:
+                with self.open_journal(hour, create=False, upgrade=False) as journal:
                     uids[journal.path] = issued.newest_uid(journal)
             except StorageError:
                 continue  # a damaged journal fails its own hour only, as it does when loaded
