@@ -22,7 +22,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from shardstats.core.snapshot import JournalState
@@ -181,16 +181,29 @@ class DataDir:
             return max(times, default=0)
 
         newest = sorted(hours, key=written)[-issued.NEWEST_JOURNALS:]
-        # Opened as a load opens them (writable, never upgraded): a read-only connection
-        # would leave an empty -wal behind, which makes the hour's snapshot proof unusable.
         uids = {}
         for hour in newest:
             try:
-                with self.open_journal(hour, create=False, upgrade=False) as journal:
-                    uids[journal.path] = issued.newest_uid(journal)
+                uids[self.journal_path(hour)] = self._read_untouched(hour, issued.newest_uid)
             except StorageError:
                 continue  # a damaged journal fails its own hour only, as it does when loaded
         return uids
+
+    def _read_untouched(self, hour: int, read: Callable[[Journal], int]) -> int:
+        """``read`` a journal and leave its files as they were: a writable connection would
+        checkpoint a crashed writer's -wal (a change a snapshot proof must still see), and
+        a read-only one leaves a -wal and -shm behind (which would make the hour's proof
+        unusable): the empty ones it made are removed (the lock is held: no other user)."""
+        _, wal, shm = self.journal_files(hour)
+        had = {wal: wal.exists(), shm: shm.exists()}
+        try:
+            with self.open_journal(hour, create=False, readonly=True) as journal:
+                return read(journal)
+        finally:
+            if not had[wal] and wal.exists() and wal.stat().st_size == 0:
+                for path in (wal, shm):
+                    if not had[path]:
+                        path.unlink(missing_ok=True)
 
     def read_snapshot(self, hour: int) -> bytes | None:
         try:

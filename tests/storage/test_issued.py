@@ -179,3 +179,14 @@ def test_verify_reports_a_dictionary_below_its_mark(datadir: DataDir) -> None:
     assert report.problems == [f"{datadir.users_path} holds 3 user ids, but "
                                f"{datadir.users_mark_path} records that it held 4: it was "
                                "put back from an older backup"]
+
+
+def test_the_check_leaves_the_journal_files_as_they_were(datadir: DataDir) -> None:
+    dictionary_with(datadir, 3)
+    journal_with(datadir, HOUR, [1, 2, 3])
+    before = sorted(p.name for p in datadir.journals.iterdir())
+    stat = os.stat(datadir.journal_path(HOUR))
+    datadir.check_users()
+    assert sorted(p.name for p in datadir.journals.iterdir()) == before
+    after = os.stat(datadir.journal_path(HOUR))
+    assert (after.st_mtime_ns, after.st_ctime_ns) == (stat.st_mtime_ns, stat.st_ctime_ns)
