@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import os
 import random
 import shutil
 import sys
@@ -107,6 +108,13 @@ def memory() -> str:
                 fields[key] = int(value.split()[0]) / 1024
     return (f"RSS {fields['VmRSS']:.0f} MiB (anon {fields['RssAnon']:.0f}, "
             f"file {fields['RssFile']:.0f})")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads, so far."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def disk_mib(directory: Path) -> float:
@@ -192,14 +200,18 @@ def batch_scenarios(directory: Path, names: int, seconds: float, seed: int) -> l
             ready = server.start(within=600).ready_seconds
             rss = server.rss_mib()
             session = LoadSession(server.url, WorkloadConfig(), seed=seed, user_prefix=prefix)
+            cpu = cpu_seconds(server.pid)
             report = trio.run(functools.partial(
                 session.batch_loop, 2, seconds, warmup=2.0, batch_events=10_000, pool=names,
                 zipf_s=zipf_s, label=label))
+            cpu = cpu_seconds(server.pid) - cpu
             new = "" if prefix == KNOWN_PREFIX else (
                 f", {report.new_in_window / max(report.events_in_window, 1):.0%} of events "
                 "with a user new to the server")
             lines.append(f"batch ingest at {names:,} names, {label}: "
-                         f"{report.event_rate:,.0f} events/s{new}; server ready in {ready:.1f} s "
+                         f"{report.event_rate:,.0f} events/s{new}; server CPU "
+                         f"{cpu / max(report.tally.accepted, 1) * 1e6:.2f} us per event "
+                         f"acknowledged (whole run); server ready in {ready:.1f} s "
                          f"with {rss:.0f} MiB RSS, {server.rss_mib():.0f} MiB after\n"
                          f"{format_batch(report)}")
             print(lines[-1], flush=True)

@@ -12,9 +12,11 @@ waits for it. The store is closed or replaced only when no upkeep is running.
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import logging
+import operator
 from dataclasses import dataclass
 
 import trio
@@ -66,8 +68,8 @@ class UserDictionary:
         durably committing ids for names never seen before."""
         uids = list(map(self._cache.get, names))  # a C loop: a batch is mostly known users
         if None in uids:
-            missing = list(dict.fromkeys(name for name, uid in zip(names, uids, strict=True)
-                                         if uid is None))
+            # Ids are >= 1: ``not uid`` marks the names the cache lacks (C loops).
+            missing = list(dict.fromkeys(itertools.compress(names, map(operator.not_, uids))))
             pending: Pending[dict[str, int]] = Pending()
             await self._send.send((missing, pending))
             assigned = await pending.wait()
@@ -131,7 +133,9 @@ class UserDictionary:
             self._upkeep_done.set()
 
     async def _assign(self, batch: list[_Request]) -> None:
-        names = list(dict.fromkeys(name for request in batch for name in request[0]))
+        # One request (the usual case) asks for distinct names already.
+        names = batch[0][0] if len(batch) == 1 else list(dict.fromkeys(
+            itertools.chain.from_iterable(request[0] for request in batch)))
         try:
             if self._store is None:
                 self._store = await trio.to_thread.run_sync(self._open_store)
@@ -146,8 +150,8 @@ class UserDictionary:
             return
         self._commits += 1
         self._remember(ids)
-        for request_names, pending in batch:
-            pending.set({name: ids[name] for name in request_names})
+        for _, pending in batch:
+            pending.set(ids)  # read-only for the requesters: each takes its names from it
 
     async def _drop_store(self) -> None:
         # After a failed commit the connection's view of the file is not trusted (the lesson of
@@ -169,8 +173,8 @@ class UserDictionary:
         cache.update(ids)
         excess = len(cache) - self._cache_size
         if excess > 0:
-            for name in list(itertools.islice(cache, excess)):
-                del cache[name]
+            # A C loop: drain the evicting map into an empty deque.
+            collections.deque(map(cache.pop, list(itertools.islice(cache, excess))), maxlen=0)
 
     def close(self) -> None:
         """Stop accepting requests; ``run`` returns once the queued ones are answered."""

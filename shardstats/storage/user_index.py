@@ -21,6 +21,13 @@ made each new name cost a page write that grew with the dictionary. Rules:
    lookup searches at most three runs per tier. A crash during a merge leaves the inputs and
    perhaps the merged run: ``load_runs`` keeps the longest chain from id 1 and deletes the rest.
 
+Lookups are vectorised over a batch of names: the hashes of all of them are searched in a run
+at once through its *fence* (every ``FENCE``-th hash, copied into memory when the run is
+opened: half a byte per entry) and then a binary search in one block of the mapped hashes,
+step by step for all keys together; hits are checked against the stored names with numpy in
+one pass. Runs are searched oldest (largest) first, and a name found is not looked for in the
+runs after it.
+
 File layout (little-endian): a header (magic, seed, first, last, entries, bytes of names,
 CRC-32 of all that follows), then ``hashes`` (u64, ascending), ``ids`` (u32, the id of each
 hash), ``name_ids`` (u32, ascending), ``offsets`` (u64, entries + 1: the name of
@@ -54,16 +61,23 @@ _MAGIC = b"SSUIRUN2"
 _HEADER = struct.Struct("<8sQQQQQI4x")
 _SUFFIX = ".run"
 FANOUT = 4
+FENCE = 16  # hashes per block of a run's in-memory fence (a power of two; see Run.search)
 
 
 def name_hashes(names: Sequence[str], seed: int) -> Hashes:
     """64-bit hashes of names, keyed by the dictionary's random seed (so nobody outside can
     aim many names at one hash)."""
     # UTF-8 bytes (xxhash 4 refuses str; 3.x hashed a str as its UTF-8, so ids stay the same).
-    # surrogatepass: a lone surrogate hashes instead of raising (validation should keep them out).
+    # C loops (map) for the usual names; a lone surrogate (which validation should keep out)
+    # fails strict UTF-8, and then every name is encoded with surrogatepass, which hashes it
+    # instead of raising.
     digest = xxhash.xxh3_64_intdigest
-    return np.array([digest(name.encode("utf-8", "surrogatepass"), seed) for name in names],
-                    dtype=np.uint64)
+    try:
+        hashes = map(digest, map(str.encode, names), itertools.repeat(seed))
+        return np.fromiter(hashes, dtype=np.uint64, count=len(names))
+    except UnicodeEncodeError:
+        return np.array([digest(name.encode("utf-8", "surrogatepass"), seed)
+                         for name in names], dtype=np.uint64)
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,10 @@ class Run:
         self.last = last
         self.entries = entries
         self._dense = len(entries.name_ids) == last - first + 1
+        # Every FENCE-th hash, in memory (half a byte per entry): a
+        # search goes through it, then reads one block of FENCE hashes of the mapping, rather
+        # than a binary search through the whole mapped array (a cache miss per step).
+        self._fence = np.array(entries.hashes[::FENCE])
 
     @property
     def count(self) -> int:
@@ -116,30 +134,70 @@ class Run:
         return bytes(e.names[int(e.offsets[at]):int(e.offsets[at + 1])])
 
     def find(self, names: Sequence[str], hashes: Hashes, order: npt.NDArray[np.intp],
-             found: dict[str, int]) -> None:
-        """Add to ``found`` the id of each of ``names`` this run holds. ``hashes[order]``
-        must be ascending (numpy then starts each search from the last hit)."""
+             found: dict[str, int]) -> npt.NDArray[np.intp]:
+        """Add to ``found`` the id of each of ``names[order[i]]`` this run holds, and return
+        those ``i`` found at the first entry of their hash (the usual case; a name found
+        further along, past a colliding one, is not among them). ``hashes[order]`` must be
+        ascending."""
         e = self.entries
         keys = hashes[order]
-        low = np.searchsorted(e.hashes, keys)
+        low = self.search(keys)
         top = len(e.hashes) - 1
         hits = np.flatnonzero(e.hashes[np.minimum(low, top)] == keys)
         if not len(hits):
-            return
+            return hits
         at = low[hits]
         uids = e.ids[at].astype(np.int64)
         where = uids - self.first if self._dense else np.searchsorted(e.name_ids, uids)
-        starts, ends = e.offsets[where].tolist(), e.offsets[where + 1].tolist()
-        stored = e.names
-        for i, first_at, k, uid, start, end in zip(hits.tolist(), at.tolist(),
-                                                   order[hits].tolist(), uids.tolist(),
-                                                   starts, ends, strict=True):
-            name = names[k]
-            raw = name.encode()
-            if stored[start:end] == raw:  # rule 2: the stored name decides
-                found[name] = uid
-            else:  # the first id of this hash carries another name: try the others
-                self._find_colliding(name, raw, int(keys[i]), first_at + 1, found)
+        starts = e.offsets[where].astype(np.int64)
+        lengths = e.offsets[where + 1].astype(np.int64) - starts
+        wanted = list(map(names.__getitem__, order[hits].tolist()))
+        raw = list(map(str.encode, wanted))
+        # Rule 2, for all hits at once: the stored name decides, compared byte for byte with
+        # numpy (each hit's stored bytes gathered beside its name's bytes).
+        same = np.fromiter(map(len, raw), dtype=np.int64, count=len(raw)) == lengths
+        if same.all() and lengths.min() > 0:
+            total = int(lengths.sum())
+            ends = np.cumsum(lengths)
+            gather = np.arange(total, dtype=np.int64) + np.repeat(starts - (ends - lengths),
+                                                                 lengths)
+            stored = np.frombuffer(e.names, dtype=np.uint8)[gather]
+            given = np.frombuffer(b"".join(raw), dtype=np.uint8)
+            differ = np.add.reduceat(stored != given, ends - lengths)
+            same = differ == 0
+        else:  # a length differs (or a name is empty): those hits compared one by one
+            stored_names = e.names
+            same = np.fromiter(
+                (ok and stored_names[start:start + length] == name for ok, start, length, name
+                 in zip(same.tolist(), starts.tolist(), lengths.tolist(), raw, strict=True)),
+                dtype=bool, count=len(raw))
+        found.update(zip(itertools.compress(wanted, same), uids[same].tolist(), strict=True))
+        if not same.all():  # the first id of such a hash carries another name: the others
+            for i in np.flatnonzero(~same).tolist():
+                self._find_colliding(wanted[i], raw[i], int(keys[hits[i]]), int(at[i]) + 1,
+                                     found)
+        settled: npt.NDArray[np.intp] = hits[same]
+        return settled
+
+    def search(self, keys: Hashes) -> npt.NDArray[np.int64]:
+        """``np.searchsorted(hashes, keys)`` (the first position whose hash is not below the
+        key), through the fence: with ``fence[i - 1] < key <= fence[i]`` that position is
+        ``(i - 1) * FENCE + 1`` plus how many of the ``FENCE - 1`` hashes from there are below
+        the key (``i = 0``: it is 0), counted by a binary search done for all keys at once, a
+        step at a time: one read of the mapped hashes per key and step. A read past the end
+        reads the last hash, and the result is capped at the end."""
+        hashes = self.entries.hashes
+        count = len(hashes)
+        block = np.searchsorted(self._fence, keys).astype(np.int64)
+        at = np.maximum(block - 1, 0) * FENCE + 1
+        step = FENCE // 2
+        while step:
+            probe = np.minimum(at + (step - 1), count - 1)
+            at += (hashes[probe] < keys) * step
+            step //= 2
+        at[block == 0] = 0
+        result: npt.NDArray[np.int64] = np.minimum(at, count)
+        return result
 
     def _find_colliding(self, name: str, raw: bytes, key: int, at: int,
                         found: dict[str, int]) -> None:

@@ -36,7 +36,6 @@ one call at a time.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import operator
 import secrets
@@ -48,6 +47,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
+import msgspec
 import numpy as np
 import sqlite_utils
 
@@ -181,25 +181,38 @@ class UserStore:
         with self._lock:
             self._check_open()
             unique = list(dict.fromkeys(names))
-            held = list(map(self._tail.get, unique))  # C loops from here on, for the tail
-            ids: dict[str, int | None] = dict(zip(unique, held, strict=True))
-            if None in held:
-                rest = list(itertools.compress(unique, map(operator.not_, held)))  # ids >= 1
-                hashes = user_index.name_hashes(rest, self._seed)
-                found = self._find(rest, hashes)
-                ids.update(found)
-                if len(found) < len(rest):
-                    new = [k for k, name in enumerate(rest) if name not in found]
-                    ids.update(self._insert([rest[k] for k in new], hashes[new]))
-            return ids  # type: ignore[return-value]  # every None was replaced just above
+            # C loops from here on (map, compress, dict): no Python loop per name.
+            held = list(map(self._tail.get, unique))
+            if None not in held:
+                return dict(zip(unique, held, strict=True))  # type: ignore[arg-type]
+            # Ids are >= 1: ``not`` marks the names the tail lacks, ``filter`` keeps the ids
+            # of the others in the order ``compress`` gives their names.
+            ids = dict(zip(itertools.compress(unique, held), filter(None, held), strict=True))
+            rest = list(itertools.compress(unique, map(operator.not_, held)))
+            hashes = user_index.name_hashes(rest, self._seed)
+            found = self._find(rest, hashes)
+            ids.update(found)
+            if len(found) < len(rest):
+                absent = np.fromiter(map(found.__contains__, rest), dtype=bool,
+                                     count=len(rest))
+                np.logical_not(absent, out=absent)
+                ids.update(self._insert(list(itertools.compress(rest, absent)),
+                                        hashes[absent]))
+            return ids
 
     def _find(self, names: Sequence[str], hashes: user_index.Hashes) -> dict[str, int]:
         """The ids of those of ``names`` (distinct, none in the tail) the runs hold."""
         found: dict[str, int] = {}
         if self._runs:
             order = np.argsort(hashes)
+            # Oldest (largest) runs first; a name found is not searched for again: it has
+            # one id (rule 6), so no later run can hold it.
             for run in self._runs:
-                run.find(names, hashes, order, found)
+                settled = run.find(names, hashes, order, found)
+                if len(settled):
+                    order = np.delete(order, settled)
+                    if not len(order):
+                        break
         return found
 
     def _insert(self, names: list[str], hashes: user_index.Hashes) -> dict[str, int]:
@@ -211,7 +224,8 @@ class UserStore:
         # One statement for the batch, the rows made by SQLite's JSON reader in C: about half
         # the CPU of binding row by row. Its text values end at a NUL, which only that
         # escape can carry: such a batch goes row by row.
-        payload = json.dumps(names, ensure_ascii=False)
+        # msgspec: the same JSON as json.dumps(ensure_ascii=False), several times faster.
+        payload = msgspec.json.encode(names).decode()
         with immediate(self._conn, self.path):
             if "\\u0000" in payload:
                 self._conn.executemany("INSERT INTO users(id, name) VALUES (?, ?)",
@@ -230,7 +244,9 @@ class UserStore:
                   hashes: user_index.Hashes) -> None:
         self._tail.update(zip(names, ids, strict=True))
         self._tail_names.extend(names)
-        self._tail_ids.extend(ids)
+        column = (np.arange(ids.start, ids.stop, dtype=np.uint64) if isinstance(ids, range)
+                  else np.asarray(ids, dtype=np.uint64))
+        self._tail_ids.frombytes(column.tobytes())
         self._tail_hashes.frombytes(hashes.astype(np.uint64).tobytes())
 
     # -- keeping the index ------------------------------------------------------------------

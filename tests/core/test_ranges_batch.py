@@ -126,3 +126,32 @@ def test_lone_surrogates_are_rejected_not_crashed() -> None:
             b'{"timestamp": %d, "user": "b", "event": "click", "id": "\\udfff"}' % (NOW, NOW))
     verdicts = parse_batch(body, NOW, Limits())
     assert [v.error for v in verdicts] == ["user is not valid Unicode", "id is not valid Unicode"]
+
+
+# Raw (unescaped) text in the body: UTF-8 bytes, DEL, C1 controls, or escapes of either; the
+# fast path takes a window of plain ASCII without checking users character by character.
+raw_text = st.text(alphabet="ab\x7f\x85é\x1f\\\"", max_size=6)
+raw_lines = st.fixed_dictionaries(
+    {
+        "timestamp": st.integers(NOW - 10**6, NOW),
+        "user": raw_text,
+        "event": st.sampled_from(["click", "impression"]),
+    },
+    optional={"id": raw_text},
+)
+
+
+@given(st.lists(raw_lines, min_size=1, max_size=30), st.booleans())
+def test_raw_and_escaped_text_is_judged_exactly_like_single_posts(
+    items: list[dict[str, object]], ensure_ascii: bool,
+) -> None:
+    from urllib.parse import urlencode
+
+    body = "\n".join(json.dumps(item, ensure_ascii=ensure_ascii) for item in items).encode()
+    verdicts = parse_batch(body, NOW, Limits())
+    for item, verdict in zip(items, verdicts, strict=True):
+        try:
+            single: Event | None = event_from_query(urlencode(item).encode(), NOW, Limits())
+        except InvalidInput:
+            single = None
+        assert verdict.event == single, (item, verdict)

@@ -34,3 +34,23 @@ async def test_upkeep_beside_commits_keeps_ids_exact_across_a_restart(tmp_path: 
     finally:
         store.close()
     assert sorted(model.values()) == list(range(1, len(model) + 1))
+
+
+async def test_a_batch_of_mostly_new_names_gets_exact_ids_and_the_cache_stays_bounded(
+        tmp_path: Path) -> None:
+    """Many misses in one batch, repeated names among them, and known names between."""
+    datadir = DataDir(tmp_path)
+    datadir.prepare()
+    dictionary = UserDictionary(datadir, cache_size=50)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(dictionary.run)
+        first = await dictionary.uids_for([f"a{i % 300}" for i in range(1000)])
+        assert first[:300] == list(range(1, 301)) and first[300:] == first[:300] * 2 + first[:100]
+        mixed = [f"a{i}" if i % 3 else f"b{i}" for i in range(600)]
+        uids = await dictionary.uids_for(mixed)
+        for name, uid in zip(mixed, uids, strict=True):
+            if name.startswith("a") and int(name[1:]) < 300:
+                assert uid == int(name[1:]) + 1
+        assert len(set(uids)) == len(set(mixed))
+        assert dictionary.statistics().cached_users == 50
+        dictionary.close()
