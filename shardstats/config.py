@@ -116,6 +116,11 @@ class Settings:
         "to /analytics or /analytics/batch whose Origin header is listed gets CORS headers and "
         "needs no ingest token; a POST with any other Origin (but the server's own) gets 403. "
         "Empty: no page of another origin may send.", shown="empty (none)"))
+    browser_max_batch_bytes: int = field(default=64 * 1024, metadata=_doc(
+        "Largest body of a POST /analytics/batch from a listed browser origin (sent without "
+        "a token, so anyone may name the origin); larger gets 413. Browsers' beacons and "
+        "keepalive requests carry at most 64 KiB; max_batch_bytes still applies if lower.",
+        shown="64 KiB"))
     cluster_nats_urls: str = field(default="", metadata=_doc(
         "Comma-separated NATS server URLs, e.g. \"nats://10.0.0.1:4222,nats://10.0.0.2:4222\"; "
         "list every server. Empty: embedded mode, one process, the SQLite journals are the "
@@ -152,7 +157,7 @@ class Settings:
     def __post_init__(self) -> None:
         for name in ("max_user_bytes", "max_open_shards", "inbox_size", "max_commit_events",
                      "max_range_hours", "max_batch_bytes", "max_batch_lines",
-                     "user_index_tail"):
+                     "user_index_tail", "browser_max_batch_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if self.max_batch_lines >= 2**32:  # line numbers are kept as 32-bit integers

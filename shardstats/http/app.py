@@ -104,10 +104,16 @@ def _quart_app(service: Service, metrics: Metrics, hot: HotRoutes) -> QuartTrio:
     @app.post("/analytics/batch", provide_automatic_options=False)
     async def post_batch() -> ResponseValue:
         # A listed browser origin (judged by the front, ``cors``) needs no token.
-        if not (TRUSTED_ORIGIN in request.scope or ingest(request.headers.get("Authorization"))):
+        browser = TRUSTED_ORIGIN in request.scope
+        if not (browser or ingest(request.headers.get("Authorization"))):
             return {"error": "missing or invalid bearer token"}, 401, dict([BEARER_INGEST])
+        limit = service.settings.max_batch_bytes
+        if browser:  # no token: bounded by what a browser's beacon or keepalive fetch carries
+            limit = min(limit, service.settings.browser_max_batch_bytes)
+        if request.content_length is not None and request.content_length > limit:
+            raise RequestEntityTooLarge()
         try:
-            return _reply(await batch.post(await _body_chunks(service.settings.max_batch_bytes)))
+            return _reply(await batch.post(await _body_chunks(limit)))
         except BatchTooLarge as exc:
             # Answered like a body over max_batch_bytes (below: 413, connection closed).
             raise RequestEntityTooLarge(str(exc)) from None

@@ -134,7 +134,7 @@ class CrossOrigin:
                      method, path, origin)
             # POST /analytics answers never have a body; the batch route answers in JSON.
             body = b"" if path == "/analytics" else b'{"error":"%s"}' % REFUSED_REASON.encode()
-            headers = [("x-shardstats-error", REFUSED_REASON)]
+            headers = [("x-shardstats-error", REFUSED_REASON), ("vary", "Origin")]
             if body:
                 headers.append(("content-type", "application/json"))
             await _answer(send, 403, [*headers, ("content-length", str(len(body)))], body)

@@ -113,6 +113,13 @@ class _ServiceCollector(Collector):
                                 reg.cached_hours)
         yield GaugeMetricFamily("shardstats_hour_journals", "Hours with a journal on disk",
                                 reg.known_hours)
+        yield GaugeMetricFamily(
+            "shardstats_unsaved_hour_aggregates",
+            "Closed hours whose aggregate waits in memory for its snapshot (at most "
+            "max_open_shards; opens wait when full)", reg.unsaved)
+        yield CounterMetricFamily("shardstats_snapshots_written",
+                                  "Hour snapshots written by the background writer",
+                                  reg.snapshots)
         yield GaugeMetricFamily("shardstats_queued_requests", "Requests waiting in shard inboxes",
                                 reg.queued)
         yield GaugeMetricFamily("shardstats_cached_users", "User ids in the lookup cache",

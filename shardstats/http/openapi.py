@@ -83,6 +83,9 @@ DOCUMENT: dict[str, Any] = {
         "description": "Exact hourly unique users, clicks and impressions. An hour is "
         "timestamp // 3600000 (UTC). POSTs are acknowledged only once durable.",
     },
+    # Relative to where this document is served: behind a proxy that serves shardstats
+    # under a path prefix (/stats/openapi.json), "try it out" goes to /stats/analytics.
+    "servers": [{"url": ".", "description": "the server that serves this document"}],
     "components": {
         "securitySchemes": {"bearer": {
             "type": "http", "scheme": "bearer",
@@ -150,7 +153,9 @@ DOCUMENT: dict[str, Any] = {
                 "blank or one-character lines). A body larger than "
                 f"{_setting('max_batch_bytes')}, or with more lines than "
                 f"{_setting('max_batch_lines')} (a final newline does not start another), is "
-                "refused whole with 413, before any line is judged." + _BROWSER_NOTE,
+                "refused whole with 413, before any line is judged." + _BROWSER_NOTE +
+                " Such a batch (no token) may be at most "
+                f"{_setting('browser_max_batch_bytes')}.",
                 "security": [{}, {"bearer": []}],
                 "requestBody": {"required": True,
                                 "content": {"application/x-ndjson": {"schema": {
@@ -248,24 +253,25 @@ DOCUMENT: dict[str, Any] = {
 # Swagger UI's own defaults, less the online validator badge (it would call a server
 # outside) and the top bar (it needs the standalone preset).
 _SWAGGER_INIT = """window.ui = SwaggerUIBundle({
-  url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true, validatorUrl: null,
+  url: "openapi.json", dom_id: "#swagger-ui", deepLinking: true, validatorUrl: null,
   displayRequestDuration: true, presets: [SwaggerUIBundle.presets.apis], layout: "BaseLayout"
 });"""
 
 
 def docs_page() -> str:
-    """Swagger UI on ``/openapi.json`` (its files served by the server itself, ``assets``),
+    """Swagger UI on ``openapi.json`` (its files served by the server itself, ``assets``;
+    every URL relative, so the page works under a proxy's path prefix),
     with a static rendering of ``DOCUMENT`` for browsers without JavaScript."""
     return "".join([
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
         '<meta name=viewport content="width=device-width, initial-scale=1">',
         f"<title>shardstats {html.escape(__version__)} API</title>",
-        '<link rel=stylesheet href="/docs/swagger-ui.css">',
+        '<link rel=stylesheet href="docs/swagger-ui.css">',
         "<style>body{margin:0}.static{font:15px/1.45 system-ui,sans-serif;max-width:60em;"
         "margin:2em auto;padding:0 1em}</style></head><body>",
         '<div id="swagger-ui"></div>',
         f'<noscript><div class="static">{_static_reference()}</div></noscript>',
-        '<script src="/docs/swagger-ui-bundle.js"></script>',
+        '<script src="docs/swagger-ui-bundle.js"></script>',
         f"<script>{_SWAGGER_INIT}</script>",
         "</body></html>",
     ])
@@ -277,7 +283,7 @@ def _static_reference() -> str:
     parts = [
         f"<h1>shardstats API <small>{esc(__version__)}</small></h1>",
         f"<p>{esc(DOCUMENT['info']['description'])}</p>",
-        '<p>Machine-readable: <a href="/openapi.json">/openapi.json</a> (OpenAPI 3.1).</p>',
+        '<p>Machine-readable: <a href="openapi.json">openapi.json</a> (OpenAPI 3.1).</p>',
     ]
     for path, operations in DOCUMENT["paths"].items():
         for method, op in operations.items():

@@ -68,14 +68,6 @@ def proven(datadir: DataDir, hour: int) -> HourAggregate | None:
     return snap.aggregate
 
 
-def write_proven(datadir: DataDir, aggregate: HourAggregate, journal_id: bytes) -> bool:
-    """Write the snapshot of a closed journal whose rows are exactly ``aggregate``'s, with a
-    proof if the journal's state may be recorded now; returns whether it has one."""
-    proof = datadir.settled_journal_state(aggregate.hour)
-    datadir.write_snapshot(aggregate.hour, codec.encode(aggregate, journal_id, proof))
-    return proof is not None
-
-
 def load(
     datadir: DataDir, hour: int, journal: Journal, base: HourAggregate | None
 ) -> LoadResult:

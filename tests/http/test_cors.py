@@ -194,3 +194,52 @@ async def test_a_503_to_a_listed_origin_is_readable(tmp_path: Path) -> None:
         assert headers["access-control-allow-origin"] == SITE.decode()
         assert int(headers["retry-after"]) >= 1
         assert "Retry-After" in headers["access-control-expose-headers"]
+
+
+async def test_a_listed_origins_batch_is_capped_at_browser_max_batch_bytes(
+        tmp_path: Path) -> None:
+    """A listed origin posts without a token, so anyone naming it could post 16 MiB batches;
+    browsers' beacons and keepalive requests carry at most 64 KiB, and that is the cap."""
+    line = b'{"timestamp": %d, "user": "u%%06d", "event": "click"}\n' % NOW_MS
+    body = b"".join(line % i for i in range(2_000))  # ~100 KiB
+    assert len(body) > 64 * 1024
+    async with running_app(tmp_path, **settings()) as h:
+        big = await raw_asgi(h.app, "POST", "/analytics/batch", b"", body=body,
+                             headers=[(b"origin", SITE)])
+        assert big.status_code == 413
+        assert header_dict(big)["access-control-allow-origin"] == SITE.decode()
+        # Declared up front: refused on the header, the same way.
+        declared = await raw_asgi(h.app, "POST", "/analytics/batch", b"", body=body,
+                                  headers=[(b"origin", SITE),
+                                           (b"content-length", str(len(body)).encode())])
+        assert declared.status_code == 413
+        assert await h.counts(NOW_MS) == {"clicks": 0, "impressions": 0, "unique_users": 0}
+        # The same body with the ingest token (no browser) is taken: max_batch_bytes applies.
+        tokened = await raw_asgi(h.app, "POST", "/analytics/batch", b"", body=body,
+                                 headers=[(b"authorization", f"Bearer {TOKEN}".encode())])
+        assert tokened.status_code == 200, tokened.body
+        assert json.loads(tokened.body)["accepted"] == 2_000
+        # Just under the cap is fine from the browser too.
+        small = body[:64 * 1024]
+        small = small[:small.rindex(b"\n") + 1]
+        fits = await raw_asgi(h.app, "POST", "/analytics/batch", b"", body=small,
+                              headers=[(b"origin", SITE)])
+        assert fits.status_code == 200, fits.body
+
+
+async def test_the_browser_cap_is_a_setting(tmp_path: Path) -> None:
+    async with running_app(tmp_path, **settings(browser_max_batch_bytes=100)) as h:
+        refused = await raw_asgi(h.app, "POST", "/analytics/batch", b"", body=BATCH,
+                                 headers=[(b"origin", SITE)])
+        assert len(BATCH) > 100
+        assert refused.status_code == 413
+
+
+async def test_a_refusal_varies_on_origin(tmp_path: Path) -> None:
+    """The answer depends on Origin: a cache must not hand one origin's 403 to another."""
+    async with running_app(tmp_path, **settings()) as h:
+        for path, qs, body in (("/analytics", POST_QS, b""), ("/analytics/batch", b"", BATCH)):
+            refused = await raw_asgi(h.app, "POST", path, qs, body=body,
+                                     headers=[(b"origin", OTHER)])
+            assert refused.status_code == 403
+            assert header_dict(refused)["vary"] == "Origin"

@@ -55,6 +55,7 @@ async def test_metrics_follow_traffic(tmp_path: Path) -> None:
     assert got[("shardstats_open_shards", ())] == 1
     assert got[("shardstats_queued_requests", ())] == 0
     assert got[("shardstats_ready", ())] == 1
+    assert got[("shardstats_unsaved_hour_aggregates", ())] == 0
     key = (
         "shardstats_request_seconds_count",
         (("method", "POST"), ("route", "/analytics"), ("status", "204")),
@@ -136,3 +137,20 @@ async def test_metrics_pass_the_prometheus_linter(tmp_path: Path, mode: str) -> 
         result = await trio.run_process([PROMTOOL, "check", "metrics"], stdin=scrape,
                                         capture_stdout=True, capture_stderr=True, check=False)
     assert result.returncode == 0, (result.stdout + result.stderr).decode()
+
+
+async def test_metrics_show_aggregates_waiting_for_their_snapshot(tmp_path: Path) -> None:
+    """A closed hour's aggregate waits in memory for the background snapshot writer (at most
+    max_open_shards of them): an operator sees how many, and how many snapshots were written."""
+    settings = Settings(data_dir=str(tmp_path), max_open_shards=1)
+    async with ready_client(settings, NOW) as client:
+        await client.post(f"/analytics?timestamp={NOW}&user=a&event=click")
+        await client.post(f"/analytics?timestamp={NOW - 3_600_000}&user=a&event=click")
+        for _ in range(200):  # the evicted hour closes in the background
+            got = samples(await (await client.get("/metrics")).get_data(as_text=True))
+            if got[("shardstats_unsaved_hour_aggregates", ())]:
+                break
+            await trio.sleep(0.005)
+    assert got[("shardstats_open_shards", ())] == 1
+    assert got[("shardstats_unsaved_hour_aggregates", ())] == 1  # the hour closed for room
+    assert got[("shardstats_snapshots_written_total", ())] == 0

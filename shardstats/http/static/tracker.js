@@ -11,13 +11,16 @@
  * Options, as attributes of the script tag:
  *   data-persist="false"  a new random user id per page load, nothing stored on the device
  *                         (default: one random id kept in localStorage["shardstats_uid"])
- *   data-api="https://stats.example"  where to send (default: where this script came from)
+ *   data-api="https://stats.example"  where to send (default: the directory this script
+ *                         came from, e.g. https://stats.example/stats/ for .../stats/tracker.js)
  */
 (function () {
   "use strict";
   var script = document.currentScript;
   if (!script || (window.shardstats && window.shardstats.track)) return; // loaded twice
-  var api = script.getAttribute("data-api") || new URL(script.src, location.href).origin;
+  // Default: the directory this script came from, so a proxy's path prefix is kept
+  // (https://stats.example/stats/tracker.js sends to /stats/analytics/batch).
+  var api = script.getAttribute("data-api") || new URL(".", new URL(script.src, location.href)).href;
   var endpoint = api.replace(/\/+$/, "") + "/analytics/batch";
   var STORAGE_KEY = "shardstats_uid";
   var RETRIES = 2;
