@@ -35,7 +35,8 @@ examples:
 
 Settings come from defaults < --config FILE (or $SHARDSTATS_CONFIG) < SHARDSTATS_* environment
 variables < these flags. Stop with SIGTERM or Ctrl-C: queued events are committed, every open
-hour is snapshotted, and the process exits 0. Exit 2: bad configuration; 3: data dir in use.
+hour is snapshotted, and the process exits 0. Exit 2: bad configuration; 3: data dir in use;
+4: users.sqlite is older than the journals beside it (restored alone from a backup).
 """
 
 VERIFY_EPILOG = """\

@@ -87,7 +87,8 @@ class Settings:
     preload_hours: int = field(default=2, metadata=_doc(
         "Recent hours recovered eagerly at start (older hours recover on first use)."))
     user_cache_size: int = field(default=200_000, metadata=_doc(
-        "User-id lookups kept in memory (LRU); misses are read from the user dictionary."))
+        "User-id lookups kept in memory (oldest inserted dropped first); misses are read "
+        "from the user dictionary."))
     user_index_tail: int = field(default=131_072, metadata=_doc(
         "Newest user names held in memory (about 150 bytes each) until a background task "
         "writes them into the user dictionary's on-disk name index (users-index/)."))

@@ -13,7 +13,8 @@
     │   └── CorruptFile              500  a file is not what it should be
     ├── InternalError                500  an unexpected error (a bug), logged with its traceback
     ├── StreamGap                    500  cluster: a log record for an hour ahead of a failed one
-    └── DataDirLocked                    another process owns the data directory (CLI exit 3)
+    ├── DataDirLocked                    another process owns the data directory (CLI exit 3)
+    └── DictionaryBehind                 users.sqlite is older than its journals (exit 4)
 
 Pure code (``core``) raises only ``InvalidInput`` and ``CorruptFile``.
 
@@ -147,3 +148,8 @@ class DataDirLocked(ShardstatsError):
 class StreamGap(ShardstatsError):
     """Cluster mode: a log record for an hour arrived while an earlier one for that hour is
     missing (its commit failed); the materializer applies both again on its next pass."""
+
+
+class DictionaryBehind(ShardstatsError):
+    """``users.sqlite`` lacks ids its mark or the journals show it once held (put back alone
+    from an older backup): the server refuses to start (``shardstats.storage.issued``)."""

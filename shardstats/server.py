@@ -18,7 +18,7 @@ from hypercorn.trio import serve
 
 from shardstats.config import Settings
 from shardstats.core.validation import query_limit
-from shardstats.errors import DataDirLocked
+from shardstats.errors import DataDirLocked, DictionaryBehind
 from shardstats.http.app import App, create_app
 from shardstats.logs import configure_logging
 from shardstats.shards.service import Service
@@ -26,6 +26,7 @@ from shardstats.shards.service import Service
 log = logging.getLogger("shardstats")
 
 EXIT_LOCKED = 3
+EXIT_DICTIONARY_BEHIND = 4
 
 
 def hypercorn_config(settings: Settings) -> HypercornConfig:
@@ -53,6 +54,9 @@ def run_server(settings: Settings) -> int:
     except DataDirLocked as exc:
         print(f"shardstats: {exc}", file=sys.stderr)
         return EXIT_LOCKED
+    except DictionaryBehind as exc:
+        print(f"shardstats: refusing to start: {exc}", file=sys.stderr)
+        return EXIT_DICTIONARY_BEHIND
     except OSError as exc:
         print(f"shardstats: cannot use data directory {settings.data_dir}: {exc}", file=sys.stderr)
         return 1

@@ -1,7 +1,7 @@
 """Long fuzz run of raw HTTP against a real server: ``python tools/fuzz_http.py [N]``.
 
 Runs the fuzz test of ``tests/e2e/test_fuzz_http.py`` with N generated requests (default
-100,000; CI runs 1,500). Exit status is pytest's: 0 when no request produced a 500 or killed
+100,000; CI runs 600). Exit status is pytest's: 0 when no request produced a 500 or killed
 the server.
 """
 

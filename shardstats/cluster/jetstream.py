@@ -68,6 +68,7 @@ log = logging.getLogger("shardstats.cluster")
 MSG_ID_HEADER = "Nats-Msg-Id"
 FETCH_BATCH = 256  # records taken from the subscription per hop to the asyncio thread
 IDLE_POLL_SECONDS = 1.0  # how long one wait for records lasts before the iterator rechecks
+STREAM_ATTEMPTS = 4  # finding or creating the stream at start: with timeouts, ~4x request_timeout
 
 
 @dataclass(frozen=True)
@@ -152,14 +153,24 @@ class JetStreamLog(AsyncClosing):
         return self
 
     async def _ensure_stream(self) -> None:
+        """Find or create the stream. A JetStream just started (no meta leader elected yet)
+        or busy answers with timeouts for a while: ask again, ``STREAM_ATTEMPTS`` times in
+        all, before giving up (a server that answers "no" is not asked again)."""
         config = self.config
-        try:
-            info = await self._bridge.run(_ensure_stream, self._js, config)
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise LogUnavailable(
-                f"cannot find or create JetStream stream {config.stream!r}: {exc!r}",
-                reason="stream",
-            ) from exc
+        for attempt in range(1, STREAM_ATTEMPTS + 1):
+            try:
+                info = await self._bridge.run(_ensure_stream, self._js, config)
+                break
+            except (nats.errors.Error, TimeoutError) as exc:
+                transient = isinstance(exc, (TimeoutError, nats.js.errors.ServiceUnavailableError))
+                if not transient or attempt == STREAM_ATTEMPTS:
+                    raise LogUnavailable(
+                        f"cannot find or create JetStream stream {config.stream!r}"
+                        f" ({attempt} attempt{'s' if attempt > 1 else ''}): {exc!r}",
+                        reason="stream",
+                    ) from exc
+                log.warning("JetStream stream %s: %r; asking again", config.stream, exc)
+                await trio.sleep(0.5 * attempt)
         replicas = info.config.num_replicas or 1
         if replicas != config.replicas:
             log.warning(

@@ -28,7 +28,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTo
 from shardstats.config import Settings, load_settings
 from shardstats.core.events import HOUR_MS, MAX_TIMESTAMP_MS
 from shardstats.core.ranges import range_from_query
-from shardstats.errors import BatchTooLarge, DataDirLocked, ShardstatsError
+from shardstats.errors import BatchTooLarge, DataDirLocked, DictionaryBehind, ShardstatsError
 from shardstats.http.assets import JAVASCRIPT, Asset, static_asset, swagger_asset
 from shardstats.http.batch import BatchRoute
 from shardstats.http.cors import TRUSTED_ORIGIN
@@ -48,7 +48,7 @@ from shardstats.shards.service import Service
 
 log = logging.getLogger("shardstats.http")
 
-EXIT_LOCKED = 3  # as `shardstats serve`
+EXIT_LOCKED, EXIT_DICTIONARY_BEHIND = 3, 4  # as `shardstats serve`
 ResponseValue = tuple[Any, int, dict[str, str]] | tuple[Any, int]
 
 
@@ -82,13 +82,13 @@ def _quart_app(service: Service, metrics: Metrics, hot: HotRoutes) -> QuartTrio:
         # Returns once the lock is held; recovery goes on while /healthz says 503.
         try:
             await app.nursery.start(service.run)
-        except DataDirLocked as exc:
+        except (DataDirLocked, DictionaryBehind) as exc:
             if not app.config.get("SHARDSTATS_EXIT_WHEN_LOCKED"):
                 raise
             # Under the hypercorn command a failed lifespan start still exits 0, which a
             # supervisor reads as a clean stop. Nothing is open yet: leave now, and say why.
             log.critical("%s", exc)
-            os._exit(EXIT_LOCKED)
+            os._exit(EXIT_LOCKED if isinstance(exc, DataDirLocked) else EXIT_DICTIONARY_BEHIND)
         if app.config.get("SHARDSTATS_FREEZE_GC"):  # a server process, not a test client
             app.nursery.start_soon(_freeze_when_ready, service)
 

@@ -8,6 +8,8 @@ Per hour:
    normal: the tail is replayed on load);
 4. every user id in the journal exists in the user dictionary, with the same user string
    where the journal still holds it.
+And once: the dictionary's integrity, and that it holds at least the ids its mark
+(``users.issued``) records.
 Safe while the server runs: SQLite readers see a consistent committed state.
 """
 
@@ -21,6 +23,7 @@ from shardstats.core import snapshot as codec
 from shardstats.core.aggregate import HourAggregate
 from shardstats.errors import CorruptFile, StorageError
 from shardstats.ops.common import dictionary_disagreements, hour_iso
+from shardstats.storage import issued
 from shardstats.storage.datadir import DataDir
 from shardstats.storage.journal import Journal
 
@@ -78,16 +81,20 @@ def verify(
 
 def _check_dictionary(datadir: DataDir) -> list[str]:
     path = datadir.users_path
+    mark = datadir.read_users_mark()  # before the table: a running server's mark only lags it
     if not path.exists():
         return [] if not datadir.journal_hours() else [f"{path}: user dictionary missing"]
     try:
         with datadir.open_users(readonly=True) as store:
             problems = store.integrity_problems()
+        behind = issued.mark_problem(mark, issued.dictionary_state(path), path,
+                                     datadir.users_mark_path)
     except StorageError as exc:  # names the file already
         return [str(exc)]
     except sqlite3.DatabaseError as exc:
         return [f"{path}: {exc}"]
-    return [f"{path}: " + "; ".join(problems)] if problems else []
+    found = [f"{path}: " + "; ".join(problems)] if problems else []
+    return found + ([behind] if behind else [])
 
 
 def verify_hour(datadir: DataDir, hour: int) -> HourReport:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import trio
 
 from shardstats.shards.failures import report_failure
+from shardstats.shards.mark_keeper import MarkKeeper
 from shardstats.shards.pending import Pending
 from shardstats.storage.datadir import DataDir
 from shardstats.storage.users import TAIL_SIZE, UserStore
@@ -56,6 +57,7 @@ class UserDictionary:
         self._upkeep_done = trio.Event()
         self._upkeep_done.set()
         self._nursery: trio.Nursery | None = None
+        self.marks = MarkKeeper(datadir)  # users.issued: see shardstats.storage.issued
 
     def statistics(self) -> DictionaryStatistics:
         return DictionaryStatistics(len(self._cache), self._commits, self._failed,
@@ -85,6 +87,7 @@ class UserDictionary:
             # The upkeep task lives in this nursery: the store is closed after it has ended.
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                nursery.start_soon(self.marks.run, lambda: self._store)
                 async for request in self._receive:
                     batch = [request]
                     while True:
@@ -94,12 +97,14 @@ class UserDictionary:
                             break
                     await self._assign(batch)
                     self._start_upkeep()
+                self.marks.stop()
         finally:
             self._nursery = None
             store, self._store = self._store, None
             if store is not None:
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(store.close)
+                await self.marks.final(store)
 
     def _open_store(self) -> UserStore:
         return self._datadir.open_users(tail_size=self._tail_size)
@@ -137,6 +142,7 @@ class UserDictionary:
             ids = await trio.to_thread.run_sync(self._store.assign, names)
         except Exception as exc:
             self._failed += 1
+            self.marks.freeze()
             error = report_failure(exc, log, "user dictionary commit (reopening it)")
             await self._drop_store()
             for _, pending in batch:

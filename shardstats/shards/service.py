@@ -87,6 +87,7 @@ class Service:
             observer,
         )
         self.ready = False
+        self._users_checked = False
         self._ready_event = trio.Event()
         self.recovery_seconds: float | None = None
         self._stop = trio.Event()
@@ -112,10 +113,19 @@ class Service:
         return self.clock.now_ms() // HOUR_MS
 
     def acquire_lock(self) -> None:
-        """Take the data-dir lock now (raises ``DataDirLocked``); ``run`` reuses it."""
+        """Take the data-dir lock now (raises ``DataDirLocked``) and check that the user
+        dictionary is not older than its journals (raises ``DictionaryBehind``, the lock
+        released); ``run`` reuses both."""
         self.datadir.prepare()
         self.datadir.lock.acquire()
         self.datadir.remove_stale_temporaries()
+        if not self._users_checked:
+            try:
+                self.datadir.check_users()
+            except BaseException:
+                self.datadir.lock.release()
+                raise
+            self._users_checked = True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Lock, recover, serve until ``shutdown``; ``started`` fires before recovery."""

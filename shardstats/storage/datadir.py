@@ -3,6 +3,7 @@
     <data-dir>/
       LOCK                  flock held by the one server using the directory
       users.sqlite          user dictionary (+ -wal, -shm while open)
+      users.issued          ids users.sqlite is known to hold (``shardstats.storage.issued``)
       users-index/          its name index: sorted runs, a cache of users.sqlite
       journals/<hour>.sqlite   one journal per UTC hour (hour = timestamp_ms // 3_600_000)
       snapshots/<hour>.snap    cache of that journal's aggregate; safe to delete
@@ -16,17 +17,22 @@ from worker threads.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from shardstats.core.snapshot import JournalState
+from shardstats.errors import StorageError
+from shardstats.storage import issued
 from shardstats.storage.journal import Journal
 from shardstats.storage.lock import DataDirLock
 from shardstats.storage.users import TAIL_SIZE, UserStore
+
+log = logging.getLogger(__name__)
 
 # Journals a shard of this process writes. Two writers of one journal would each number rows
 # from what they last saw and skip the other's, so a second claim is a bug, refused loudly.
@@ -54,8 +60,11 @@ class DataDir:
         -shm) a crash left behind; never a fresh one: it may be in use."""
         removed = 0
         cutoff = time.time() - older_than
-        for folder in (self.snapshots, self.journals):
+        mark = f".{self.users_mark_path.name}."
+        for folder in (self.snapshots, self.journals, self.root):
             for entry in os.scandir(folder):
+                if folder == self.root and not entry.name.startswith(mark):
+                    continue  # in the root only the mark's temporaries
                 if entry.name.startswith(".") and entry.name.endswith((".tmp", ".tmp-wal",
                                                                        ".tmp-shm")):
                     with contextlib.suppress(FileNotFoundError):
@@ -126,6 +135,75 @@ class DataDir:
     def open_users(self, *, readonly: bool = False, tail_size: int = TAIL_SIZE) -> UserStore:
         return UserStore(self.users_path, readonly=readonly, tail_size=tail_size,
                          index_dir=self.root / "users-index")
+
+    # -- the user dictionary's mark (``shardstats.storage.issued``) ------------------------
+
+    @property
+    def users_mark_path(self) -> Path:
+        return self.root / "users.issued"
+
+    def read_users_mark(self) -> issued.Mark | None:
+        return issued.read_mark(self.users_mark_path)
+
+    def write_users_mark(self, mark: issued.Mark) -> None:
+        """Record that ``users.sqlite`` holds ids ``1..mark.ids`` (ids already committed):
+        its files are fsynced first, then the mark replaced atomically."""
+        users = self.users_path
+        issued.sync_files([users, users.with_name(users.name + "-wal")])
+        _write_atomically(self.users_mark_path, issued.encode(mark))
+
+    def check_users(self) -> None:
+        """Refuse (``DictionaryBehind``) a ``users.sqlite`` older than its mark or than the
+        newest journals; call with the lock held, before any id is assigned."""
+        mark = self.read_users_mark()  # before the dictionary: a mark never runs ahead of it
+        state = issued.dictionary_state(self.users_path)
+        hours = self.journal_hours()
+        problem = issued.mark_problem(mark, state, self.users_path, self.users_mark_path)
+        if problem is not None and not hours:
+            # No journal gives an id to anyone: nothing can be undercounted. The mark would
+            # refuse a later start for good: drop it (the dictionary writes its own).
+            log.warning("%s; no journal uses those ids: %s removed", problem,
+                        self.users_mark_path)
+            self.users_mark_path.unlink(missing_ok=True)
+            return
+        if problem is None:
+            problem = issued.journal_problem(self._newest_uids(hours), state, self.users_path)
+        if problem is not None:
+            raise issued.refusal(problem, self.root)
+
+    def _newest_uids(self, hours: set[int]) -> dict[Path, int]:
+        """The highest user id near the end of each of the journals written last."""
+        def written(hour: int) -> int:
+            times = []
+            for path in self.journal_files(hour)[:2]:  # the file and its -wal
+                with contextlib.suppress(FileNotFoundError):
+                    times.append(os.stat(path).st_mtime_ns)
+            return max(times, default=0)
+
+        newest = sorted(hours, key=written)[-issued.NEWEST_JOURNALS:]
+        uids = {}
+        for hour in newest:
+            try:
+                uids[self.journal_path(hour)] = self._read_untouched(hour, issued.newest_uid)
+            except StorageError:
+                continue  # a damaged journal fails its own hour only, as it does when loaded
+        return uids
+
+    def _read_untouched(self, hour: int, read: Callable[[Journal], int]) -> int:
+        """``read`` a journal and leave its files as they were: a writable connection would
+        checkpoint a crashed writer's -wal (a change a snapshot proof must still see), and
+        a read-only one leaves a -wal and -shm behind (which would make the hour's proof
+        unusable): the empty ones it made are removed (the lock is held: no other user)."""
+        _, wal, shm = self.journal_files(hour)
+        had = {wal: wal.exists(), shm: shm.exists()}
+        try:
+            with self.open_journal(hour, create=False, readonly=True) as journal:
+                return read(journal)
+        finally:
+            if not had[wal] and wal.exists() and wal.stat().st_size == 0:
+                for path in (wal, shm):
+                    if not had[path]:
+                        path.unlink(missing_ok=True)
 
     def read_snapshot(self, hour: int) -> bytes | None:
         try:

@@ -339,6 +339,17 @@ class UserStore:
         return self._runs[-1].last if self._runs else 0
 
     @property
+    def issued(self) -> int:
+        """Ids ``1..issued`` are committed in the table: found there on open or committed
+        since (read without the lock: an int, set after each commit)."""
+        return self._next - 1
+
+    @property
+    def seed(self) -> int:
+        """The dictionary's hash seed: its identity (``users_meta``)."""
+        return self._seed
+
+    @property
     def tail_length(self) -> int:
         return len(self._tail_names)
 

@@ -1,10 +1,16 @@
 """Cluster mode with deferred snapshots (a review of issue 14): every node materializes many
 hours through two open shards and caches none, so closed hours live in memory as unsaved
 aggregates while the stream is applied; a node killed with SIGKILL comes back on its data
-directory (journals with their stream seqs, snapshots written or not) and agrees exactly."""
+directory (journals with their stream seqs, snapshots written or not) and agrees exactly.
+
+12 hours (6x the open shards), written alike, and 300-500 acks before the kill, 300 after:
+the materializers still close a shard for most events and hold unsaved aggregates of closed
+hours before and after the kill. (It was 40 hours and 600-1,000 + 600 acks; the nodes then
+spent ~30 s catching up, through the same mechanism; ``SHARDSTATS_TEST_LONG=1`` runs that.)"""
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,6 +33,7 @@ from tools.loadgen.ledger import Ledger
 if TYPE_CHECKING:
     from tests.e2e.conftest import ServerFactory
 
+LONG = os.environ.get("SHARDSTATS_TEST_LONG") == "1"  # README "Development"
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 
 
@@ -45,7 +52,7 @@ async def test_sigkill_a_node_with_unsaved_hours_and_it_catches_up_exactly(
     cluster = tight_cluster
     rng = random.Random(14)
     now = now_ms()
-    hours = recent_hours(now, list(range(1, 40)))
+    hours = recent_hours(now, list(range(1, 40 if LONG else 12)))
     ledger = Ledger()
     urls = [node.url for node in cluster.nodes]
     workload = Workload(rng, hours, now, "d")
@@ -53,11 +60,15 @@ async def test_sigkill_a_node_with_unsaved_hours_and_it_catches_up_exactly(
     load = Load(urls, workload, ledger, rng)
     async with trio.open_nursery() as nursery:
         running = await run_load(load, nursery)
-        await wait_acks(load, rng.randint(600, 1000), rng.randint(50, 150), within=60)
+        if LONG:
+            await wait_acks(load, rng.randint(600, 1000), rng.randint(50, 150), within=60)
+        else:
+            await wait_acks(load, rng.randint(300, 500), rng.randint(30, 80), within=60)
         load.down.add(urls[2])
         load.failing = True
         cluster.nodes[2].kill()
-        await wait_acks(load, load.acks + 600, load.single_acks + 100, within=60)
+        more = 2 if LONG else 1
+        await wait_acks(load, load.acks + 300 * more, load.single_acks + 50 * more, within=60)
         running.stop.set()
     survivors = urls[:2]
     before = await agreed_answers(survivors, ledger)

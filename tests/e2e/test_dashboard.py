@@ -31,10 +31,20 @@ pytestmark = [pytest.mark.e2e, needs_chromium]
 Page = Any  # playwright.sync_api.Page (imported lazily: the module skips without chromium)
 
 
-@pytest.fixture
-def browser() -> Iterator[Any]:
+@pytest.fixture(scope="module")
+def launched() -> Iterator[Any]:
+    """One Chromium for the module (a launch takes seconds)."""
     with chromium() as browser:
         yield browser
+
+
+@pytest.fixture
+def browser(launched: Any) -> Iterator[Any]:
+    """The module's Chromium; each page a test opens has a context of its own, closed at
+    the end of the test (so no page of a test polls on into the next)."""
+    yield launched
+    for context in launched.contexts:
+        context.close()
 
 
 def seed(server: ShardstatsServer) -> tuple[int, int]:

@@ -25,7 +25,7 @@ from tools.spawn import ShardstatsServer
 
 ALLOWED = {200, 204, 304, 400, 401, 403, 404, 405, 413, 414, 431, 503}
 LISTED = "https://www.example.com"  # browser_origins of the fuzzed server
-EXAMPLES = int(os.environ.get("FUZZ_HTTP_EXAMPLES", "1500"))
+EXAMPLES = int(os.environ.get("FUZZ_HTTP_EXAMPLES", "600"))
 pytestmark = pytest.mark.e2e
 
 NOW = int(time.time() * 1000)

@@ -5,6 +5,7 @@ answers stay exact, the shutdown completes, and the next start reads the journal
 from __future__ import annotations
 
 import errno
+import shutil
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import trio
 import trio.lowlevel
 
 from shardstats.core.events import HOUR_MS, Event, EventKind
+from shardstats.errors import DictionaryBehind
 from shardstats.storage.datadir import DataDir
 from tests.shards.conftest import running
 from tests.shards.test_deferred_snapshots import ev, make_service
@@ -57,6 +59,13 @@ def read_files(path: Path) -> dict[str, bytes]:
             if Path(f"{path}{s}").exists()}
 
 
+def files(root: Path) -> dict[Path, bytes]:
+    """Every file but those a SQLite reader may create: a -shm, an empty -wal."""
+    found = {path: path.read_bytes() for path in root.rglob("*") if path.is_file()}
+    return {path: data for path, data in found.items() if not path.name.endswith("-shm")
+            and not (path.name.endswith("-wal") and not data)}
+
+
 def put_back(path: Path, backup: dict[str, bytes]) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
@@ -64,23 +73,55 @@ def put_back(path: Path, backup: dict[str, bytes]) -> None:
         Path(f"{path}{suffix}").write_bytes(data)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Nothing compares the journals with users.sqlite at start: a dictionary restored from an "
-    "older backup hands the ids its copy lacks to new users, which the journals already give "
-    "to others (one user is not counted). Not from issue 14; `shardstats verify` reports it "
-    "afterwards as renamed users. A fix needs the dictionary rebuilt from the journals' "
-    "(user, id) pairs, which compacted journals no longer hold."))
-async def test_a_dictionary_restored_from_an_older_backup_gives_no_taken_id(
-    tmp_path: Path,
-) -> None:
+async def test_a_dictionary_restored_from_an_older_backup_is_refused(tmp_path: Path) -> None:
+    """The dictionary put back alone from an older backup would hand bob's id to carol (one
+    user not counted): the service refuses to start and says why, changing nothing; the
+    whole data directory put back from that backup starts."""
     hour = HOURS[0]
-    users = DataDir(tmp_path).users_path
+    datadir = DataDir(tmp_path)
     async with running(make_service(tmp_path)) as service:
         await service.submit(Event(hour * HOUR_MS, "alice", EventKind.CLICK))
-    backup = read_files(users)
+    backup = read_files(datadir.users_path)
+    whole = tmp_path.parent / (tmp_path.name + "-backup")
+    shutil.copytree(tmp_path, whole, ignore=shutil.ignore_patterns("LOCK"))
     async with running(make_service(tmp_path)) as service:
         await service.submit(Event(hour * HOUR_MS, "bob", EventKind.CLICK))
-    put_back(users, backup)
+    put_back(datadir.users_path, backup)
+    kept = files(tmp_path)
+    with pytest.raises(DictionaryBehind) as refused:
+        await make_service(tmp_path).run()
+    message = str(refused.value)
+    assert f"{datadir.users_path} holds 1 user ids" in message, message
+    assert f"{datadir.users_mark_path} records that it held 2" in message, message
+    assert "Restore" in message and "as a whole" in message, message
+    assert files(tmp_path) == kept
+
+    shutil.rmtree(tmp_path)
+    shutil.copytree(whole, tmp_path)
+    async with running(make_service(tmp_path)) as service:  # the lock was released too
+        await service.submit(Event(hour * HOUR_MS, "carol", EventKind.CLICK))
+        assert (await service.query(hour)).unique_users == 2  # alice, carol: bob went too
+
+
+async def test_without_a_mark_the_journals_catch_an_older_dictionary(tmp_path: Path) -> None:
+    """A data directory of an earlier build has no mark: the newest journal's ids do."""
+    hour = HOURS[0]
+    datadir = DataDir(tmp_path)
+    async with running(make_service(tmp_path)) as service:
+        await service.submit(Event(hour * HOUR_MS, "alice", EventKind.CLICK))
+    backup = read_files(datadir.users_path)
+    async with running(make_service(tmp_path)) as service:
+        await service.submit(Event(hour * HOUR_MS, "bob", EventKind.CLICK))
+    newest = read_files(datadir.users_path)
+    put_back(datadir.users_path, backup)
+    datadir.users_mark_path.unlink()
+    with pytest.raises(DictionaryBehind) as refused:
+        await make_service(tmp_path).run()
+    message = str(refused.value)
+    assert f"{datadir.journal_path(hour)} holds events of user id 2" in message, message
+    assert f"{datadir.users_path} holds only 1 ids" in message, message
+
+    put_back(datadir.users_path, newest)  # the newest copy of users.sqlite put back
     async with running(make_service(tmp_path)) as service:
         await service.submit(Event(hour * HOUR_MS, "carol", EventKind.CLICK))
         assert (await service.query(hour)).unique_users == 3
