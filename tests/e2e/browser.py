@@ -13,12 +13,12 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 import pytest
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
+    from playwright.sync_api import Browser, Locator, Page
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 needs_chromium = pytest.mark.skipif(
@@ -43,14 +43,42 @@ def chromium() -> Iterator[Browser]:
             browser.close()
 
 
-class Site:
+class LocalServer:
+    """An HTTP server on 127.0.0.1 (a port of its own) in a thread; ``handler`` serves it."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class Site(LocalServer):
     """A web site on 127.0.0.1 (its own port: its own origin) serving fixed HTML pages."""
 
     def __init__(self, pages: Mapping[str, str]) -> None:
         self.pages = dict(pages)  # path -> HTML; may be filled in once the ports are known
         site = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 page = site.pages.get(self.path)
                 body = (page or "not found").encode()
@@ -60,23 +88,23 @@ class Site:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: object) -> None:
-                pass
+        super().__init__(Handler)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
 
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+def try_out_get_counts(page: Page, timestamp: int) -> Locator:
+    """In /docs (Swagger UI, rendered): "Try it out" on GET /analytics for ``timestamp``;
+    returns the operation once its answer is shown."""
+    get = page.locator("#operations-default-get_analytics")
+    get.locator(".opblock-summary").click()
+    get.locator(".try-out__btn").click()
+    get.locator('tr[data-param-name="timestamp"] input').fill(str(timestamp))
+    get.locator(".execute").click()
+    get.locator(_ANSWERED_STATUS).wait_for()
+    return get
 
-    def __enter__(self) -> Site:
-        self._thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+def answered_status(operation: Locator) -> str:
+    return operation.locator(_ANSWERED_STATUS).inner_text().strip()
+
+
+_ANSWERED_STATUS = ".live-responses-table tbody .response-col_status"

@@ -11,7 +11,13 @@ import httpx
 import pytest
 
 from shardstats.http.openapi import DOCUMENT
-from tests.e2e.browser import TIMEOUT_MS, chromium, needs_chromium
+from tests.e2e.browser import (
+    TIMEOUT_MS,
+    answered_status,
+    chromium,
+    needs_chromium,
+    try_out_get_counts,
+)
 from tests.e2e.conftest import ServerFactory
 
 pytestmark = [pytest.mark.e2e, needs_chromium]
@@ -40,14 +46,8 @@ def test_swagger_ui_renders_and_tries_requests_out(shardstats_server: ServerFact
                       for method in ops]
         assert sorted(shown) == sorted(documented)
 
-        get = page.locator("#operations-default-get_analytics")
-        get.locator(".opblock-summary").click()
-        get.locator(".try-out__btn").click()
-        get.locator('tr[data-param-name="timestamp"] input').fill(str(now))
-        get.locator(".execute").click()
-        status = get.locator(".live-responses-table tbody .response-col_status")
-        status.wait_for()
-        assert status.inner_text().strip() == "200"
+        get = try_out_get_counts(page, now)
+        assert answered_status(get) == "200"
         body = get.locator(".live-responses-table tbody .response-col_description pre").first
         expected = httpx.get(f"{server.url}/analytics?timestamp={now}").json()
         assert json.loads(body.inner_text()) == expected == {

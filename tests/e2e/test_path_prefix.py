@@ -11,18 +11,25 @@ root fails like it would behind a real one.
 from __future__ import annotations
 
 import http.client
-import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
-from tests.e2e.browser import TIMEOUT_MS, Site, chromium, needs_chromium
+from tests.e2e.browser import (
+    TIMEOUT_MS,
+    LocalServer,
+    QuietHandler,
+    Site,
+    answered_status,
+    chromium,
+    needs_chromium,
+    try_out_get_counts,
+)
 from tests.e2e.conftest import ServerFactory
 from tools.spawn import ShardstatsServer
 
@@ -35,7 +42,7 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
               "proxy-authorization", "proxy-authenticate"}
 
 
-class PrefixProxy:
+class PrefixProxy(LocalServer):
     """``http://127.0.0.1:PORT/stats/X`` -> ``UPSTREAM/X``; everything else 404."""
 
     def __init__(self, upstream: str) -> None:
@@ -44,7 +51,7 @@ class PrefixProxy:
         self.requested: list[str] = []
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def _forward(self) -> None:
                 proxy.requested.append(f"{self.command} {self.path}")
                 if not (self.path == PREFIX or self.path.startswith(PREFIX + "/")):
@@ -77,32 +84,17 @@ class PrefixProxy:
 
             do_GET = do_POST = do_HEAD = do_OPTIONS = _forward
 
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
+        super().__init__(Handler)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}{PREFIX}"
+        return self.origin + PREFIX
 
     def outside(self) -> list[str]:
         """Requests outside the prefix, but the browser's own ``/favicon.ico``."""
         return [r for r in self.requested if r != "GET /favicon.ico"
                 and not r.split(" ", 1)[1].startswith(PREFIX + "/")
                 and r.split(" ", 1)[1] != PREFIX]
-
-    def __enter__(self) -> PrefixProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
 
 
 @pytest.fixture(scope="module")
@@ -153,14 +145,7 @@ def test_docs_try_it_out_under_a_prefix(served: tuple[ShardstatsServer, PrefixPr
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(proxy.url + "/docs")
     page.wait_for_selector(".opblock")
-    get = page.locator("#operations-default-get_analytics")
-    get.locator(".opblock-summary").click()
-    get.locator(".try-out__btn").click()
-    get.locator('tr[data-param-name="timestamp"] input').fill(str(now))
-    get.locator(".execute").click()
-    status = get.locator(".live-responses-table tbody .response-col_status")
-    status.wait_for()
-    assert status.inner_text().strip() == "200"
+    assert answered_status(try_out_get_counts(page, now)) == "200"
     assert f"GET {PREFIX}/analytics?timestamp={now}" in proxy.requested
     assert proxy.outside() == []
     page.close()
